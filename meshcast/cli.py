@@ -1,0 +1,171 @@
+"""``meshcast`` command line (contract in DESIGN.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from meshcast import config as cfg
+from meshcast.logs import setup_logging
+from meshcast.paths import player_url, rtmp_publish_url
+from meshcast.sizes import parse_size
+
+
+def _add_origin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=Path("data"), help="data directory (keys, media)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--http-port", type=int, default=cfg.DEFAULT_HTTP_PORT)
+    p.add_argument("--rtmp-port", type=int, default=cfg.DEFAULT_RTMP_PORT)
+    p.add_argument("--demo", action="store_true", help="publish the synthetic stream 'demo'")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshcast", description=__doc__)
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="origin + RTMP + edges in one process")
+    _add_origin_args(up)
+    up.add_argument("--edges", type=int, default=2, help="edges on http-port+1 ... +N")
+    up.add_argument("--plugin", action="append", default=[], help="edge plugin to enable")
+
+    origin = sub.add_parser("origin", help="origin only (HTTP + RTMP)")
+    _add_origin_args(origin)
+
+    edge = sub.add_parser("edge", help="one edge")
+    edge.add_argument("--origin", required=True, help="origin base URL")
+    edge.add_argument("--host", default="127.0.0.1")
+    edge.add_argument("--port", type=int, required=True)
+    edge.add_argument("--peer", action="append", default=[], help="peer edge base URL")
+    edge.add_argument("--cache-mem", type=parse_size, default=256 * 1024**2)
+    edge.add_argument("--cache-disk", type=parse_size, default=0)
+    edge.add_argument("--plugin", action="append", default=[])
+
+    keys = sub.add_parser("keys", help="stream keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    for name, help_text in (
+        ("create", "create a key and print it"),
+        ("list", "list keys (never the secrets)"),
+        ("revoke", "revoke a key"),
+    ):
+        k = ksub.add_parser(name, help=help_text)
+        if name != "list":
+            k.add_argument("name")
+        k.add_argument("--data", type=Path, default=Path("data"))
+        if name == "create":
+            k.add_argument("--kind", choices=["stream"], default="stream")
+    return parser
+
+
+def _origin_config(args: argparse.Namespace) -> cfg.OriginConfig:
+    return cfg.OriginConfig(
+        data_dir=args.data,
+        host=args.host,
+        http_port=args.http_port,
+        rtmp_port=args.rtmp_port,
+        demo=args.demo,
+    )
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from meshcast.keys import KeyError_, KeyStore
+
+    store = KeyStore(args.data)
+    try:
+        if args.keys_command == "create":
+            print(store.create(args.name, args.kind))
+        elif args.keys_command == "revoke":
+            store.revoke(args.name)
+            print(f"revoked {args.name}", file=sys.stderr)
+        else:
+            for record in store.list():
+                state = "active" if record.active else "revoked"
+                print(f"{record.name}\t{record.kind}\t{state}\tid={record.key_id}")
+    except KeyError_ as exc:
+        print(f"meshcast: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _up(args: argparse.Namespace) -> None:
+    from edge.service import EdgeService
+    from meshcast.supervisor import run_services
+    from origin.service import OriginService
+
+    origin = OriginService(_origin_config(args))
+    edges = [
+        EdgeService(
+            cfg.EdgeConfig(
+                origin=f"http://{args.host}:{args.http_port}",
+                host=args.host,
+                port=args.http_port + i,
+                plugins=tuple(args.plugin),
+            )
+        )
+        for i in range(1, args.edges + 1)
+    ]
+    viewer_base = f"http://{args.host}:{args.http_port + 1 if edges else args.http_port}"
+    lines = [
+        "meshcast is up",
+        f"  publish:  {rtmp_publish_url(args.host, args.rtmp_port)}  "
+        f"(stream key: meshcast keys create NAME --data {args.data})",
+        f"  origin:   http://{args.host}:{args.http_port}",
+        *(f"  edge:     http://{args.host}:{args.http_port + i}" for i in range(1, len(edges) + 1)),
+        f"  player:   {player_url(viewer_base, 'demo' if args.demo else 'NAME')}",
+        "ready",
+    ]
+    await run_services([origin, *edges], on_ready="\n".join(lines))
+
+
+async def _origin(args: argparse.Namespace) -> None:
+    from meshcast.supervisor import run_services
+    from origin.service import OriginService
+
+    origin = OriginService(_origin_config(args))
+    await run_services(
+        [origin],
+        on_ready=f"origin ready: {origin.url}  publish: "
+        f"{rtmp_publish_url(args.host, args.rtmp_port)}",
+    )
+
+
+async def _edge(args: argparse.Namespace) -> None:
+    from edge.service import EdgeService
+    from meshcast.supervisor import run_services
+
+    edge = EdgeService(
+        cfg.EdgeConfig(
+            origin=args.origin,
+            host=args.host,
+            port=args.port,
+            peers=tuple(args.peer),
+            cache_mem=args.cache_mem,
+            cache_disk=args.cache_disk,
+            plugins=tuple(args.plugin),
+        )
+    )
+    await run_services([edge], on_ready=f"edge ready: {edge.url}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.log_level)
+    if args.command == "keys":
+        return _cmd_keys(args)
+    runner = {"up": _up, "origin": _origin, "edge": _edge}[args.command]
+    try:
+        asyncio.run(runner(args))
+    except OSError as exc:
+        print(f"meshcast: {exc}", file=sys.stderr)
+        return 1
+    except TimeoutError as exc:
+        print(f"meshcast: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Typed configuration objects, built once by the CLI and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_HTTP_PORT = 8080
+DEFAULT_RTMP_PORT = 1935
+
+
+@dataclass(frozen=True, slots=True)
+class OriginConfig:
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    http_port: int = DEFAULT_HTTP_PORT
+    rtmp_port: int = DEFAULT_RTMP_PORT
+    demo: bool = False
+    # Seconds without any bytes from a publisher before we drop it (dead TCP peers
+    # would otherwise hold the stream name forever).
+    rtmp_idle_timeout: float = 15.0
+    rtmp_handshake_timeout: float = 10.0
+    max_rtmp_connections: int = 256
+    # A stream that ended stays listed (state "ended") for this long.
+    ended_stream_ttl: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    origin: str
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_HTTP_PORT + 1
+    peers: tuple[str, ...] = ()
+    cache_mem: int = 256 * 1024 * 1024
+    cache_disk: int = 0
+    plugins: tuple[str, ...] = field(default_factory=tuple)

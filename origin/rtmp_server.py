@@ -1,0 +1,294 @@
+"""asyncio RTMP server around the sans-IO core in ``rtmp_protocol``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from meshcast.config import OriginConfig
+from meshcast.ingest import AudioConfig, MediaPacket, VideoConfig
+from meshcast.keys import KeyRejected, KeyStore
+from meshcast.paths import RTMP_APP
+from origin import flv
+from origin.registry import LiveStream, StreamAlreadyLive, StreamRegistry
+from origin.rtmp_chunk import MessageType
+from origin.rtmp_protocol import (
+    ConnectRequest,
+    HandshakeComplete,
+    MediaMessage,
+    PublishRequest,
+    RtmpProtocolError,
+    RtmpServerConnection,
+    StreamMetadata,
+    UnpublishRequest,
+    UnsupportedCommand,
+)
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 64 * 1024
+
+
+@dataclass
+class RtmpMetrics:
+    registry: CollectorRegistry
+    connections: Counter = field(init=False)
+    active: Gauge = field(init=False)
+    rejected: Counter = field(init=False)
+    bytes_in: Counter = field(init=False)
+    packets: Counter = field(init=False)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.connections = Counter(
+            "meshcast_rtmp_connections", "RTMP connections accepted", registry=r
+        )
+        self.active = Gauge("meshcast_rtmp_active_connections", "Open RTMP connections", registry=r)
+        self.rejected = Counter(
+            "meshcast_rtmp_rejected", "RTMP connections refused or closed", ["reason"], registry=r
+        )
+        self.bytes_in = Counter("meshcast_rtmp_received_bytes", "Bytes read from RTMP", registry=r)
+        self.packets = Counter(
+            "meshcast_ingest_packets", "Media packets ingested", ["kind"], registry=r
+        )
+
+
+class _Refused(Exception):
+    """Ends a connection after a refusal was queued for the peer."""
+
+
+def _unwrap(previous: int | None, ts: int) -> int:
+    """RTMP timestamps are 32-bit milliseconds (they wrap after ~49.7 days)."""
+    if previous is None:
+        return ts
+    base = previous & ~0xFFFFFFFF
+    candidate = base | ts
+    if candidate < previous - 0x80000000:
+        candidate += 1 << 32
+    return candidate
+
+
+class _Connection:
+    def __init__(
+        self,
+        server: RtmpServer,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.remote = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.core = RtmpServerConnection()
+        self.streams: dict[int, LiveStream] = {}
+        self._last_ts: dict[tuple[int, MessageType], int] = {}
+
+    async def run(self) -> None:
+        cfg = self.server.config
+        timeout = cfg.rtmp_handshake_timeout
+        try:
+            while not self.core.closed:
+                try:
+                    data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+                except TimeoutError:
+                    self._close_reason("timeout", f"no data for {timeout:.0f} s")
+                    return
+                if not data:
+                    self.end_all("publisher disconnected")
+                    return
+                self.server.metrics.bytes_in.inc(len(data))
+                try:
+                    events = self.core.receive_data(data)
+                    while events:
+                        for event in events:
+                            if isinstance(event, HandshakeComplete):
+                                timeout = cfg.rtmp_idle_timeout
+                            self._handle(event)
+                        # Our decisions (accept/refuse) release what the client pipelined.
+                        events = self.core.receive_data(b"") if self.core.has_pending else []
+                except RtmpProtocolError as exc:
+                    self._close_reason("protocol", f"protocol error: {exc}")
+                    return
+                except flv.FlvError as exc:
+                    self._close_reason("media", f"bad media: {exc}")
+                    return
+                except _Refused:
+                    pass
+                await self._flush()
+        except (ConnectionError, OSError) as exc:
+            self.end_all(f"connection lost: {exc}")
+        finally:
+            with contextlib.suppress(ConnectionError, OSError):
+                await self._flush()
+            self.end_all("connection closed")
+            self.writer.close()
+            with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+                await asyncio.wait_for(self.writer.wait_closed(), 2)
+
+    async def _flush(self) -> None:
+        out = self.core.data_to_send()
+        if out:
+            self.writer.write(out)
+            await self.writer.drain()
+
+    def _close_reason(self, reason: str, message: str) -> None:
+        log.warning("rtmp %s: closing: %s", self.remote, message)
+        self.server.metrics.rejected.labels(reason).inc()
+        self.end_all(message)
+
+    def end_all(self, reason: str) -> None:
+        for stream in self.streams.values():
+            self.server.registry.end(stream, reason)
+        self.streams.clear()
+
+    def shutdown(self) -> None:
+        for stream_id in list(self.streams):
+            self.core.end_publish(stream_id, "server shutting down")
+        self.end_all("server shutdown")
+        with contextlib.suppress(Exception):
+            self.writer.write(self.core.data_to_send())
+        self.writer.close()
+
+    def _handle(self, event: object) -> None:
+        if isinstance(event, MediaMessage):
+            self._media(event)
+        elif isinstance(event, ConnectRequest):
+            app = event.app.split("?", 1)[0].strip("/")
+            if app != RTMP_APP:
+                log.warning(
+                    "rtmp %s: connect to app %r refused (publish to /%s)",
+                    self.remote,
+                    event.app,
+                    RTMP_APP,
+                )
+                self.server.metrics.rejected.labels("app").inc()
+                self.core.reject_connect(
+                    event.transaction_id, f"unknown application {event.app!r}; use /{RTMP_APP}"
+                )
+                raise _Refused
+            log.debug("rtmp %s: connect app=%s tcUrl=%s", self.remote, app, event.tc_url)
+            self.core.accept_connect(event.transaction_id)
+        elif isinstance(event, PublishRequest):
+            self._publish(event)
+        elif isinstance(event, StreamMetadata):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.set_metadata(event.metadata)
+        elif isinstance(event, UnpublishRequest):
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None:
+                self.server.registry.end(stream, f"publisher sent {event.reason}")
+        elif isinstance(event, UnsupportedCommand):
+            log.info("rtmp %s: unsupported command %r ignored", self.remote, event.name)
+
+    def _publish(self, event: PublishRequest) -> None:
+        # Keys may carry a query string (OBS users paste "key?param=..."): it is not part
+        # of the secret.
+        key = event.stream_key.split("?", 1)[0]
+        try:
+            name = self.server.keys.verify(key)
+        except KeyRejected as exc:
+            log.warning("rtmp %s: publish refused: %s", self.remote, exc)
+            self.server.metrics.rejected.labels("key").inc()
+            self.core.reject_publish(event.stream_id, f"publish refused: {exc}")
+            raise _Refused from None
+        try:
+            stream = self.server.registry.publish(name, "rtmp", self.remote)
+        except StreamAlreadyLive as exc:
+            log.warning("rtmp %s: publish refused: %s", self.remote, exc)
+            self.server.metrics.rejected.labels("duplicate").inc()
+            self.core.reject_publish(event.stream_id, str(exc))
+            raise _Refused from None
+        self.streams[event.stream_id] = stream
+        self.core.accept_publish(event.stream_id)
+
+    def _media(self, event: MediaMessage) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
+            return
+        slot = (event.stream_id, event.kind)
+        ts = _unwrap(self._last_ts.get(slot), event.timestamp)
+        self._last_ts[slot] = ts
+        parsed: VideoConfig | AudioConfig | MediaPacket | None
+        if event.kind is MessageType.VIDEO:
+            parsed = flv.parse_video_tag(event.payload, ts)
+        else:
+            parsed = flv.parse_audio_tag(event.payload, ts)
+        if isinstance(parsed, MediaPacket):
+            self.server.metrics.packets.labels(parsed.kind.value).inc()
+            stream.push(parsed)
+        elif isinstance(parsed, VideoConfig):
+            stream.set_video_config(parsed)
+        elif isinstance(parsed, AudioConfig):
+            stream.set_audio_config(parsed)
+
+
+class RtmpServer:
+    def __init__(
+        self,
+        config: OriginConfig,
+        registry: StreamRegistry,
+        keys: KeyStore,
+        metrics: RtmpMetrics,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.keys = keys
+        self.metrics = metrics
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, self.config.host, self.config.rtmp_port, limit=READ_SIZE
+        )
+        log.info("RTMP listening on rtmp://%s:%d/%s", self.config.host, self.port, RTMP_APP)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= self.config.max_rtmp_connections:
+            log.warning("rtmp: connection limit %d reached", self.config.max_rtmp_connections)
+            self.metrics.rejected.labels("limit").inc()
+            writer.close()
+            return
+        conn = _Connection(self, reader, writer)
+        self._connections.add(conn)
+        self.metrics.connections.inc()
+        self.metrics.active.inc()
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        log.debug("rtmp %s: connected", conn.remote)
+        try:
+            await conn.run()
+        except Exception:
+            log.exception("rtmp %s: connection handler failed", conn.remote)
+            conn.end_all("internal error")
+        finally:
+            self._connections.discard(conn)
+            self.metrics.active.dec()
+            if task is not None:
+                self._tasks.discard(task)
+            log.debug("rtmp %s: disconnected", conn.remote)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            conn.shutdown()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=3)
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2)

@@ -1,0 +1,41 @@
+"""``python -m tests.pyav_publisher URL SECONDS``: publish synthetic H.264 + AAC over RTMP
+with libavformat (FFmpeg 8.1 via PyAV). Exits non-zero with the FFmpeg error if refused."""
+
+from __future__ import annotations
+
+import sys
+from fractions import Fraction
+
+import av
+
+
+def push(url: str, seconds: float, fps: int = 30) -> None:
+    with av.open(url, mode="w", format="flv") as out:
+        video = out.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
+        video.options = {"preset": "ultrafast", "tune": "zerolatency"}
+        audio = out.add_stream("aac", rate=48000)
+        audio.layout = "stereo"
+        src = av.open(f"testsrc2=size=320x240:rate={fps}", format="lavfi")
+        tone = av.open("sine=frequency=440:sample_rate=48000", format="lavfi")
+        tones = tone.decode(audio=0)
+        samples = 0
+        for n, frame in enumerate(src.decode(video=0)):
+            if n >= seconds * fps:
+                break
+            frame.pts = n
+            frame.time_base = Fraction(1, fps)
+            out.mux(video.encode(frame))
+            while samples < (n + 1) * 48000 / fps:
+                aframe = next(tones)
+                aframe.pts = samples
+                samples += aframe.samples
+                out.mux(audio.encode(aframe))
+        out.mux(video.encode(None))
+        out.mux(audio.encode(None))
+        src.close()
+        tone.close()
+
+
+if __name__ == "__main__":
+    push(sys.argv[1], float(sys.argv[2]))

@@ -1,0 +1,301 @@
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from origin import amf0
+from origin.rtmp_chunk import ChunkReader, ChunkWriter, Message, MessageType
+from origin.rtmp_protocol import (
+    HANDSHAKE_SIZE,
+    ConnectRequest,
+    HandshakeComplete,
+    MediaMessage,
+    PublishRequest,
+    RtmpProtocolError,
+    RtmpServerConnection,
+    StreamMetadata,
+    UnpublishRequest,
+    UnsupportedCommand,
+)
+from tests.rtmp_client import ScriptedPublisher, handshake_c0c1, handshake_c2
+
+KEY = "stream_abc_secret"
+AVC_SEQ = bytes([0x17, 0, 0, 0, 0]) + b"\x01\x64\x00\x1f\xff\xe1"
+AVC_FRAME = bytes([0x27, 1, 0, 0, 0x28]) + b"\x00\x00\x00\x02\x41\x9a"
+
+
+def server_messages(data: bytes) -> list[Message]:
+    reader = ChunkReader()
+    return reader.feed(data)
+
+
+def decode_commands(data: bytes) -> list[list[Any]]:
+    out = []
+    for m in server_messages(data):
+        if m.type_id == MessageType.COMMAND_AMF0:
+            out.append(amf0.decode(m.payload))
+    return out
+
+
+def obs_session_bytes(unpublish: bool = True) -> tuple[bytes, bytes]:
+    """(handshake, everything after) for an OBS-like publish with media and unpublish."""
+    pub = ScriptedPublisher(chunk_size=4096).obs_connect_sequence(KEY)
+    pub.obs_publish_sequence(KEY)
+    pub.data(
+        "@setDataFrame",
+        "onMetaData",
+        amf0.EcmaArray(width=1280.0, height=720.0, framerate=30.0, encoder="obs-output module"),
+    )
+    pub.media(MessageType.VIDEO, 0, AVC_SEQ)
+    pub.media(MessageType.VIDEO, 33, AVC_FRAME)
+    pub.media(MessageType.VIDEO, 0x01000000, AVC_FRAME)  # needs an extended timestamp
+    if unpublish:
+        pub.command("FCUnpublish", 6.0, None, KEY)
+        pub.command("deleteStream", 7.0, None, 1.0)
+    return handshake_c0c1(), pub.take()
+
+
+def run_session(chunks: list[bytes]) -> tuple[RtmpServerConnection, list[Any]]:
+    """Drive a server through a scripted session, accepting connect and publish."""
+    conn = RtmpServerConnection(clock=lambda: 99, random_bytes=lambda n: b"\x07" * n)
+    events: list[Any] = []
+    for chunk in chunks:
+        batch = conn.receive_data(chunk)
+        while batch:
+            for event in batch:
+                events.append(event)
+                if isinstance(event, ConnectRequest):
+                    conn.accept_connect(event.transaction_id)
+                elif isinstance(event, PublishRequest):
+                    conn.accept_publish(event.stream_id)
+            batch = conn.receive_data(b"") if conn.has_pending else []
+    return conn, events
+
+
+def full_session(unpublish: bool = True) -> bytes:
+    c0c1, body = obs_session_bytes(unpublish)
+    s1 = b"\x00\x00\x00\x63" + bytes(4) + b"\x07" * (HANDSHAKE_SIZE - 8)
+    return c0c1 + handshake_c2(s1) + body
+
+
+def summarize(events: list[Any]) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for e in events:
+        if isinstance(e, MediaMessage):
+            out.append(("media", (e.kind, e.timestamp, e.payload)))
+        elif isinstance(e, StreamMetadata):
+            out.append(("meta", e.metadata["width"]))
+        else:
+            out.append((type(e).__name__, getattr(e, "stream_key", None)))
+    return out
+
+
+def test_handshake_timing_fields() -> None:
+    conn = RtmpServerConnection(clock=lambda: 4242, random_bytes=lambda n: b"\xaa" * n)
+    c0c1 = handshake_c0c1()
+    events = conn.receive_data(c0c1)
+    assert events == [HandshakeComplete(client_time=1234, client_version=bytes(4))]
+    out = conn.data_to_send()
+    assert len(out) == 1 + 2 * HANDSHAKE_SIZE
+    assert out[0] == 3
+    s1, s2 = out[1 : 1 + HANDSHAKE_SIZE], out[1 + HANDSHAKE_SIZE :]
+    assert int.from_bytes(s1[:4], "big") == 4242  # S1 time: ours
+    assert s1[4:8] == bytes(4)  # zero: plain handshake
+    assert int.from_bytes(s2[:4], "big") == 1234  # S2 time: echo of C1 time
+    assert int.from_bytes(s2[4:8], "big") == 4242  # S2 time2: when we read C1
+    assert s2[8:] == c0c1[9:]  # S2 random echo of C1's
+
+
+def test_rejects_other_rtmp_versions() -> None:
+    conn = RtmpServerConnection()
+    with pytest.raises(RtmpProtocolError, match="unsupported RTMP version 6"):
+        conn.receive_data(b"\x06" + bytes(HANDSHAKE_SIZE))
+    assert conn.closed
+
+
+def test_obs_like_sequence_whole_bytewise_and_with_trailing() -> None:
+    data = full_session()
+    _, whole = run_session([data])
+    _, bytewise = run_session([data[i : i + 1] for i in range(len(data))])
+    rnd = random.Random(7)
+    cuts = sorted(rnd.sample(range(1, len(data)), 40))
+    _, split = run_session([data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)])
+    assert summarize(whole) == summarize(bytewise) == summarize(split)
+    names = [name for name, _ in summarize(whole)]
+    assert names == [
+        "HandshakeComplete",
+        "ConnectRequest",
+        "PublishRequest",
+        "meta",
+        "media",
+        "media",
+        "media",
+        "UnpublishRequest",
+    ]
+    publish = next(e for e in whole if isinstance(e, PublishRequest))
+    assert publish.stream_key == KEY and publish.publish_type == "live"
+    media = [e for e in whole if isinstance(e, MediaMessage)]
+    assert [m.timestamp for m in media] == [0, 33, 0x01000000]
+    assert media[2].payload == AVC_FRAME
+
+
+def test_server_replies_to_the_obs_sequence() -> None:
+    conn, _ = run_session([full_session()])
+    out = conn.data_to_send()[1 + 2 * HANDSHAKE_SIZE :]
+    messages = server_messages(out)
+    types = [m.type_id for m in messages]
+    assert types[:3] == [
+        MessageType.WINDOW_ACK_SIZE,
+        MessageType.SET_PEER_BANDWIDTH,
+        MessageType.SET_CHUNK_SIZE,
+    ]
+    commands = decode_commands(out)
+    assert commands[0][0] == "_result" and commands[0][3]["code"] == "NetConnection.Connect.Success"
+    assert [c[0] for c in commands[1:4]] == ["_result"] * 3  # releaseStream, FCPublish, create
+    assert commands[3][3] == 1.0  # createStream -> stream id 1
+    assert commands[4][0] == "onStatus" and commands[4][3]["code"] == "NetStream.Publish.Start"
+
+
+def test_publish_rejected_with_bad_name_then_closed() -> None:
+    conn = RtmpServerConnection()
+    c0c1, body = obs_session_bytes()
+    conn.receive_data(c0c1)
+    s = conn.data_to_send()
+    events = conn.receive_data(handshake_c2(s[1 : 1 + HANDSHAKE_SIZE]) + body)
+    # Everything after connect waits for our decision, even if pipelined in one read.
+    assert not any(isinstance(e, PublishRequest) for e in events)
+    connect = next(e for e in events if isinstance(e, ConnectRequest))
+    conn.accept_connect(connect.transaction_id)
+    assert conn.has_pending
+    events = conn.receive_data(b"")
+    publish = next(e for e in events if isinstance(e, PublishRequest))
+    assert not any(isinstance(e, MediaMessage) for e in events)
+    conn.reject_publish(publish.stream_id, "publish refused: unknown stream key")
+    assert conn.closed
+    status = decode_commands(conn.data_to_send())[-1]
+    assert status[0] == "onStatus"
+    assert status[3]["code"] == "NetStream.Publish.BadName"
+    assert status[3]["level"] == "error"
+
+
+def handshaken() -> RtmpServerConnection:
+    conn = RtmpServerConnection()
+    conn.receive_data(handshake_c0c1())
+    s = conn.data_to_send()
+    conn.receive_data(handshake_c2(s[1 : 1 + HANDSHAKE_SIZE]))
+    return conn
+
+
+@pytest.mark.parametrize(
+    ("payload_builder", "message"),
+    [
+        (lambda w: w.write(Message(1, 0, 0, (0).to_bytes(4, "big")), 2), "absurd chunk size 0"),
+        (
+            lambda w: w.write(Message(1, 0, 0, (0x80000000).to_bytes(4, "big")), 2),
+            "absurd chunk size",
+        ),
+        (lambda w: bytes([0x43]) + bytes(3), "without a type-0 header"),
+        (lambda w: w.write(Message(20, 0, 0, b"\x42"), 3), "unknown AMF0 type"),
+        (
+            lambda w: w.write(Message(20, 0, 0, amf0.encode("publish", 5.0, None, "k")), 3),
+            "before a successful connect",
+        ),
+        (lambda w: w.write(Message(9, 1, 0, b"\x17\x00"), 6), "not publishing"),
+        (lambda w: bytes([0x06]) + bytes([0, 0, 0]) + b"\xff\xff\xff\x09" + bytes(4), "exceeds"),
+    ],
+)
+def test_malformed_input_closes_with_clear_error(payload_builder: Any, message: str) -> None:
+    conn = handshaken()
+    with pytest.raises(RtmpProtocolError, match=message):
+        conn.receive_data(payload_builder(ChunkWriter()))
+    assert conn.closed
+
+
+def test_acknowledgement_after_peer_window() -> None:
+    conn = handshaken()
+    pub = ScriptedPublisher()
+    pub.control(MessageType.WINDOW_ACK_SIZE, (4096).to_bytes(4, "big"))
+    conn.receive_data(pub.take())
+    conn.data_to_send()
+    pub.control(MessageType.USER_CONTROL, b"\x00\x03" + bytes(8))  # SetBufferLength
+    for _ in range(300):
+        pub.control(MessageType.ACKNOWLEDGEMENT, bytes(4))
+    conn.receive_data(pub.take() + bytes(0))
+    acks = [m for m in server_messages(conn.data_to_send()) if m.type_id == 3]
+    assert acks, "server must acknowledge once the peer's window is exceeded"
+    assert int.from_bytes(acks[0].payload, "big") >= 4096
+
+
+def test_ping_request_gets_response() -> None:
+    conn = handshaken()
+    pub = ScriptedPublisher()
+    pub.control(MessageType.USER_CONTROL, b"\x00\x06" + (777).to_bytes(4, "big"))
+    conn.receive_data(pub.take())
+    (reply,) = server_messages(conn.data_to_send())
+    assert reply.payload == b"\x00\x07" + (777).to_bytes(4, "big")
+
+
+def test_unknown_command_gets_error_and_event() -> None:
+    conn, _ = run_session([full_session()[: 1 + 2 * HANDSHAKE_SIZE]])
+    pub = ScriptedPublisher().obs_connect_sequence(KEY)
+    pub.command("play", 9.0, None, "x")
+    conn.data_to_send()
+    (connect,) = conn.receive_data(pub.take())
+    assert isinstance(connect, ConnectRequest)
+    conn.accept_connect(connect.transaction_id)
+    (event,) = conn.receive_data(b"")
+    assert event == UnsupportedCommand("play", 9.0)
+    error = decode_commands(conn.data_to_send())[-1]
+    assert error[0] == "_error" and "not supported" in error[3]["description"]
+
+
+def test_aggregate_message_is_split_into_media() -> None:
+    conn, _ = run_session([full_session(unpublish=False)])
+    tag = bytes([9]) + len(AVC_FRAME).to_bytes(3, "big") + (100).to_bytes(3, "big") + b"\x00"
+    tag += bytes(3) + AVC_FRAME + (11 + len(AVC_FRAME)).to_bytes(4, "big")
+    tag2 = bytes([9]) + len(AVC_FRAME).to_bytes(3, "big") + (140).to_bytes(3, "big") + b"\x00"
+    tag2 += bytes(3) + AVC_FRAME + (11 + len(AVC_FRAME)).to_bytes(4, "big")
+    writer = ChunkWriter(4096)
+    events = conn.receive_data(writer.write(Message(22, 1, 5000, tag + tag2), 6))
+    assert [(e.timestamp, e.payload) for e in events if isinstance(e, MediaMessage)] == [
+        (5000, AVC_FRAME),
+        (5040, AVC_FRAME),
+    ]
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2048))
+@example(b"\x03" + bytes(1536) + bytes(1536) + b"\x02" + b"\xff" * 40)
+@example(
+    b"\x03" + bytes(3072) + b"\x02\x00\x00\x00\x00\x00\x04\x01\x00\x00\x00\x00\x7f\xff\xff\xff"
+)
+def test_fuzz_core_only_raises_protocol_error(raw: bytes) -> None:
+    conn = RtmpServerConnection()
+    try:
+        conn.receive_data(raw)
+    except RtmpProtocolError:
+        assert conn.closed
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_fuzz_mutated_session(data: st.DataObject) -> None:
+    """Flip bytes of a valid session after the handshake: never a crash or hang."""
+    session = bytearray(full_session())
+    start = 1 + 2 * HANDSHAKE_SIZE
+    for _ in range(data.draw(st.integers(1, 8))):
+        pos = data.draw(st.integers(start, len(session) - 1))
+        session[pos] = data.draw(st.integers(0, 255))
+    with contextlib.suppress(RtmpProtocolError):
+        run_session([bytes(session)])
+
+
+def test_unpublish_event_for_delete_stream_only() -> None:
+    _, events = run_session([full_session()])
+    unpublish = [e for e in events if isinstance(e, UnpublishRequest)]
+    assert len(unpublish) == 1 and unpublish[0].reason == "FCUnpublish"
