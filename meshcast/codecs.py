@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshcast.ingest import AudioConfig, VideoConfig
+
 __all__ = [
     "AacConfig",
     "AvcDecoderConfig",
@@ -549,3 +551,36 @@ def avc_decoder_config_from_annexb(data: bytes) -> bytes:
         parsed = parse_h264_sps(first)
         record += bytes([0xFC | parsed.chroma_format_idc, 0xF8, 0xF8, 0])
     return bytes(record)
+
+
+# ---- ingest configs from codec records (shared by RTMP, WHIP and the demo source) ------
+
+
+def h264_video_config(record: bytes) -> VideoConfig:
+    """VideoConfig from an avcC record; dimensions come from its first SPS."""
+    avcc = parse_avc_decoder_config(record)
+    if not avcc.sps:
+        # The record header repeats profile/level, so a record without an SPS still
+        # names them; the dimensions have to wait for in-band parameter sets.
+        return VideoConfig(
+            codec="h264",
+            extradata=record,
+            profile=h264_profile_name(avcc.profile_idc, avcc.profile_compat),
+            level=h264_level_name(avcc.level_idc, avcc.profile_idc, avcc.profile_compat),
+        )
+    sps = parse_h264_sps(avcc.sps[0])
+    return VideoConfig(
+        codec="h264",
+        extradata=record,
+        width=sps.width,
+        height=sps.height,
+        profile=h264_profile_name(sps.profile_idc, sps.constraint_flags),
+        level=h264_level_name(sps.level_idc, sps.profile_idc, sps.constraint_flags),
+    )
+
+
+def aac_audio_config(asc: bytes) -> AudioConfig:
+    config = parse_aac_audio_specific_config(asc)
+    return AudioConfig(
+        codec="aac", extradata=asc, sample_rate=config.sample_rate, channels=config.channels
+    )

@@ -83,12 +83,8 @@ def generate(
     aenc.open()
     resampler = av.AudioResampler(format="fltp", layout="stereo", rate=settings.sample_rate)
 
-    record = codecs.avc_decoder_config_from_annexb(bytes(venc.extradata or b""))
-    sps = codecs.parse_h264_sps(codecs.parse_avc_decoder_config(record).sps[0])
-    emit(VideoConfig("h264", record, sps.width, sps.height))
-    asc = bytes(aenc.extradata or b"")
-    aac = codecs.parse_aac_audio_specific_config(asc)
-    emit(AudioConfig("aac", asc, aac.sample_rate, aac.channels))
+    emit(codecs.h264_video_config(codecs.avc_decoder_config_from_annexb(venc.extradata or b"")))
+    emit(codecs.aac_audio_config(bytes(aenc.extradata or b"")))
 
     def emit_video(packets: list[Any]) -> None:
         for p in packets:
@@ -102,18 +98,17 @@ def generate(
             emit(MediaPacket(MediaKind.AUDIO, bytes(p), p.pts, p.pts, True, aenc.time_base))
 
     audio_frames = audio_src.decode(audio=0)
-    audio_time = 0.0
+    audio_samples = 0
     start = time.monotonic()
     try:
         for n, frame in enumerate(video_src.decode(video=0)):
             video_time = n / fps
             if stop() or (settings.duration is not None and video_time >= settings.duration):
                 break
-            while audio_time <= video_time:
-                aframe = next(audio_frames)
-                audio_time += aframe.samples / settings.sample_rate
-                aframe.pts = None  # the encoder's own sample counter keeps pts continuous
-                for resampled in resampler.resample(aframe):
+            while audio_samples <= video_time * settings.sample_rate:
+                for resampled in resampler.resample(next(audio_frames)):
+                    resampled.pts = audio_samples
+                    audio_samples += resampled.samples
                     emit_audio(aenc.encode(resampled))
             if settings.realtime:
                 delay = start + video_time - time.monotonic()

@@ -9,14 +9,7 @@ needs the sequence header to interpret a frame.
 
 from __future__ import annotations
 
-from meshcast.codecs import (
-    CodecError,
-    h264_level_name,
-    h264_profile_name,
-    parse_aac_audio_specific_config,
-    parse_avc_decoder_config,
-    parse_h264_sps,
-)
+from meshcast.codecs import CodecError, aac_audio_config, h264_video_config
 from meshcast.ingest import AudioConfig, MediaKind, MediaPacket, VideoConfig
 
 __all__ = ["FlvError", "parse_audio_tag", "parse_video_tag"]
@@ -188,27 +181,9 @@ def _video_packet(
 
 def _avc_config(record: bytes) -> VideoConfig:
     try:
-        avcc = parse_avc_decoder_config(record)
-        sps = parse_h264_sps(avcc.sps[0]) if avcc.sps else None
+        return h264_video_config(record)
     except CodecError as exc:
         raise FlvError(f"invalid AVC sequence header: {exc}") from exc
-    if sps is None:
-        # The record header repeats profile/level, so a record without an SPS still
-        # names them; the dimensions have to wait for in-band parameter sets.
-        return VideoConfig(
-            codec="h264",
-            extradata=record,
-            profile=h264_profile_name(avcc.profile_idc, avcc.profile_compat),
-            level=h264_level_name(avcc.level_idc, avcc.profile_idc, avcc.profile_compat),
-        )
-    return VideoConfig(
-        codec="h264",
-        extradata=record,
-        width=sps.width,
-        height=sps.height,
-        profile=h264_profile_name(sps.profile_idc, sps.constraint_flags),
-        level=h264_level_name(sps.level_idc, sps.profile_idc, sps.constraint_flags),
-    )
 
 
 def _opaque_video_config(codec: str, record: bytes) -> VideoConfig:
@@ -337,12 +312,9 @@ def _parse_enhanced_audio(payload: bytes, timestamp_ms: int) -> AudioConfig | Me
 
 def _aac_config(asc: bytes) -> AudioConfig:
     try:
-        config = parse_aac_audio_specific_config(asc)
+        return aac_audio_config(asc)
     except CodecError as exc:
         raise FlvError(f"invalid AAC sequence header: {exc}") from exc
-    return AudioConfig(
-        codec="aac", extradata=asc, sample_rate=config.sample_rate, channels=config.channels
-    )
 
 
 def _opus_config(head: bytes) -> AudioConfig:

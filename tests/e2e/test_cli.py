@@ -1,0 +1,113 @@
+"""The `meshcast` console script as users run it."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.e2e
+
+MESHCAST = [sys.executable, "-m", "meshcast.cli"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MESHCAST, *args], capture_output=True, text=True, timeout=30)
+
+
+def test_keys_create_list_revoke(tmp_path: Path) -> None:
+    created = run("keys", "create", "cam1", "--data", str(tmp_path))
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert created.stdout == key + "\n"  # the key and nothing else on stdout
+    assert re.fullmatch(r"stream_[0-9a-f]{12}_[0-9a-f]{64}", key)
+    stored = (tmp_path / "keys.json").read_text()
+    assert key.rsplit("_", 1)[1] not in stored  # only the hash is stored
+    assert json.loads(stored)["keys"][0]["name"] == "cam1"
+
+    dup = run("keys", "create", "cam1", "--data", str(tmp_path))
+    assert dup.returncode == 1 and "exists" in dup.stderr
+
+    listing = run("keys", "list", "--data", str(tmp_path))
+    assert listing.stdout.startswith("cam1\tstream\tactive")
+
+    assert run("keys", "revoke", "cam1", "--data", str(tmp_path)).returncode == 0
+    assert "revoked" in run("keys", "list", "--data", str(tmp_path)).stdout
+    again = run("keys", "revoke", "cam1", "--data", str(tmp_path))
+    assert again.returncode == 1 and "no active key" in again.stderr
+
+    bad = run("keys", "create", "../etc", "--data", str(tmp_path))
+    assert bad.returncode == 1 and "invalid stream name" in bad.stderr
+
+
+def test_up_demo_ready_live_and_clean_shutdown(tmp_path: Path) -> None:
+    http_port, rtmp_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            *MESHCAST,
+            "up",
+            "--demo",
+            "--data",
+            str(tmp_path),
+            "--http-port",
+            str(http_port),
+            "--rtmp-port",
+            str(rtmp_port),
+            "--edges",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip())
+            if line.strip() == "ready":
+                break
+        out = "\n".join(lines)
+        assert lines and lines[-1] == "ready", out
+        assert f"rtmp://127.0.0.1:{rtmp_port}/live" in out
+        assert f"http://127.0.0.1:{http_port + 1}/player/?stream=demo" in out
+        for port in (http_port, http_port + 1, http_port + 2):
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        # the demo stream is live and moving
+        deadline = time.monotonic() + 20
+        frames = 0
+        while time.monotonic() < deadline:
+            streams = httpx.get(f"http://127.0.0.1:{http_port}/api/streams").json()["streams"]
+            demo = next((s for s in streams if s["name"] == "demo"), None)
+            if demo and demo["video"] and demo["video"]["frames"] >= 30:
+                frames = demo["video"]["frames"]
+                break
+            time.sleep(0.2)
+        assert demo is not None and demo["state"] == "live", demo
+        assert frames >= 30
+        assert (demo["video"]["codec"], demo["video"]["width"]) == ("h264", 1280)
+        assert demo["audio"]["codec"] == "aac"
+        metrics = httpx.get(f"http://127.0.0.1:{http_port + 1}/metrics").text
+        assert "meshcast_edge_origin_fetches_total" in metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, err
+    assert "stream demo ended (server shutdown)" in err
