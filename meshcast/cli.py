@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +13,8 @@ from meshcast import config as cfg
 from meshcast.logs import setup_logging
 from meshcast.paths import player_url, rtmp_publish_url
 from meshcast.sizes import parse_size
+from transcoder.encoders import EncoderUnavailable
+from transcoder.ladder import parse_ladder
 
 
 def _add_origin_args(p: argparse.ArgumentParser) -> None:
@@ -20,6 +23,20 @@ def _add_origin_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http-port", type=int, default=cfg.DEFAULT_HTTP_PORT)
     p.add_argument("--rtmp-port", type=int, default=cfg.DEFAULT_RTMP_PORT)
     p.add_argument("--demo", action="store_true", help="publish the synthetic stream 'demo'")
+    p.add_argument(
+        "--encoder",
+        choices=["auto", "nvenc", "x264"],
+        default="auto",
+        help="H.264 encoder: auto (NVENC if it opens, else libx264) or force one",
+    )
+    p.add_argument("--segment-duration", type=float, default=2.0, help="seconds per segment")
+    p.add_argument("--dvr-window", type=int, default=6, help="segments listed in live playlists")
+    p.add_argument(
+        "--ladder",
+        type=parse_ladder,
+        default=None,
+        help="rungs as HEIGHT:KBPS,... (default 1080:5000,720:2800,480:1400,360:800)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,12 +78,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _origin_config(args: argparse.Namespace) -> cfg.OriginConfig:
+    transcode = cfg.TranscodeConfig(
+        segment_duration=args.segment_duration,
+        window_segments=args.dvr_window,
+        encoder=args.encoder,
+    )
+    if args.ladder:
+        ladder = tuple((spec.height, spec.video_kbps) for spec in args.ladder)
+        transcode = dataclasses.replace(transcode, ladder=ladder)
     return cfg.OriginConfig(
         data_dir=args.data,
         host=args.host,
         http_port=args.http_port,
         rtmp_port=args.rtmp_port,
         demo=args.demo,
+        transcode=transcode,
     )
 
 
@@ -158,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner = {"up": _up, "origin": _origin, "edge": _edge}[args.command]
     try:
         asyncio.run(runner(args))
-    except OSError as exc:
+    except (OSError, EncoderUnavailable) as exc:
         print(f"meshcast: {exc}", file=sys.stderr)
         return 1
     except TimeoutError as exc:

@@ -576,6 +576,7 @@ def h264_video_config(record: bytes) -> VideoConfig:
         height=sps.height,
         profile=h264_profile_name(sps.profile_idc, sps.constraint_flags),
         level=h264_level_name(sps.level_idc, sps.profile_idc, sps.constraint_flags),
+        fps=sps.fps,
     )
 
 

@@ -10,6 +10,19 @@ DEFAULT_RTMP_PORT = 1935
 
 
 @dataclass(frozen=True, slots=True)
+class TranscodeConfig:
+    segment_duration: float = 2.0
+    # Segments listed in live playlists/MPDs: the DVR depth (6 x 2 s = 12 s by default).
+    window_segments: int = 6
+    # (height, video kbps) per rung; rungs above the source height are skipped.
+    ladder: tuple[tuple[int, int], ...] = ((1080, 5000), (720, 2800), (480, 1400), (360, 800))
+    encoder: str = "auto"  # auto | nvenc | x264
+    audio_kbps: int = 128
+    # Packets queued for a stream's worker before the ingest side starts dropping.
+    queue_packets: int = 2000
+
+
+@dataclass(frozen=True, slots=True)
 class OriginConfig:
     data_dir: Path = Path("data")
     host: str = "127.0.0.1"
@@ -23,6 +36,7 @@ class OriginConfig:
     max_rtmp_connections: int = 256
     # A stream that ended stays listed (state "ended") for this long.
     ended_stream_ttl: float = 300.0
+    transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ class VideoConfig:
     height: int | None = None
     profile: str | None = None
     level: str | None = None
+    fps: float | None = None  # from the bitstream's timing info, when it has one
 
 
 @dataclass(frozen=True, slots=True)

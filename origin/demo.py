@@ -22,6 +22,7 @@ from typing import Any
 
 from meshcast import codecs
 from meshcast.ingest import AudioConfig, MediaKind, MediaPacket, VideoConfig
+from meshcast.logs import ignore_terminal_signals
 from origin.registry import LiveStream, StreamRegistry
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ def generate(
 
 
 def _worker(settings: DemoSettings, conn: Connection, stop: MpEvent) -> None:
+    ignore_terminal_signals()
     try:
         generate(settings, conn.send, stop.is_set)
     except (BrokenPipeError, EOFError, KeyboardInterrupt):

@@ -119,6 +119,16 @@ class _Connection:
                     return
                 except _Refused:
                     pass
+                for stream_id, stream in list(self.streams.items()):
+                    if not stream.live:  # ended by the server (e.g. its transcoder failed)
+                        log.warning(
+                            "rtmp %s: stream %s ended by the server (%s); closing",
+                            self.remote,
+                            stream.name,
+                            stream.end_reason,
+                        )
+                        self.core.end_publish(stream_id, f"stream ended: {stream.end_reason}")
+                        del self.streams[stream_id]
                 await self._flush()
         except (ConnectionError, OSError) as exc:
             self.end_all(f"connection lost: {exc}")

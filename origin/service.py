@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from fractions import Fraction
 
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -12,8 +14,11 @@ from meshcast.http import HttpService
 from meshcast.keys import KeyStore
 from origin.demo import DemoSource
 from origin.http_app import create_app
-from origin.registry import StreamRegistry
+from origin.registry import LiveStream, StreamRegistry
 from origin.rtmp_server import RtmpMetrics, RtmpServer
+from transcoder.encoders import EncoderSettings, select_backend
+from transcoder.ladder import plan_ladder
+from transcoder.worker import WorkerSink
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +34,9 @@ class OriginService:
         Gauge(
             "meshcast_origin_live_streams", "Streams live now", registry=self.metrics
         ).set_function(lambda: len(self.registry.live_streams()))
-        self.app = create_app(self.registry, self.bus, self.metrics)
+        self._workers: set[WorkerSink] = set()
+        self.registry.add_sink_factory(self._start_transcoder)
+        self.app = create_app(self.registry, self.bus, self.metrics, config.data_dir)
         self.http = HttpService(self.app, config.host, config.http_port, "origin")
         self.demo = DemoSource(self.registry) if config.demo else None
 
@@ -37,7 +44,29 @@ class OriginService:
     def url(self) -> str:
         return f"http://{self.config.host}:{self.http.port}"
 
+    def _start_transcoder(self, stream: LiveStream) -> WorkerSink:
+        loop = asyncio.get_running_loop()
+
+        def failed(reason: str) -> None:
+            loop.call_soon_threadsafe(self.registry.end, stream, reason)
+
+        self._workers = {w for w in self._workers if w.alive}
+        sink = WorkerSink(stream.name, self.config.data_dir, self.config.transcode, failed)
+        self._workers.add(sink)
+        return sink
+
+    def check_encoder(self) -> None:
+        """Fail at start-up, not at the first publish, when a forced encoder cannot open."""
+        if self.config.transcode.encoder == "auto":
+            return
+        probe = plan_ladder(1280, 720)[-1]
+        backend = select_backend(
+            self.config.transcode.encoder, probe, EncoderSettings(fps=Fraction(30))
+        )
+        log.info("encoder backend %s forced and available", backend.value)
+
     async def start(self) -> None:
+        self.check_encoder()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         await self.rtmp.start()
         await self.http.start()
@@ -50,4 +79,7 @@ class OriginService:
         if self.demo is not None:
             await self.demo.close()
         await self.rtmp.close()
+        # Ended streams' workers are writing their last segments and ENDLIST: let them.
+        for worker in list(self._workers):
+            await asyncio.to_thread(worker.join, 15)
         await self.http.close()

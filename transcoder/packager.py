@@ -1,0 +1,116 @@
+"""Writes one live stream's CMAF renditions and their HLS + DASH manifests to the store."""
+
+from __future__ import annotations
+
+import logging
+import time
+from fractions import Fraction
+
+from meshcast.store import SegmentStore
+from transcoder import dash, hls
+from transcoder.fmp4 import TrackSpec, init_segment
+from transcoder.segments import RenditionState, SegmentRecord
+
+log = logging.getLogger(__name__)
+
+# Segments stay on disk this many windows after they leave the playlist, so a player
+# that fetched the playlist just before it slid can still get them.
+GRACE_WINDOWS = 1
+
+
+class StreamPackager:
+    def __init__(
+        self,
+        store: SegmentStore,
+        prefix: str,
+        segment_duration: Fraction,
+        window: int,
+        wallclock_start: float | None = None,
+    ) -> None:
+        self.store = store
+        self.prefix = prefix.rstrip("/")
+        self.segment_duration = segment_duration
+        self.window = window
+        self.wallclock_start = wallclock_start if wallclock_start is not None else time.time()
+        self.videos: list[RenditionState] = []
+        self.audio: RenditionState | None = None
+        self.ended = False
+        # Numbers continue across publications of a name (they follow the wall clock),
+        # so a cached /live/NAME/R/N.m4s is never a segment of an earlier publication.
+        self.first_number = int(self.wallclock_start / float(segment_duration))
+
+    def add_rendition(
+        self, name: str, track: TrackSpec, codecs: str, frame_rate: float = 0.0
+    ) -> RenditionState:
+        state = RenditionState(
+            name,
+            track,
+            codecs,
+            self.segment_duration,
+            self.wallclock_start,
+            frame_rate,
+            self.first_number,
+        )
+        if track.kind == "video":
+            self.videos.append(state)
+        else:
+            self.audio = state
+        self.store.put(f"{self.prefix}/{name}/init.mp4", init_segment(track))
+        return state
+
+    @property
+    def renditions(self) -> list[RenditionState]:
+        return [*self.videos, *([self.audio] if self.audio else [])]
+
+    def add(
+        self, rendition: RenditionState, dts: int, pts: int, data: bytes, keyframe: bool
+    ) -> SegmentRecord | None:
+        finished = rendition.add(dts, pts, data, keyframe)
+        if finished is None:
+            return None
+        self._publish(rendition, *finished)
+        return finished[0]
+
+    def _publish(self, rendition: RenditionState, record: SegmentRecord, data: bytes) -> None:
+        self.store.put(f"{self.prefix}/{rendition.name}/{record.number}.m4s", data)
+        self.store.put(
+            f"{self.prefix}/{rendition.name}/index.m3u8",
+            hls.media_playlist(rendition, float(self.segment_duration), self.ended, self.window),
+        )
+        expired = record.number - self.window * (1 + GRACE_WINDOWS)
+        if expired >= self.first_number:
+            self.store.delete(f"{self.prefix}/{rendition.name}/{expired}.m4s")
+        self._write_manifests()
+
+    def _write_manifests(self) -> None:
+        # Players read the multivariant playlist once: write it when every rendition
+        # has a measured segment, then keep BANDWIDTH current.
+        if not self.videos or any(not r.segments for r in self.renditions):
+            return
+        self.store.put(f"{self.prefix}/master.m3u8", hls.master_playlist(self.videos, self.audio))
+        self.store.put(
+            f"{self.prefix}/manifest.mpd",
+            dash.mpd(
+                self.videos,
+                self.audio,
+                availability_start=self.wallclock_start,
+                segment_duration=float(self.segment_duration),
+                window=self.window,
+                ended=self.ended,
+                now=time.time(),
+            ),
+        )
+
+    def finish(self) -> None:
+        """Flush open segments; playlists get #EXT-X-ENDLIST and the MPD turns static."""
+        self.ended = True
+        for rendition in self.renditions:
+            finished = rendition.flush()
+            if finished is not None:
+                self._publish(rendition, *finished)
+            else:
+                self.store.put(
+                    f"{self.prefix}/{rendition.name}/index.m3u8",
+                    hls.media_playlist(rendition, float(self.segment_duration), True, self.window),
+                )
+        self._write_manifests()

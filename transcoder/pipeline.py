@@ -1,0 +1,297 @@
+"""Live ladder: decode once, scale once per rung, encode every rung with keyframes forced
+at the same instants, one shared AAC audio rendition, packaged as CMAF + HLS + DASH.
+
+Runs inside a worker process (see ``worker``); it is plain synchronous code driven by
+ingest messages, so tests can drive it directly too.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import av
+from av.video.frame import PictureType
+
+from meshcast import codecs
+from meshcast.config import TranscodeConfig
+from meshcast.ingest import AudioConfig, MediaKind, MediaPacket, VideoConfig
+from meshcast.store import SegmentStore
+from transcoder.encoders import Backend, EncoderSettings, open_encoder, select_backend
+from transcoder.fmp4 import TrackSpec
+from transcoder.ladder import Rung, RungSpec, plan_ladder
+from transcoder.packager import StreamPackager
+from transcoder.segments import RenditionState
+
+log = logging.getLogger(__name__)
+
+VIDEO_TIMESCALE = 90_000
+AUDIO_RATE = 48_000
+AAC_FRAME = 1024
+DECODERS = {"h264": "h264", "hevc": "hevc", "av1": "libdav1d", "vp8": "vp8", "vp9": "vp9"}
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+@dataclass
+class _VideoRung:
+    rung: Rung
+    encoder: Any
+    rendition: RenditionState
+
+
+class LadderPipeline:
+    def __init__(self, name: str, store: SegmentStore, config: TranscodeConfig) -> None:
+        self.name = name
+        self.config = config
+        self.segment_duration = Fraction(config.segment_duration).limit_denominator(1000)
+        self.packager = StreamPackager(
+            store, f"live/{name}", self.segment_duration, config.window_segments
+        )
+        self.backend: Backend | None = None
+        self._decoder: Any = None
+        self._decoder_time_base = Fraction(1, 1000)
+        self._video_config: VideoConfig | None = None
+        self._rungs: list[_VideoRung] = []
+        self._t0: Fraction | None = None  # media time that maps to 0 on our timeline
+        self._last_video_pts = -1
+        self._slot = -1
+        self._audio: RenditionState | None = None
+        self._audio_config: AudioConfig | None = None
+        self._audio_decoder: Any = None
+        self._audio_encoder: Any = None
+        self._resampler: Any = None
+        self._audio_next: int | None = None
+        self.frames_in = 0
+        self.frames_dropped = 0
+
+    # ---- ingest ---------------------------------------------------------------------
+
+    def on_video_config(self, config: VideoConfig) -> None:
+        if config == self._video_config:
+            return
+        decoder_name = DECODERS.get(config.codec)
+        if decoder_name is None:
+            raise PipelineError(f"no decoder for video codec {config.codec!r}")
+        decoder: Any = av.CodecContext.create(decoder_name, "r")
+        decoder.extradata = config.extradata
+        decoder.thread_type = "AUTO"
+        decoder.open()
+        self._decoder = decoder
+        self._video_config = config
+
+    def on_audio_config(self, config: AudioConfig) -> None:
+        if config == self._audio_config:
+            return
+        self._audio_config = config
+        if self._audio is not None:
+            if config.codec != "aac":
+                self._open_audio_transcoder(config)
+            return
+        if config.codec == "aac" and config.sample_rate and config.channels:
+            # AAC in, AAC out: the source frames are the audio rendition (no re-encode).
+            track = TrackSpec(
+                2,
+                "audio",
+                config.sample_rate,
+                config.extradata,
+                sample_rate=config.sample_rate,
+                channels=config.channels,
+            )
+            aot = codecs.parse_aac_audio_specific_config(config.extradata).object_type
+            self._audio = self.packager.add_rendition("audio", track, f"mp4a.40.{aot}")
+        else:
+            self._open_audio_transcoder(config)
+
+    def on_packet(self, packet: MediaPacket) -> None:
+        t = Fraction(packet.dts) * packet.time_base
+        if self._t0 is None:
+            self._t0 = t
+        if packet.kind is MediaKind.VIDEO:
+            self._video_packet(packet)
+        else:
+            self._audio_packet(packet)
+
+    def on_end(self) -> None:
+        if self._decoder is not None and self._video_config is not None:
+            try:
+                for frame in self._decoder.decode(None):
+                    self._video_frame(frame, self._decoder_time_base)
+            except av.error.FFmpegError as exc:
+                log.warning("stream %s: decoder flush failed: %s", self.name, exc)
+        for vr in self._rungs:
+            for out in vr.encoder.encode(None):
+                self._package_video(vr, out)
+        if self._audio_encoder is not None:
+            for out in self._audio_encoder.encode(None):
+                self._package_audio_packet(out)
+        self.packager.finish()
+        log.info(
+            "stream %s: transcode finished, %d frames in, %d dropped, %s segments",
+            self.name,
+            self.frames_in,
+            self.frames_dropped,
+            {r.name: len(r.segments) for r in self.packager.renditions},
+        )
+
+    # ---- video ----------------------------------------------------------------------
+
+    def _video_packet(self, packet: MediaPacket) -> None:
+        if self._decoder is None:
+            return  # no sequence header yet: nothing decodable
+        avpkt = av.Packet(packet.data)
+        avpkt.pts, avpkt.dts = packet.pts, packet.dts
+        avpkt.time_base = packet.time_base
+        try:
+            frames = self._decoder.decode(avpkt)
+        except av.error.FFmpegError as exc:
+            log.warning("stream %s: video decode error (%s); continuing", self.name, exc)
+            return
+        self._decoder_time_base = packet.time_base
+        for frame in frames:
+            self._video_frame(frame, packet.time_base)
+
+    def _video_frame(self, frame: Any, time_base: Fraction) -> None:
+        assert self._t0 is not None
+        self.frames_in += 1
+        if frame.pts is None:
+            self.frames_dropped += 1
+            return
+        pts = math.floor((Fraction(frame.pts) * time_base - self._t0) * VIDEO_TIMESCALE)
+        if pts <= self._last_video_pts:
+            self.frames_dropped += 1  # repeated or backwards timestamp: not representable
+            return
+        self._last_video_pts = pts
+        if not self._rungs:
+            self._open_ladder(frame)
+        slot = int(Fraction(pts, VIDEO_TIMESCALE) // self.segment_duration)
+        force_key = slot > self._slot
+        self._slot = max(slot, self._slot)
+        for vr in self._rungs:
+            scaled = frame.reformat(width=vr.rung.width, height=vr.rung.height, format="yuv420p")
+            scaled.pts = pts
+            scaled.time_base = Fraction(1, VIDEO_TIMESCALE)
+            scaled.pict_type = PictureType.I if force_key else PictureType.NONE
+            for out in vr.encoder.encode(scaled):
+                self._package_video(vr, out)
+
+    def _package_video(self, vr: _VideoRung, out: Any) -> None:
+        if out.pts is None or out.dts is None:
+            return
+        self.packager.add(
+            vr.rendition,
+            out.dts,
+            out.pts,
+            codecs.annexb_to_length_prefixed(bytes(out)),
+            out.is_keyframe,
+        )
+
+    def _open_ladder(self, frame: Any) -> None:
+        assert self._video_config is not None
+        width = self._video_config.width or frame.width
+        height = self._video_config.height or frame.height
+        specs = [RungSpec(h, kbps) for h, kbps in self.config.ladder]
+        rungs = plan_ladder(width, height, specs)
+        fps = Fraction(self._video_config.fps or 30).limit_denominator(1001)
+        settings = EncoderSettings(fps=fps)
+        self.backend = select_backend(self.config.encoder, rungs[0], settings)
+        log.info(
+            "stream %s: %dx%d -> %s with %s",
+            self.name,
+            width,
+            height,
+            ", ".join(f"{r.name} {r.width}x{r.height}@{r.video_kbps}k" for r in rungs),
+            self.backend.value,
+        )
+        for rung in rungs:
+            encoder = open_encoder(self.backend, rung, settings)
+            record = codecs.avc_decoder_config_from_annexb(bytes(encoder.extradata or b""))
+            avcc = codecs.parse_avc_decoder_config(record)
+            track = TrackSpec(
+                1,
+                "video",
+                VIDEO_TIMESCALE,
+                record,
+                rung.width,
+                rung.height,
+                avg_bitrate=rung.video_kbps * 1000,
+            )
+            codec_string = codecs.h264_codec_string(
+                avcc.profile_idc, avcc.profile_compat, avcc.level_idc
+            )
+            rendition = self.packager.add_rendition(rung.name, track, codec_string, float(fps))
+            self._rungs.append(_VideoRung(rung, encoder, rendition))
+
+    # ---- audio ----------------------------------------------------------------------
+
+    def _open_audio_transcoder(self, config: AudioConfig) -> None:
+        decoder: Any = av.CodecContext.create(config.codec, "r")
+        if config.extradata:
+            decoder.extradata = config.extradata
+        decoder.open()
+        self._audio_decoder = decoder
+        if self._audio_encoder is None:
+            encoder: Any = av.CodecContext.create("aac", "w")
+            encoder.sample_rate = AUDIO_RATE
+            encoder.layout = "stereo"
+            encoder.format = "fltp"
+            encoder.time_base = Fraction(1, AUDIO_RATE)
+            encoder.bit_rate = self.config.audio_kbps * 1000
+            encoder.open()
+            self._audio_encoder = encoder
+            self._resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
+            asc = bytes(encoder.extradata or b"")
+            track = TrackSpec(
+                2,
+                "audio",
+                AUDIO_RATE,
+                asc,
+                sample_rate=AUDIO_RATE,
+                channels=2,
+                avg_bitrate=self.config.audio_kbps * 1000,
+            )
+            self._audio = self.packager.add_rendition("audio", track, "mp4a.40.2")
+
+    def _audio_packet(self, packet: MediaPacket) -> None:
+        if self._audio is None:
+            return
+        assert self._t0 is not None
+        rate = self._audio.track.timescale
+        t = math.floor((Fraction(packet.dts) * packet.time_base - self._t0) * rate)
+        if t < 0:
+            return  # before the first video/audio instant of the timeline
+        if self._audio_decoder is not None:
+            self._transcode_audio(packet, t)
+            return
+        # Millisecond timestamps jitter by up to 1 ms around the true sample clock:
+        # snap to the expected position unless there is a real gap.
+        if self._audio_next is not None and abs(t - self._audio_next) < AAC_FRAME // 2:
+            t = self._audio_next
+        self._audio_next = t + AAC_FRAME
+        self.packager.add(self._audio, t, t, packet.data, True)
+
+    def _transcode_audio(self, packet: MediaPacket, t: int) -> None:
+        avpkt = av.Packet(packet.data)
+        try:
+            frames = self._audio_decoder.decode(avpkt)
+        except av.error.FFmpegError as exc:
+            log.warning("stream %s: audio decode error (%s); continuing", self.name, exc)
+            return
+        if self._audio_next is None:
+            self._audio_next = math.floor(t * AUDIO_RATE / self._audio_decoder.sample_rate)
+        for frame in frames:
+            frame.pts = None
+            for resampled in self._resampler.resample(frame):
+                resampled.pts = self._audio_next
+                self._audio_next += resampled.samples
+                for out in self._audio_encoder.encode(resampled):
+                    self._package_audio_packet(out)
+
+    def _package_audio_packet(self, out: Any) -> None:
+        if self._audio is not None and out.pts is not None:
+            self.packager.add(self._audio, out.pts, out.pts, bytes(out), True)

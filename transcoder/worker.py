@@ -1,0 +1,150 @@
+"""Per-stream transcoder worker process, and the ingest-side sink that feeds it.
+
+Ingest (event loop) -> bounded multiprocessing queue -> worker process (decode, scale,
+encode, package). The queue is bounded: when a worker falls behind, video is dropped up to
+the next keyframe (a decodable point) instead of growing memory or blocking ingest.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from meshcast.config import TranscodeConfig
+from meshcast.ingest import AudioConfig, MediaKind, MediaPacket, VideoConfig
+from meshcast.logs import ignore_terminal_signals, setup_logging
+from meshcast.store import LocalStore
+
+log = logging.getLogger(__name__)
+
+Item = VideoConfig | AudioConfig | MediaPacket | None  # None: end of stream
+
+
+def worker_main(
+    name: str, data_dir: Path, config: TranscodeConfig, inbox: Any, log_level: int
+) -> None:
+    ignore_terminal_signals()
+    setup_logging(logging.getLevelName(log_level))
+    from transcoder.pipeline import LadderPipeline
+
+    store = LocalStore(data_dir)
+    store.clear(f"live/{name}")  # a new publication starts a new timeline
+    pipeline = LadderPipeline(name, store, config)
+    try:
+        while True:
+            item = inbox.get()
+            if item is None:
+                break
+            if isinstance(item, MediaPacket):
+                pipeline.on_packet(item)
+            elif isinstance(item, VideoConfig):
+                pipeline.on_video_config(item)
+            else:
+                pipeline.on_audio_config(item)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        # Also on errors: playlists get their ENDLIST so players stop cleanly.
+        try:
+            pipeline.on_end()
+        except Exception:
+            log.exception("stream %s: could not finalize playlists", name)
+
+
+class WorkerSink:
+    """PacketSink for one live stream: forwards to its worker process."""
+
+    def __init__(
+        self,
+        name: str,
+        data_dir: Path,
+        config: TranscodeConfig,
+        on_failure: Callable[[str], None],
+    ) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.name = name
+        self._inbox: Any = ctx.Queue(config.queue_packets)
+        self._process = ctx.Process(
+            target=worker_main,
+            args=(name, data_dir, config, self._inbox, logging.getLogger().level),
+            name=f"meshcast-transcode-{name}",
+            daemon=True,
+        )
+        self._on_failure = on_failure
+        self._ending = False
+        self._failed = False
+        self._dropping_video = False
+        self.dropped = 0
+        self._process.start()
+        self._watcher = threading.Thread(target=self._watch, name=f"watch-{name}", daemon=True)
+        self._watcher.start()
+        log.info("stream %s: transcoder worker pid %s", name, self._process.pid)
+
+    def _watch(self) -> None:
+        self._process.join()
+        code = self._process.exitcode
+        if code != 0 and not self._failed:
+            self._failed = True
+            log.error("stream %s: transcoder worker exited with code %s", self.name, code)
+            self._on_failure(f"transcoder failed (exit code {code})")
+
+    def _put(self, item: Item) -> bool:
+        if self._failed or self._ending:
+            return False
+        try:
+            self._inbox.put_nowait(item)
+        except queue.Full:
+            return False
+        return True
+
+    def on_video_config(self, config: VideoConfig) -> None:
+        self._put(config)
+
+    def on_audio_config(self, config: AudioConfig) -> None:
+        self._put(config)
+
+    def on_packet(self, packet: MediaPacket) -> None:
+        if packet.kind is MediaKind.VIDEO:
+            if self._dropping_video and not packet.keyframe:
+                self.dropped += 1
+                return
+            self._dropping_video = False
+        if not self._put(packet):
+            self.dropped += 1
+            if packet.kind is MediaKind.VIDEO and not self._dropping_video and not self._failed:
+                self._dropping_video = True
+                log.warning(
+                    "stream %s: transcoder behind (queue full); dropping video to the next "
+                    "keyframe",
+                    self.name,
+                )
+
+    def on_end(self) -> None:
+        if self._ending or self._failed:
+            return
+        self._ending = True
+        # put() may wait for queue space; the worker is draining, so this is brief.
+        threading.Thread(target=self._finish, name=f"end-{self.name}", daemon=True).start()
+
+    def _finish(self) -> None:
+        try:
+            self._inbox.put(None, timeout=30)
+        except queue.Full:
+            log.error("stream %s: worker did not drain; terminating it", self.name)
+            self._process.terminate()
+
+    @property
+    def alive(self) -> bool:
+        return self._process.is_alive()
+
+    def join(self, timeout: float) -> None:
+        self._process.join(timeout)
+        if self._process.is_alive():
+            log.warning("stream %s: worker still running after %.0f s; killing", self.name, timeout)
+            self._process.kill()
+            self._process.join(2)
