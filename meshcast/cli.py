@@ -143,7 +143,7 @@ async def _up(args: argparse.Namespace) -> None:
         f"  player:   {player_url(viewer_base, 'demo' if args.demo else 'NAME')}",
         "ready",
     ]
-    await run_services([origin, *edges], on_ready="\n".join(lines))
+    await run_services([origin, *edges], on_ready=lambda: "\n".join(lines))
 
 
 async def _origin(args: argparse.Namespace) -> None:
@@ -153,8 +153,9 @@ async def _origin(args: argparse.Namespace) -> None:
     origin = OriginService(_origin_config(args))
     await run_services(
         [origin],
-        on_ready=f"origin ready: {origin.url}  publish: "
-        f"{rtmp_publish_url(args.host, args.rtmp_port)}",
+        on_ready=lambda: (
+            f"origin ready: {origin.url}  publish: {rtmp_publish_url(args.host, origin.rtmp.port)}"
+        ),
     )
 
 
@@ -173,7 +174,7 @@ async def _edge(args: argparse.Namespace) -> None:
             plugins=tuple(args.plugin),
         )
     )
-    await run_services([edge], on_ready=f"edge ready: {edge.url}")
+    await run_services([edge], on_ready=lambda: f"edge ready: {edge.url}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

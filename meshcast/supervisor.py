@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import httpx
@@ -37,7 +37,9 @@ async def wait_healthy(urls: Sequence[str], within: float = 30.0) -> None:
                 await asyncio.sleep(0.1)
 
 
-async def run_services(services: Sequence[Service], on_ready: str | None = None) -> None:
+async def run_services(
+    services: Sequence[Service], on_ready: Callable[[], str] | None = None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -49,7 +51,7 @@ async def run_services(services: Sequence[Service], on_ready: str | None = None)
             started.append(service)
         await wait_healthy([s.url for s in services])
         if on_ready:
-            print(on_ready, flush=True)
+            print(on_ready(), flush=True)
         await stop.wait()
         log.info("signal received, shutting down")
     finally:

@@ -74,7 +74,7 @@ def _adaptation_set(
         f"<SegmentTimeline>{_timeline(segments)}</SegmentTimeline></SegmentTemplate>"
     )
     reps = []
-    for r in sorted(renditions, key=lambda r: -r.track.height):
+    for r in sorted(renditions, key=lambda r: -r.track.width * r.track.height):
         rattrs = f'id={quoteattr(r.name)} bandwidth="{r.peak_bps}" codecs={quoteattr(r.codecs)}'
         if content_type == "video":
             rattrs += (

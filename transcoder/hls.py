@@ -54,7 +54,7 @@ def master_playlist(videos: Sequence[RenditionState], audio: RenditionState | No
             f'DEFAULT=YES,AUTOSELECT=YES,CHANNELS="{audio.track.channels}",'
             f'URI="{audio.name}/index.m3u8"'
         )
-    for video in sorted(videos, key=lambda v: -v.track.height):
+    for video in sorted(videos, key=lambda v: -v.track.width * v.track.height):
         peak, average = _bandwidth(video, audio)
         codecs = video.codecs + (f",{audio.codecs}" if audio else "")
         attrs = [

@@ -50,7 +50,8 @@ def parse_ladder(text: str) -> tuple[RungSpec, ...]:
     specs = []
     for item in text.split(","):
         try:
-            height, kbps = (int(x) for x in item.strip().removesuffix("p").split(":"))
+            height_text, kbps_text = item.strip().split(":")
+            height, kbps = int(height_text.removesuffix("p")), int(kbps_text)
         except ValueError:
             raise ValueError(
                 f"invalid ladder rung {item!r}: use HEIGHT:KBPS, e.g. 720:2800"
@@ -66,20 +67,29 @@ def _even(x: float) -> int:
 
 
 def plan_ladder(width: int, height: int, ladder: Sequence[RungSpec] = DEFAULT_LADDER) -> list[Rung]:
-    """Rungs at or below the source height, widths keeping the source aspect ratio.
+    """Rungs at or below the source size, keeping its aspect ratio.
 
-    A source smaller than every rung still gets one rung at its own size, so that every
-    stream is playable.
+    A rung's nominal height applies to the frame's short side, so a portrait 1080x1920
+    source gets a "720p" rung of 720x1280. A source smaller than every rung still gets
+    one rung at its own size, so that every stream is playable.
     """
     if width <= 0 or height <= 0:
         raise ValueError(f"invalid source size {width}x{height}")
+    short = min(width, height)
     rungs = [
-        Rung(spec.name, _even(width * spec.height / height), spec.height, spec.video_kbps)
+        Rung(
+            spec.name,
+            _even(width * spec.height / short),
+            _even(height * spec.height / short),
+            spec.video_kbps,
+        )
         for spec in sorted(ladder, key=lambda s: -s.height)
-        if spec.height <= height
+        if spec.height <= short
     ]
     if not rungs:
+        if not ladder:
+            raise ValueError("the ladder has no rungs")
         smallest = min(ladder, key=lambda s: s.height)
-        kbps = max(100, smallest.video_kbps * height // smallest.height)
-        rungs = [Rung(f"{_even(height)}p", _even(width), _even(height), kbps)]
+        kbps = max(100, smallest.video_kbps * short // smallest.height)
+        rungs = [Rung(f"{_even(short)}p", _even(width), _even(height), kbps)]
     return rungs

@@ -135,7 +135,7 @@ def test_legacy_avc_sequence_header() -> None:
     config = parse_video_tag(legacy_avc(1, 0, 0, stream.extradata), 0)
     assert config == VideoConfig(
         codec="h264", extradata=stream.extradata, width=640, height=360, profile="High",
-        level="3.0",
+        level="3.0", fps=30.0,
     )  # fmt: skip
 
 
