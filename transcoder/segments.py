@@ -74,12 +74,12 @@ class RenditionState:
         """Add a coded sample; returns a finished segment (record, bytes) when it cut one."""
         if self._last_dts is not None and dts <= self._last_dts:
             return None  # non-increasing decode time cannot be represented: drop
-        self._last_dts = dts
         eligible = keyframe or self.track.kind == "audio"
+        if not self._pending and not eligible:
+            return None  # a segment must start with a sync sample
+        self._last_dts = dts
         finished = None
         if not self._pending:
-            if self.track.kind == "video" and not keyframe:
-                return None  # a segment must start with a sync sample
             self._slot = self._slot_of(dts)
         elif eligible and self._slot_of(dts) > self._slot:
             finished = self._cut(dts)
