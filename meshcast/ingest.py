@@ -60,8 +60,8 @@ class MediaPacket:
         return float(self.pts * self.time_base)
 
 
-class PacketSink(Protocol):
-    """What a consumer of a live stream implements (the transcoder, tests)."""
+class MediaSink(Protocol):
+    """Receives a stream's configs and packets."""
 
     def on_video_config(self, config: VideoConfig) -> None: ...
 
@@ -69,4 +69,21 @@ class PacketSink(Protocol):
 
     def on_packet(self, packet: MediaPacket) -> None: ...
 
+
+class PacketSink(MediaSink, Protocol):
+    """What a consumer of a live stream implements (the transcoder, tests)."""
+
     def on_end(self) -> None: ...
+
+
+IngestItem = VideoConfig | AudioConfig | MediaPacket
+
+
+def deliver(sink: MediaSink, item: IngestItem) -> None:
+    """Hand one ingest message to a sink by its kind."""
+    if isinstance(item, MediaPacket):
+        sink.on_packet(item)
+    elif isinstance(item, VideoConfig):
+        sink.on_video_config(item)
+    else:
+        sink.on_audio_config(item)

@@ -21,7 +21,7 @@ from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
 
 from meshcast import codecs
-from meshcast.ingest import AudioConfig, MediaKind, MediaPacket, VideoConfig
+from meshcast.ingest import IngestItem, MediaKind, MediaPacket, deliver
 from meshcast.logs import ignore_terminal_signals
 from origin.registry import LiveStream, StreamRegistry
 
@@ -43,7 +43,7 @@ class DemoSettings:
     realtime: bool = True
 
 
-Item = VideoConfig | AudioConfig | MediaPacket
+Item = IngestItem
 
 
 def generate(
@@ -182,12 +182,7 @@ class DemoSource:
         stream = self._stream
         if stream is None or not stream.live:
             return
-        if isinstance(item, MediaPacket):
-            stream.push(item)
-        elif isinstance(item, VideoConfig):
-            stream.set_video_config(item)
-        else:
-            stream.set_audio_config(item)
+        deliver(stream, item)
 
     def _finished(self) -> None:
         if self._stream is not None and self._stream.live:

@@ -75,7 +75,7 @@ class LiveStream:
     def set_metadata(self, metadata: dict[str, Any]) -> None:
         self.metadata = metadata
 
-    def set_video_config(self, config: VideoConfig) -> None:
+    def on_video_config(self, config: VideoConfig) -> None:
         if config != self.video_config:
             log.info(
                 "stream %s video: %s %sx%s profile %s level %s",
@@ -90,7 +90,7 @@ class LiveStream:
         for sink in self.sinks:
             sink.on_video_config(config)
 
-    def set_audio_config(self, config: AudioConfig) -> None:
+    def on_audio_config(self, config: AudioConfig) -> None:
         if config != self.audio_config:
             log.info(
                 "stream %s audio: %s %s Hz %s ch",
@@ -103,7 +103,7 @@ class LiveStream:
         for sink in self.sinks:
             sink.on_audio_config(config)
 
-    def push(self, packet: MediaPacket) -> None:
+    def on_packet(self, packet: MediaPacket) -> None:
         (self.video if packet.kind is MediaKind.VIDEO else self.audio).add(packet)
         for sink in self.sinks:
             sink.on_packet(packet)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from meshcast.config import OriginConfig
-from meshcast.ingest import AudioConfig, MediaPacket, VideoConfig
+from meshcast.ingest import AudioConfig, MediaPacket, VideoConfig, deliver
 from meshcast.keys import KeyRejected, KeyStore
 from meshcast.paths import RTMP_APP
 from origin import flv
@@ -229,13 +229,11 @@ class _Connection:
             parsed = flv.parse_video_tag(event.payload, ts)
         else:
             parsed = flv.parse_audio_tag(event.payload, ts)
+        if parsed is None:
+            return
         if isinstance(parsed, MediaPacket):
             self.server.metrics.packets.labels(parsed.kind.value).inc()
-            stream.push(parsed)
-        elif isinstance(parsed, VideoConfig):
-            stream.set_video_config(parsed)
-        elif isinstance(parsed, AudioConfig):
-            stream.set_audio_config(parsed)
+        deliver(stream, parsed)
 
 
 class RtmpServer:

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from meshcast.config import TranscodeConfig
-from meshcast.ingest import AudioConfig, MediaKind, MediaPacket, VideoConfig
+from meshcast.ingest import AudioConfig, IngestItem, MediaKind, MediaPacket, VideoConfig, deliver
 from meshcast.logs import ignore_terminal_signals, setup_logging
 from meshcast.store import LocalStore
 
 log = logging.getLogger(__name__)
 
-Item = VideoConfig | AudioConfig | MediaPacket | None  # None: end of stream
+Item = IngestItem | None  # None: end of stream
 
 
 def worker_main(
@@ -40,12 +40,7 @@ def worker_main(
             item = inbox.get()
             if item is None:
                 break
-            if isinstance(item, MediaPacket):
-                pipeline.on_packet(item)
-            elif isinstance(item, VideoConfig):
-                pipeline.on_video_config(item)
-            else:
-                pipeline.on_audio_config(item)
+            deliver(pipeline, item)
     except KeyboardInterrupt:
         pass
     finally:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from meshcast.config import TranscodeConfig
-from meshcast.ingest import AudioConfig, MediaPacket, VideoConfig
+from meshcast.ingest import VideoConfig, deliver
 from meshcast.keys import KeyStore
 from meshcast.store import LocalStore
 from origin.demo import DemoSettings, generate
@@ -187,17 +187,9 @@ def test_1080p_source_gets_four_rungs(tmp_path: Path) -> None:
     """Pipeline-level (no RTMP): 2.5 s of 1080p synthetic H.264 + AAC through the ladder."""
     pipeline = LadderPipeline("big", LocalStore(tmp_path), TranscodeConfig())
 
-    def emit(item: VideoConfig | AudioConfig | MediaPacket) -> None:
-        if isinstance(item, MediaPacket):
-            pipeline.on_packet(item)
-        elif isinstance(item, VideoConfig):
-            pipeline.on_video_config(item)
-        else:
-            pipeline.on_audio_config(item)
-
     generate(
         DemoSettings(width=1920, height=1080, duration=2.5, realtime=False),
-        emit,
+        lambda item: deliver(pipeline, item),
         lambda: False,
     )
     pipeline.on_end()
@@ -221,7 +213,7 @@ async def test_a_crashing_worker_ends_only_its_stream(
     await wait_for_state(origin, "good", "live")
     # A publisher whose codec no decoder handles makes its worker fail.
     bad = origin.registry.publish("bad", "test", "in-process")
-    bad.set_video_config(VideoConfig("vp6", b"\x00"))
+    bad.on_video_config(VideoConfig("vp6", b"\x00"))
     ended = await wait_for_state(origin, "bad", "ended", within=30)
     assert ended["end_reason"].startswith("transcoder failed (exit code")
     _, stderr = await asyncio.wait_for(proc.communicate(), 60)
