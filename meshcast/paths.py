@@ -17,5 +17,9 @@ def master_playlist(name: str) -> str:
     return f"{LIVE_PREFIX}/{name}/master.m3u8"
 
 
+def dash_manifest(name: str) -> str:
+    return f"{LIVE_PREFIX}/{name}/manifest.mpd"
+
+
 def player_url(base: str, stream: str) -> str:
     return f"{base}/player/?stream={stream}"

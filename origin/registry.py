@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshcast import events
+from meshcast import events, paths
 from meshcast.ingest import AudioConfig, MediaKind, MediaPacket, PacketSink, VideoConfig
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,10 @@ class LiveStream:
             "end_reason": self.end_reason,
             "video": video,
             "audio": audio,
+            "playback": {
+                "hls": paths.master_playlist(self.name),
+                "dash": paths.dash_manifest(self.name),
+            },
             "bytes": total_bytes,
             "bitrate_kbps": round(total_bytes * 8 / elapsed / 1000, 1),
         }

@@ -100,6 +100,16 @@ def test_up_demo_ready_live_and_clean_shutdown(tmp_path: Path) -> None:
         assert frames >= 30
         assert (demo["video"]["codec"], demo["video"]["width"]) == ("h264", 1280)
         assert demo["audio"]["codec"] == "aac"
+        # the ladder reaches viewers through an edge
+        edge = f"http://127.0.0.1:{http_port + 1}/live/demo"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            master = httpx.get(f"{edge}/master.m3u8")
+            if master.status_code == 200:
+                break
+            time.sleep(0.3)
+        assert master.status_code == 200 and master.headers["x-cache"] == "MISS"
+        assert "720p/index.m3u8" in master.text
         metrics = httpx.get(f"http://127.0.0.1:{http_port + 1}/metrics").text
         assert "meshcast_edge_origin_fetches_total" in metrics
     finally:
@@ -111,3 +121,4 @@ def test_up_demo_ready_live_and_clean_shutdown(tmp_path: Path) -> None:
             raise
     assert proc.returncode == 0, err
     assert "stream demo ended (server shutdown)" in err
+    assert (tmp_path / "live/demo/720p/index.m3u8").read_text().rstrip().endswith("#EXT-X-ENDLIST")

@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from meshcast.config import OriginConfig
@@ -177,3 +178,44 @@ async def test_silent_client_is_dropped(tmp_path: Path) -> None:
         writer.close()
     finally:
         await service.close()
+
+
+async def test_dropped_publisher_can_republish(
+    origin: OriginService, keys: KeyStore, ffmpeg_cli: str
+) -> None:
+    """An encoder that dies mid-stream (no FCUnpublish, TCP reset) ends the stream; the
+    same key publishes again at once, without restarting anything."""
+    key = keys.create("flaky")
+    proc = await ffmpeg_push(ffmpeg_cli, rtmp_url(origin, key), 20.0)
+    await wait_for_state(origin, "flaky", "live")
+    await asyncio.sleep(1.0)
+    proc.kill()
+    await proc.wait()
+    ended = await wait_for_state(origin, "flaky", "ended")
+    assert ended["end_reason"] in ("publisher disconnected", "connection closed") or ended[
+        "end_reason"
+    ].startswith("connection lost")
+    rc, err = await pyav_push(rtmp_url(origin, key), 1.0)
+    assert rc == 0, err
+    again = await wait_for_state(origin, "flaky", "ended")
+    assert again["protocol"] == "rtmp" and again["video"]["frames"] == 30
+
+
+async def test_events_and_stream_api(origin: OriginService, keys: KeyStore) -> None:
+    key = keys.create("evt")
+    async with httpx.AsyncClient(base_url=origin.url, timeout=30) as client:
+        async with client.stream("GET", "/api/events") as events:
+            assert events.headers["content-type"].startswith("text/event-stream")
+            rc, err = await pyav_push(rtmp_url(origin, key), 1.0)
+            assert rc == 0, err
+            seen: list[str] = []
+            async for line in events.aiter_lines():
+                if line.startswith("event: "):
+                    seen.append(line.removeprefix("event: "))
+                if "stream.ended" in seen:
+                    break
+        assert seen[:2] == ["stream.published", "stream.ended"]
+        one = (await client.get("/api/streams/evt")).json()
+        assert one["name"] == "evt" and one["playback"]["hls"] == "/live/evt/master.m3u8"
+        missing = await client.get("/api/streams/nope")
+        assert missing.status_code == 404 and "no stream named" in missing.json()["error"]
