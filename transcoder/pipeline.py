@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
 import av
 from av.video.frame import PictureType
+from av.video.reformatter import VideoReformatter
 
 from meshcast import codecs
 from meshcast.config import TranscodeConfig
@@ -43,6 +45,20 @@ class _VideoRung:
     rung: Rung
     encoder: Any
     rendition: RenditionState
+    # One scaler per rung, reused: PyAV would otherwise rebuild it for every frame.
+    scaler: VideoReformatter = field(default_factory=VideoReformatter)
+
+    def encode(self, frame: Any) -> list[Any]:
+        """Scale and encode one frame whose pts/time_base/pict_type are already set
+        (the rung at the source size gets the decoded frame itself)."""
+        scaled = self.scaler.reformat(
+            frame, width=self.rung.width, height=self.rung.height, format="yuv420p", threads=1
+        )
+        if scaled is not frame:
+            scaled.pts, scaled.time_base = frame.pts, frame.time_base
+            scaled.pict_type = frame.pict_type
+        packets: list[Any] = self.encoder.encode(scaled)
+        return packets
 
 
 class LadderPipeline:
@@ -69,6 +85,7 @@ class LadderPipeline:
         self._audio_next: int | None = None
         self.frames_in = 0
         self.frames_dropped = 0
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"rung-{name}")
 
     # ---- ingest ---------------------------------------------------------------------
 
@@ -109,9 +126,14 @@ class LadderPipeline:
             self._open_audio_transcoder(config)
 
     def on_packet(self, packet: MediaPacket) -> None:
-        t = Fraction(packet.dts) * packet.time_base
         if self._t0 is None:
-            self._t0 = t
+            # Zero of our timeline: the first video frame's presentation time (not its
+            # decode time, which B-frames put earlier), so segment boundaries fall on the
+            # frames players show. Audio before it is dropped (a few frames at most).
+            if packet.kind is MediaKind.VIDEO or self._video_config is None:
+                self._t0 = Fraction(packet.pts) * packet.time_base
+            else:
+                return
         if packet.kind is MediaKind.VIDEO:
             self._video_packet(packet)
         else:
@@ -131,6 +153,7 @@ class LadderPipeline:
             for out in self._audio_encoder.encode(None):
                 self._package_audio_packet(out)
         self.packager.finish()
+        self._pool.shutdown()
         log.info(
             "stream %s: transcode finished, %d frames in, %d dropped, %s segments",
             self.name,
@@ -172,12 +195,14 @@ class LadderPipeline:
         slot = int(Fraction(pts, VIDEO_TIMESCALE) // self.segment_duration)
         force_key = slot > self._slot
         self._slot = max(slot, self._slot)
-        for vr in self._rungs:
-            scaled = frame.reformat(width=vr.rung.width, height=vr.rung.height, format="yuv420p")
-            scaled.pts = pts
-            scaled.time_base = Fraction(1, VIDEO_TIMESCALE)
-            scaled.pict_type = PictureType.I if force_key else PictureType.NONE
-            for out in vr.encoder.encode(scaled):
+        # Rungs scale and encode in parallel threads (PyAV releases the GIL in swscale
+        # and in the encoders); packaging stays in rung order on this thread.
+        frame.pts = pts
+        frame.time_base = Fraction(1, VIDEO_TIMESCALE)
+        frame.pict_type = PictureType.I if force_key else PictureType.NONE
+        results = self._pool.map(lambda vr: vr.encode(frame), self._rungs)
+        for vr, packets in zip(self._rungs, results, strict=True):
+            for out in packets:
                 self._package_video(vr, out)
 
     def _package_video(self, vr: _VideoRung, out: Any) -> None:
