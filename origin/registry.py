@@ -19,7 +19,11 @@ from meshcast.ingest import AudioConfig, MediaKind, MediaPacket, PacketSink, Vid
 log = logging.getLogger(__name__)
 
 
-class StreamAlreadyLive(Exception):
+class PublishRefused(Exception):
+    """The registry will not take this publication; the message says why."""
+
+
+class StreamAlreadyLive(PublishRefused):
     pass
 
 
@@ -177,7 +181,13 @@ class StreamRegistry:
             )
         stream = LiveStream(name, protocol, remote)
         for factory in self._sink_factories:
-            sink = factory(stream)
+            try:
+                sink = factory(stream)
+            except Exception as exc:
+                log.exception("stream %s: could not start a consumer", name)
+                for started in stream.sinks:
+                    started.on_end()
+                raise PublishRefused(f"server could not start processing {name!r}") from exc
             if sink is not None:
                 stream.sinks.append(sink)
         self._live[name] = stream

@@ -14,7 +14,7 @@ from meshcast.ingest import AudioConfig, MediaPacket, VideoConfig, deliver
 from meshcast.keys import KeyRejected, KeyStore
 from meshcast.paths import RTMP_APP
 from origin import flv
-from origin.registry import LiveStream, StreamAlreadyLive, StreamRegistry
+from origin.registry import LiveStream, PublishRefused, StreamAlreadyLive, StreamRegistry
 from origin.rtmp_chunk import MessageType
 from origin.rtmp_protocol import (
     ConnectRequest,
@@ -209,9 +209,10 @@ class _Connection:
             raise _Refused from None
         try:
             stream = self.server.registry.publish(name, "rtmp", self.remote)
-        except StreamAlreadyLive as exc:
+        except PublishRefused as exc:
             log.warning("rtmp %s: publish refused: %s", self.remote, exc)
-            self.server.metrics.rejected.labels("duplicate").inc()
+            reason = "duplicate" if isinstance(exc, StreamAlreadyLive) else "server"
+            self.server.metrics.rejected.labels(reason).inc()
             self.core.reject_publish(event.stream_id, str(exc))
             raise _Refused from None
         self.streams[event.stream_id] = stream

@@ -9,11 +9,14 @@ from fractions import Fraction
 import av
 
 
-def push(url: str, seconds: float, fps: int = 30) -> None:
+def push(url: str, seconds: float, fps: int = 30, codec: str = "libx264") -> None:
     with av.open(url, mode="w", format="flv") as out:
-        video = out.add_stream("libx264", rate=fps)
+        video = out.add_stream(codec, rate=fps)
         video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
-        video.options = {"preset": "ultrafast", "tune": "zerolatency"}
+        if codec == "libx264":
+            video.options = {"preset": "ultrafast", "tune": "zerolatency"}
+        elif codec == "libx265":
+            video.options = {"preset": "ultrafast", "x265-params": "log-level=error"}
         audio = out.add_stream("aac", rate=48000)
         audio.layout = "stereo"
         src = av.open(f"testsrc2=size=320x240:rate={fps}", format="lavfi")
@@ -38,4 +41,4 @@ def push(url: str, seconds: float, fps: int = 30) -> None:
 
 
 if __name__ == "__main__":
-    push(sys.argv[1], float(sys.argv[2]))
+    push(sys.argv[1], float(sys.argv[2]), codec=sys.argv[3] if len(sys.argv) > 3 else "libx264")

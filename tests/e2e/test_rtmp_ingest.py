@@ -59,7 +59,7 @@ async def ffmpeg_push(
     )
 
 
-async def pyav_push(url: str, seconds: float) -> tuple[int, str]:
+async def pyav_push(url: str, seconds: float, codec: str = "libx264") -> tuple[int, str]:
     """Publish with libavformat's RTMP client (FFmpeg 8.1 inside PyAV), in a child
     process: libavformat's blocking connect holds the GIL, which would stall our loop."""
     proc = await asyncio.create_subprocess_exec(
@@ -68,6 +68,7 @@ async def pyav_push(url: str, seconds: float) -> tuple[int, str]:
         "tests.pyav_publisher",
         url,
         str(seconds),
+        codec,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
@@ -219,3 +220,22 @@ async def test_events_and_stream_api(origin: OriginService, keys: KeyStore) -> N
         assert one["name"] == "evt" and one["playback"]["hls"] == "/live/evt/master.m3u8"
         missing = await client.get("/api/streams/nope")
         assert missing.status_code == 404 and "no stream named" in missing.json()["error"]
+
+
+async def test_enhanced_rtmp_hevc_is_accepted_and_transcoded(
+    origin: OriginService, keys: KeyStore
+) -> None:
+    """FFmpeg 8.1's FLV muxer sends HEVC as Enhanced RTMP (FourCC hvc1); the ladder
+    turns it into H.264 that every player decodes."""
+    key = keys.create("hevc")
+    rc, err = await pyav_push(rtmp_url(origin, key), 2.0, "libx265")
+    assert rc == 0, err
+    ended = await wait_for_state(origin, "hevc", "ended")
+    assert ended["video"]["codec"] == "hevc" and ended["video"]["frames"] == 60
+    playlist = origin.config.data_dir / "live/hevc/240p/index.m3u8"
+    for _ in range(100):
+        if playlist.exists() and "#EXT-X-ENDLIST" in playlist.read_text():
+            break
+        await asyncio.sleep(0.1)
+    master = (origin.config.data_dir / "live/hevc/master.m3u8").read_text()
+    assert 'CODECS="avc1.' in master and "RESOLUTION=320x240" in master
