@@ -30,6 +30,11 @@ def _add_origin_args(p: argparse.ArgumentParser) -> None:
         help="H.264 encoder: auto (NVENC if it opens, else libx264) or force one",
     )
     p.add_argument("--segment-duration", type=float, default=2.0, help="seconds per segment")
+    p.add_argument(
+        "--source-rung",
+        action="store_true",
+        help="also offer the source H.264 as a 'source' rendition (no re-encode)",
+    )
     p.add_argument("--dvr-window", type=int, default=6, help="segments listed in live playlists")
     p.add_argument(
         "--ladder",
@@ -82,6 +87,7 @@ def _origin_config(args: argparse.Namespace) -> cfg.OriginConfig:
         segment_duration=args.segment_duration,
         window_segments=args.dvr_window,
         encoder=args.encoder,
+        source_rung=args.source_rung,
     )
     if args.ladder:
         ladder = tuple((spec.height, spec.video_kbps) for spec in args.ladder)

@@ -18,6 +18,8 @@ class TranscodeConfig:
     ladder: tuple[tuple[int, int], ...] = ((1080, 5000), (720, 2800), (480, 1400), (360, 800))
     encoder: str = "auto"  # auto | nvenc | x264
     audio_kbps: int = 128
+    # Add the source H.264 as a "source" rendition, repackaged without re-encoding.
+    source_rung: bool = False
     # Packets queued for a stream's worker before the ingest side starts dropping.
     queue_packets: int = 2000
 

@@ -50,7 +50,7 @@ def _s(seg: SegmentRecord, repeat: int) -> str:
 
 
 def _adaptation_set(
-    renditions: Sequence[RenditionState], content_type: str, window: int, ended: bool
+    renditions: Sequence[RenditionState], content_type: str, set_id: int, window: int, ended: bool
 ) -> str:
     reference = renditions[0]
     segments = list(reference.segments)[-window:]
@@ -60,7 +60,7 @@ def _adaptation_set(
     offset = f' presentationTimeOffset="{segments[0].start}"' if ended else ""
     mime = f"{content_type}/mp4"
     attrs = (
-        f'id="{0 if content_type == "video" else 1}" contentType="{content_type}" '
+        f'id="{set_id}" contentType="{content_type}" '
         f'mimeType="{mime}" segmentAlignment="true" startWithSAP="1"'
     )
     if content_type == "video":
@@ -101,10 +101,15 @@ def mpd(
     window: int,
     ended: bool,
     now: float,
+    passthrough: RenditionState | None = None,
 ) -> str:
-    sets = [_adaptation_set(videos, "video", window, ended)]
+    sets = [_adaptation_set(videos, "video", 0, window, ended)]
     if audio is not None:
-        sets.append(_adaptation_set([audio], "audio", window, ended))
+        sets.append(_adaptation_set([audio], "audio", 1, window, ended))
+    if passthrough is not None:
+        # Cut at the source's own keyframes: not aligned with the ladder, so it cannot
+        # share the ladder's AdaptationSet (segmentAlignment) or its SegmentTimeline.
+        sets.append(_adaptation_set([passthrough], "video", 2, window, ended))
     common = (
         'xmlns="urn:mpeg:dash:schema:mpd:2011" '
         'profiles="urn:mpeg:dash:profile:isoff-live:2011,urn:mpeg:dash:profile:cmaf:2019" '

@@ -32,7 +32,8 @@ class StreamPackager:
         self.segment_duration = segment_duration
         self.window = window
         self.wallclock_start = wallclock_start if wallclock_start is not None else time.time()
-        self.videos: list[RenditionState] = []
+        self.videos: list[RenditionState] = []  # the ladder: aligned keyframes
+        self.source: RenditionState | None = None  # passthrough of the source video
         self.audio: RenditionState | None = None
         self.ended = False
         # Numbers continue across publications of a name (they follow the wall clock),
@@ -40,7 +41,12 @@ class StreamPackager:
         self.first_number = int(self.wallclock_start / float(segment_duration))
 
     def add_rendition(
-        self, name: str, track: TrackSpec, codecs: str, frame_rate: float = 0.0
+        self,
+        name: str,
+        track: TrackSpec,
+        codecs: str,
+        frame_rate: float = 0.0,
+        passthrough: bool = False,
     ) -> RenditionState:
         state = RenditionState(
             name,
@@ -51,7 +57,9 @@ class StreamPackager:
             frame_rate,
             self.first_number,
         )
-        if track.kind == "video":
+        if passthrough:
+            self.source = state
+        elif track.kind == "video":
             self.videos.append(state)
         else:
             self.audio = state
@@ -60,7 +68,7 @@ class StreamPackager:
 
     @property
     def renditions(self) -> list[RenditionState]:
-        return [*self.videos, *([self.audio] if self.audio else [])]
+        return [*self.videos, *(r for r in (self.source, self.audio) if r is not None)]
 
     def add(
         self, rendition: RenditionState, dts: int, pts: int, data: bytes, keyframe: bool
@@ -87,7 +95,8 @@ class StreamPackager:
         # has a measured segment, then keep BANDWIDTH current.
         if not self.videos or any(not r.segments for r in self.renditions):
             return
-        self.store.put(f"{self.prefix}/master.m3u8", hls.master_playlist(self.videos, self.audio))
+        variants = [*self.videos, *([self.source] if self.source else [])]
+        self.store.put(f"{self.prefix}/master.m3u8", hls.master_playlist(variants, self.audio))
         self.store.put(
             f"{self.prefix}/manifest.mpd",
             dash.mpd(
@@ -98,6 +107,7 @@ class StreamPackager:
                 window=self.window,
                 ended=self.ended,
                 now=time.time(),
+                passthrough=self.source,
             ),
         )
 

@@ -78,6 +78,8 @@ class LadderPipeline:
         self._last_video_pts = -1
         self._slot = -1
         self._audio: RenditionState | None = None
+        self._source: RenditionState | None = None
+        self._source_shift: int | None = None
         self._audio_config: AudioConfig | None = None
         self._audio_decoder: Any = None
         self._audio_encoder: Any = None
@@ -167,6 +169,8 @@ class LadderPipeline:
     def _video_packet(self, packet: MediaPacket) -> None:
         if self._decoder is None:
             return  # no sequence header yet: nothing decodable
+        if self.config.source_rung and self._video_config and self._video_config.codec == "h264":
+            self._source_packet(packet, self._video_config)
         avpkt = av.Packet(packet.data)
         avpkt.pts, avpkt.dts = packet.pts, packet.dts
         avpkt.time_base = packet.time_base
@@ -204,6 +208,37 @@ class LadderPipeline:
         for vr, packets in zip(self._rungs, results, strict=True):
             for out in packets:
                 self._package_video(vr, out)
+
+    def _source_packet(self, packet: MediaPacket, config: VideoConfig) -> None:
+        """The source rung: the publisher's H.264 samples, repackaged (no re-encode)."""
+        assert self._t0 is not None
+        if self._source is None:
+            if not packet.keyframe or not config.width or not config.height:
+                return
+            avcc = codecs.parse_avc_decoder_config(config.extradata)
+            track = TrackSpec(
+                3, "video", VIDEO_TIMESCALE, config.extradata, config.width, config.height
+            )
+            codec_string = codecs.h264_codec_string(
+                avcc.profile_idc, avcc.profile_compat, avcc.level_idc
+            )
+            self._source = self.packager.add_rendition(
+                "source", track, codec_string, config.fps or 0.0, passthrough=True
+            )
+        base = self._t0 * VIDEO_TIMESCALE
+        dts = math.floor(Fraction(packet.dts) * packet.time_base * VIDEO_TIMESCALE - base)
+        pts = math.floor(Fraction(packet.pts) * packet.time_base * VIDEO_TIMESCALE - base)
+        if self._source_shift is None:
+            # B-frames put the first decode time before our zero; fragment decode times
+            # are unsigned, so the source rung starts that much later (a frame or two).
+            self._source_shift = max(0, -dts)
+        self.packager.add(
+            self._source,
+            dts + self._source_shift,
+            pts + self._source_shift,
+            packet.data,
+            packet.keyframe,
+        )
 
     def _package_video(self, vr: _VideoRung, out: Any) -> None:
         if out.pts is None or out.dts is None:

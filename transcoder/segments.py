@@ -117,6 +117,9 @@ class RenditionState:
             self.wallclock_start + start / self.track.timescale,
         )
         self._next_number = number + 1
+        if not self.frame_rate and self.track.kind == "video" and duration > 0:
+            # Unknown from the bitstream (no VUI timing): measure the first segment.
+            self.frame_rate = round(len(samples) * self.track.timescale / duration, 3)
         self._pending = []
         self.segments.append(record)
         self.total_bytes += len(data)

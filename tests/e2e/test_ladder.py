@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from meshcast.config import TranscodeConfig
+from meshcast.config import OriginConfig, TranscodeConfig
 from meshcast.ingest import VideoConfig, deliver
 from meshcast.keys import KeyStore
 from meshcast.store import LocalStore
@@ -240,3 +240,58 @@ async def test_forced_unavailable_encoder_fails_at_start(tmp_path: Path) -> None
         pytest.fail(f"expected a clear NVENC error, got rc={rc} err={err!r}")
     assert rc == 1
     assert err.strip().splitlines()[-1].startswith("meshcast: cannot open encoder (h264_nvenc")
+
+
+async def test_source_rung_passes_bframed_h264_through(tmp_path: Path, ffmpeg_cli: str) -> None:
+    """With --source-rung the publisher's H.264 (here with B-frames, as OBS sends) is a
+    rendition of its own: same bytes, no re-encode, in HLS and in its own DASH set."""
+    service = OriginService(
+        OriginConfig(
+            data_dir=tmp_path,
+            http_port=0,
+            rtmp_port=0,
+            transcode=TranscodeConfig(source_rung=True, ladder=((360, 800),)),
+        )
+    )
+    await service.start()
+    try:
+        key = service.keys.create("src")
+        proc = await ffmpeg_push(ffmpeg_cli, rtmp_url(service, key), 5.0, "640x360", 25, tune="")
+        _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, stderr.decode()
+        base = f"{service.url}/live/src"
+        await wait_for_url(f"{base}/source/index.m3u8", 60, "#EXT-X-ENDLIST")
+        await wait_for_url(f"{base}/360p/index.m3u8", 60, "#EXT-X-ENDLIST")
+        master = (await wait_for_url(f"{base}/master.m3u8")).text
+        assert "source/index.m3u8" in master and "360p/index.m3u8" in master
+        rc, _, err = await run_tool(
+            "ffmpeg",
+            "-v",
+            "error",
+            "-xerror",
+            "-i",
+            f"{base}/source/index.m3u8",
+            "-f",
+            "null",
+            "-",
+        )
+        assert rc == 0 and not err.strip(), err
+        streams = await probe_streams(f"{base}/manifest.mpd")
+        assert sum(1 for s in streams if s["codec_type"] == "video") == 2
+        # the source rung keeps the encoder's B-frames: it was not re-encoded
+        rc, out, err = await run_tool(
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_frames",
+            "-show_entries",
+            "frame=pict_type",
+            "-of",
+            "csv=p=0",
+            f"{base}/source/index.m3u8",
+        )
+        assert rc == 0 and "B" in out.split(), err
+    finally:
+        await service.close()

@@ -20,8 +20,14 @@ pytestmark = pytest.mark.e2e
 
 
 async def ffmpeg_push(
-    ffmpeg: str, url: str, seconds: float, size: str = "640x360", rate: int = 25
+    ffmpeg: str,
+    url: str,
+    seconds: float,
+    size: str = "640x360",
+    rate: int = 25,
+    tune: str = "zerolatency",
 ) -> asyncio.subprocess.Process:
+    """Publish with Debian's ffmpeg CLI. ``tune=""`` keeps x264's B-frames (as OBS)."""
     return await asyncio.create_subprocess_exec(
         ffmpeg,
         "-hide_banner",
@@ -42,8 +48,7 @@ async def ffmpeg_push(
         "libx264",
         "-preset",
         "veryfast",
-        "-tune",
-        "zerolatency",
+        *(["-tune", tune] if tune else []),
         "-g",
         str(rate * 2),
         "-c:a",
