@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Final
 
 LIVE_PREFIX: Final = "/live"
@@ -23,3 +25,52 @@ def dash_manifest(name: str) -> str:
 
 def player_url(base: str, stream: str) -> str:
     return f"{base}/player/?stream={stream}"
+
+
+# ---- media paths: /live/NAME/... and /vod/ASSET/... ------------------------------------
+# The packager fixes every file name, so anything else is a 404 without touching a disk or
+# an upstream. This whitelist is also the path-traversal guard (no "..", "%2e", NUL, "//").
+_MEDIA_PATH = re.compile(
+    r"/(?P<kind>live|vod)/(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,63})/"
+    r"(?:(?P<top>master\.m3u8|manifest\.mpd)|"
+    r"(?P<rendition>[0-9]{2,4}p|audio|source|captions)/"
+    r"(?P<file>index\.m3u8|init\.mp4|[0-9]{1,12}\.(?:m4s|vtt)))"
+)
+_CONTENT_TYPES: Final = {
+    ".m3u8": "application/vnd.apple.mpegurl",
+    ".mpd": "application/dash+xml",
+    ".mp4": "video/mp4",
+    ".m4s": "video/iso.segment",
+    ".vtt": "text/vtt",
+}
+IMMUTABLE: Final = "public, max-age=31536000, immutable"
+
+
+@dataclass(frozen=True, slots=True)
+class MediaPath:
+    kind: str  # "live" | "vod"
+    name: str
+    relative: str  # path below /KIND/NAME/
+    rendition: str | None
+
+    @property
+    def suffix(self) -> str:
+        return self.relative[self.relative.rindex(".") :]
+
+    @property
+    def is_manifest(self) -> bool:
+        return self.suffix in (".m3u8", ".mpd")
+
+    @property
+    def content_type(self) -> str:
+        if self.rendition == "audio" and self.suffix in (".mp4", ".m4s"):
+            return "audio/mp4"
+        return _CONTENT_TYPES[self.suffix]
+
+
+def parse_media_path(path: str) -> MediaPath | None:
+    """The contract's media paths, or None for anything else."""
+    if (match := _MEDIA_PATH.fullmatch(path)) is None or ".." in path:
+        return None
+    relative = match["top"] or f"{match['rendition']}/{match['file']}"
+    return MediaPath(match["kind"], match["name"], relative, match["rendition"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,25 +16,10 @@ from starlette.routing import Route
 from meshcast.events import EventBus
 from meshcast.http import EXCEPTION_HANDLERS, json_error
 from meshcast.metrics import metrics_endpoint
+from meshcast.paths import IMMUTABLE, parse_media_path
 from origin.registry import StreamRegistry
 
 SSE_HEARTBEAT_S = 15.0
-
-
-# Media files under /live/NAME/: names are fixed by the packager, everything else is 404
-# (this is also the path-traversal guard: no user-supplied path reaches the filesystem).
-_LIVE_FILE = re.compile(
-    r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,63})/"
-    r"(?:(?P<top>master\.m3u8|manifest\.mpd)|"
-    r"(?P<rendition>[0-9]{2,4}p|audio|source)/(?P<file>index\.m3u8|init\.mp4|[0-9]{1,12}\.m4s))"
-)
-_CONTENT_TYPES = {
-    ".m3u8": "application/vnd.apple.mpegurl",
-    ".mpd": "application/dash+xml",
-    ".mp4": "video/mp4",
-    ".m4s": "video/iso.segment",
-}
-IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 def create_app(
@@ -44,28 +28,22 @@ def create_app(
     live_root = data_dir / "live"
 
     async def live_file(request: Request) -> Response:
-        match = _LIVE_FILE.fullmatch(request.path_params["path"])
-        if match is None:
+        media = parse_media_path(request.url.path)
+        if media is None or media.kind != "live":
             return json_error(404, "not found", path=request.url.path)
-        name = match["name"]
-        relative = match["top"] or f"{match['rendition']}/{match['file']}"
-        path = live_root / name / relative
+        path = live_root / media.name / media.relative
         if not path.is_file():
-            stream = registry.get(name)
+            stream = registry.get(media.name)
             reason = "stream not live" if stream is None else "not available (yet)"
             return json_error(404, reason, path=request.url.path)
-        suffix = path.suffix
-        content_type = _CONTENT_TYPES[suffix]
-        if match["rendition"] == "audio" and suffix in (".mp4", ".m4s"):
-            content_type = "audio/mp4"
-        if suffix in (".mp4", ".m4s"):
-            cache = IMMUTABLE
-        else:
-            stream = registry.get(name)
+        if media.is_manifest:
+            stream = registry.get(media.name)
             live = stream is not None and stream.live
             # Live manifests change every segment; ended ones only on a new publication.
             cache = "public, max-age=1" if live else "public, max-age=10"
-        return FileResponse(path, media_type=content_type, headers={"Cache-Control": cache})
+        else:
+            cache = IMMUTABLE
+        return FileResponse(path, media_type=media.content_type, headers={"Cache-Control": cache})
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "role": "origin"})
