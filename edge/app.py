@@ -1,81 +1,304 @@
-"""Edge HTTP app. For now a streaming pass-through to the origin (every response is a
-MISS); caching, coalescing and the peer ring arrive with the edge issue."""
+"""Edge HTTP app: two-tier cache, single-flight fills, peer ring, stale-if-error.
+
+Request path for a media object: fresh cache entry -> HIT; a fill already running ->
+COALESCED (streamed as it arrives); else start a fill from the owner peer (PEER) or the
+origin (MISS). If the upstream fails, a cached copy within its grace is served as STALE.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Final
 
 import httpx
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from edge.accesslog import AccessLog
+from edge.cache import CachedObject, TieredCache, read_range
+from edge.fill import Fill, FillError, Upstream
+from edge.http_semantics import RangeNotSatisfiable, etag_matches, freshness, parse_range
+from edge.ring import PeerRing
 from meshcast.config import EdgeConfig
-from meshcast.http import EXCEPTION_HANDLERS, json_error
+from meshcast.http import EXCEPTION_HANDLERS, cors, json_error
 from meshcast.metrics import metrics_endpoint
+from meshcast.paths import parse_media_path
 
 log = logging.getLogger(__name__)
 
-# Headers that describe the body and must reach the viewer unchanged.
-_PASS_HEADERS = ("content-type", "content-length", "cache-control", "etag", "last-modified")
+PEER_HEADER: Final = "X-Meshcast-Peer"
+# Non-media paths an edge forwards (player assets, landing page): plain, safe characters.
+_PASSTHROUGH = re.compile(r"/(?:player/[A-Za-z0-9._/-]*)?")
+_FORWARD_HEADERS: Final = ("content-type", "etag", "last-modified", "cache-control")
 
 
-def create_app(config: EdgeConfig, metrics: CollectorRegistry | None = None) -> Starlette:
-    metrics = metrics or CollectorRegistry()
-    requests_total = Counter(
-        "meshcast_edge_requests", "Edge requests by cache result", ["cache"], registry=metrics
-    )
-    origin_fetches = Counter(
-        "meshcast_edge_origin_fetches", "Fetches from the origin", registry=metrics
-    )
-    client = httpx.AsyncClient(
-        base_url=config.origin.rstrip("/"),
-        timeout=httpx.Timeout(10.0, connect=3.0),
-        limits=httpx.Limits(max_connections=256),
-    )
+@dataclass
+class EdgeMetrics:
+    registry: CollectorRegistry
+    requests: Counter = field(init=False)
+    origin_fetches: Counter = field(init=False)
+    peer_fetches: Counter = field(init=False)
+    bytes_served: Counter = field(init=False)
+    fill_seconds: Histogram = field(init=False)
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "role": "edge", "origin": config.origin})
-
-    async def proxy(request: Request) -> Response:
-        path = request.url.path
-        if not path.startswith(("/live/", "/vod/", "/player/")) and path != "/":
-            return json_error(404, f"not found: {path}")
-        origin_fetches.inc()
-        upstream = client.build_request(request.method, path, params=request.query_params)
-        try:
-            response = await client.send(upstream, stream=True)
-        except httpx.TimeoutException:
-            requests_total.labels("MISS").inc()
-            return json_error(504, "origin timed out", path=path)
-        except httpx.HTTPError as exc:
-            requests_total.labels("MISS").inc()
-            log.warning("edge: origin fetch of %s failed: %s", path, exc)
-            return json_error(502, "origin unreachable", path=path)
-        requests_total.labels("MISS").inc()
-        headers = {k: v for k, v in response.headers.items() if k in _PASS_HEADERS}
-        headers["X-Cache"] = "MISS"
-
-        async def body() -> AsyncIterator[bytes]:
-            async for chunk in response.aiter_raw():
-                yield chunk
-
-        return StreamingResponse(
-            body(),
-            status_code=response.status_code,
-            headers=headers,
-            background=BackgroundTask(response.aclose),
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "meshcast_edge_requests", "Edge requests by cache result", ["cache"], registry=r
+        )
+        self.origin_fetches = Counter(
+            "meshcast_edge_origin_fetches", "Fetches from the origin", registry=r
+        )
+        self.peer_fetches = Counter(
+            "meshcast_edge_peer_fetches", "Fetches from the owner peer", registry=r
+        )
+        self.bytes_served = Counter(
+            "meshcast_edge_served_bytes", "Body bytes sent to viewers", registry=r
+        )
+        self.fill_seconds = Histogram(
+            "meshcast_edge_fill_seconds",
+            "Time to fill an object from upstream",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
         )
 
+
+class Edge:
+    """State and request handling of one edge (the ASGI app is built around it)."""
+
+    def __init__(self, config: EdgeConfig, metrics: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.origin = config.origin.rstrip("/")
+        self.self_url = f"http://{config.host}:{config.port}"
+        self.cache = TieredCache(config.cache_mem, config.cache_disk, config.cache_dir / "objects")
+        self.ring = PeerRing(self.self_url, config.peers)
+        self.metrics = EdgeMetrics(metrics or CollectorRegistry())
+        cache_bytes = Gauge(
+            "meshcast_edge_cache_bytes",
+            "Bytes held per cache tier",
+            ["tier"],
+            registry=self.metrics.registry,
+        )
+        cache_bytes.labels("memory").set_function(lambda: self.cache.memory.used)
+        cache_bytes.labels("disk").set_function(lambda: self.cache.disk.used)
+        self.client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
+            follow_redirects=False,
+        )
+        self.access_log = AccessLog(config.cache_dir / "access.csv")
+        self._fills: dict[str, Fill] = {}
+
+    # ---- entry point ------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Response:
+        path = request.url.path
+        if len(path) + len(request.url.query) > self.config.max_url:
+            return json_error(414, "URL too long")
+        media = parse_media_path(path)
+        if media is None and not _PASSTHROUGH.fullmatch(path):
+            return json_error(404, "not found", path=path)
+        from_peer = PEER_HEADER in request.headers
+        key = path
+        now = time.time()
+        cached = self.cache.get(key)
+        if cached is not None and cached.fresh(now):
+            return self._respond(request, cached, "HIT")
+        fill = self._fills.get(key)
+        label = "COALESCED"
+        if fill is None:
+            fill = self._start_fill(key, from_peer)
+            label = ""
+        return await self._from_fill(request, fill, label, cached)
+
+    # ---- fills ------------------------------------------------------------------------
+
+    def _upstreams(self, key: str, from_peer: bool) -> list[Upstream]:
+        origin = Upstream(self.origin, False)
+        if from_peer:
+            return [origin]  # a peer already chose us as owner: never bounce further
+        owner = self.ring.owner(key)
+        if owner == self.self_url:
+            return [origin]
+        return [Upstream(owner, True), origin]
+
+    def _start_fill(self, key: str, from_peer: bool) -> Fill:
+        fill = Fill(key)
+        self._fills[key] = fill
+        headers = {PEER_HEADER: self.self_url}
+        upstreams = self._upstreams(key, from_peer)
+
+        async def run() -> None:
+            try:
+                await fill.run(self.client, upstreams, headers, self._upstream_failed)
+                self._store(fill)
+            finally:
+                self._fills.pop(key, None)
+                self.metrics.fill_seconds.observe(time.monotonic() - fill.started)
+
+        fill.task = asyncio.get_running_loop().create_task(run(), name=f"fill {key}")
+        return fill
+
+    def _upstream_failed(self, upstream: Upstream, reason: str) -> None:
+        if upstream.is_peer:
+            self.ring.mark_down(upstream.base_url, reason)
+        else:
+            log.warning("edge %s: origin fetch failed: %s", self.self_url, reason)
+
+    def _store(self, fill: Fill) -> None:
+        if fill.error is not None or fill.status != 200 or fill.source is None:
+            return
+        (self.metrics.peer_fetches if fill.source.is_peer else self.metrics.origin_fetches).inc()
+        media = parse_media_path(fill.key)
+        fresh = freshness(
+            fill.headers.get("cache-control"),
+            immutable_default=media is not None and not media.is_manifest,
+            default_ttl=3600.0 if media is not None and media.kind == "vod" else 1.0,
+        )
+        if not fresh.store:
+            return
+        now = time.time()
+        self.cache.put(
+            CachedObject(
+                key=fill.key,
+                size=fill.received,
+                content_type=fill.headers.get("content-type", "application/octet-stream"),
+                etag=fill.headers.get("etag"),
+                last_modified=fill.headers.get("last-modified"),
+                stored_at=now,
+                expires_at=None if fresh.ttl is None else now + fresh.ttl,
+                body=fill.body,
+            )
+        )
+
+    async def _from_fill(
+        self, request: Request, fill: Fill, label: str, stale: CachedObject | None
+    ) -> Response:
+        try:
+            await fill.wait_headers()
+        except FillError as exc:
+            return self._stale_or_error(request, stale, exc)
+        assert fill.source is not None and fill.status is not None
+        label = label or ("PEER" if fill.source.is_peer else "MISS")
+        if fill.status != 200:
+            await fill.wait_done_quietly()
+            self.metrics.requests.labels(label).inc()
+            if fill.status == 404:
+                return json_error(404, "not found", path=fill.key)
+            return Response(fill.body, fill.status, headers=self._headers(fill.headers, label))
+        wants_range = "range" in request.headers or "if-none-match" in request.headers
+        if wants_range:
+            # Ranges and validators are answered from the complete object.
+            try:
+                await fill.wait_done()
+            except FillError as exc:
+                return self._stale_or_error(request, stale, exc)
+            cached = self.cache.get(fill.key)
+            if cached is not None:
+                return self._respond(request, cached, label)
+        self.metrics.requests.labels(label).inc()
+        headers = self._headers(fill.headers, label)
+        size = fill.headers.get("content-length")
+        self.access_log.write(request, int(size) if size else fill.received)
+
+        async def body() -> AsyncIterator[bytes]:
+            async for chunk in fill.stream():
+                self.metrics.bytes_served.inc(len(chunk))
+                yield chunk
+
+        return StreamingResponse(body(), 200, headers=headers)
+
+    def _stale_or_error(
+        self, request: Request, stale: CachedObject | None, exc: FillError
+    ) -> Response:
+        if stale is not None and self._stale_allowed(stale):
+            return self._respond(request, stale, "STALE")
+        self.metrics.requests.labels("ERROR").inc()
+        return json_error(exc.status, str(exc), path=request.url.path)
+
+    def _stale_allowed(self, obj: CachedObject) -> bool:
+        if obj.expires_at is None:
+            return True
+        return time.time() - obj.expires_at <= self.config.stale_grace
+
+    # ---- responses --------------------------------------------------------------------
+
+    def _headers(self, upstream: dict[str, str], label: str) -> dict[str, str]:
+        headers = {k: v for k, v in upstream.items() if k in _FORWARD_HEADERS}
+        if "content-length" in upstream:
+            headers["content-length"] = upstream["content-length"]
+        headers["X-Cache"] = label
+        return headers
+
+    def _respond(self, request: Request, obj: CachedObject, label: str) -> Response:
+        self.metrics.requests.labels(label).inc()
+        headers = {"Content-Type": obj.content_type, "X-Cache": label, "Age": str(obj.age)}
+        headers["Accept-Ranges"] = "bytes"
+        if obj.etag:
+            headers["ETag"] = obj.etag
+        if obj.last_modified:
+            headers["Last-Modified"] = obj.last_modified
+        if obj.expires_at is None:
+            headers["Cache-Control"] = "public, max-age=31536000, immutable"
+        else:
+            headers["Cache-Control"] = (
+                f"public, max-age={max(0, int(obj.expires_at - time.time()))}"
+            )
+        if etag_matches(request.headers.get("if-none-match"), obj.etag):
+            self.access_log.write(request, 0)
+            return Response(status_code=304, headers=headers)
+        try:
+            span = parse_range(request.headers.get("range"), obj.size)
+        except RangeNotSatisfiable:
+            headers["Content-Range"] = f"bytes */{obj.size}"
+            return json_error(416, "range not satisfiable", size=obj.size)
+        start, end = span if span is not None else (0, obj.size)
+        status = 200
+        if span is not None:
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{obj.size}"
+        headers["Content-Length"] = str(end - start)
+        self.metrics.bytes_served.inc(end - start)
+        self.access_log.write(request, end - start)
+        if obj.body is not None:
+            return Response(obj.body[start:end], status, headers=headers)
+        return StreamingResponse(read_range(obj, start, end), status, headers=headers)
+
+    async def close(self) -> None:
+        for fill in list(self._fills.values()):
+            if fill.task is not None:
+                fill.task.cancel()
+        await self.cache.close()
+        await self.client.aclose()
+        self.access_log.close()
+
+
+def create_app(edge: Edge) -> Starlette:
+    async def healthz(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "role": "edge",
+                "origin": edge.origin,
+                "peers_alive": edge.ring.alive_peers(),
+            }
+        )
+
+    handler: Callable[[Request], Awaitable[Response]] = edge.handle
     routes = [
         Route("/healthz", healthz),
-        Route("/metrics", metrics_endpoint(metrics)),
-        Route("/{path:path}", proxy, methods=["GET", "HEAD"]),
+        Route("/metrics", metrics_endpoint(edge.metrics.registry)),
+        Route("/{path:path}", handler, methods=["GET", "HEAD"]),
     ]
-    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
-    app.state.client = client  # closed by the service that runs the app
-    return app
+    return Starlette(
+        routes=routes,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[cors()],
+    )

@@ -1,10 +1,12 @@
-"""Runs one edge: its HTTP app on its port."""
+"""Runs one edge: its HTTP app and the peer health checks."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
-from edge.app import create_app
+from edge.app import Edge, create_app
 from meshcast.config import EdgeConfig
 from meshcast.http import HttpService
 
@@ -14,8 +16,10 @@ log = logging.getLogger(__name__)
 class EdgeService:
     def __init__(self, config: EdgeConfig) -> None:
         self.config = config
-        self.app = create_app(config)
+        self.edge = Edge(config)
+        self.app = create_app(self.edge)
         self.http = HttpService(self.app, config.host, config.port, f"edge:{config.port}")
+        self._health: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -23,8 +27,21 @@ class EdgeService:
 
     async def start(self) -> None:
         await self.http.start()
-        log.info("edge listening on %s (origin %s)", self.url, self.config.origin)
+        if self.edge.ring.peers:
+            self._health = asyncio.create_task(self.edge.ring.health_loop(self.edge.client))
+        log.info(
+            "edge listening on %s (origin %s, peers %s, cache %d MiB memory + %d MiB disk)",
+            self.url,
+            self.config.origin,
+            ", ".join(self.edge.ring.peers) or "none",
+            self.config.cache_mem >> 20,
+            self.config.cache_disk >> 20,
+        )
 
     async def close(self) -> None:
+        if self._health is not None:
+            self._health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health
         await self.http.close()
-        await self.app.state.client.aclose()
+        await self.edge.close()

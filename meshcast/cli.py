@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--peer", action="append", default=[], help="peer edge base URL")
     edge.add_argument("--cache-mem", type=parse_size, default=256 * 1024**2)
     edge.add_argument("--cache-disk", type=parse_size, default=0)
+    edge.add_argument(
+        "--cache-dir", type=Path, default=None, help="disk tier and access log (data/edge-PORT)"
+    )
     edge.add_argument("--plugin", action="append", default=[])
 
     keys = sub.add_parser("keys", help="stream keys")
@@ -128,16 +131,20 @@ async def _up(args: argparse.Namespace) -> None:
     from origin.service import OriginService
 
     origin = OriginService(_origin_config(args))
+    edge_ports = [args.http_port + i for i in range(1, args.edges + 1)]
     edges = [
         EdgeService(
             cfg.EdgeConfig(
                 origin=f"http://{args.host}:{args.http_port}",
                 host=args.host,
-                port=args.http_port + i,
+                port=port,
+                # every edge knows the others: one ring
+                peers=tuple(f"http://{args.host}:{p}" for p in edge_ports if p != port),
+                cache_dir=args.data / f"edge-{port}",
                 plugins=tuple(args.plugin),
             )
         )
-        for i in range(1, args.edges + 1)
+        for port in edge_ports
     ]
     viewer_base = f"http://{args.host}:{args.http_port + 1 if edges else args.http_port}"
     lines = [
@@ -177,6 +184,7 @@ async def _edge(args: argparse.Namespace) -> None:
             peers=tuple(args.peer),
             cache_mem=args.cache_mem,
             cache_disk=args.cache_disk,
+            cache_dir=args.cache_dir or Path("data") / f"edge-{args.port}",
             plugins=tuple(args.plugin),
         )
     )

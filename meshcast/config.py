@@ -49,4 +49,10 @@ class EdgeConfig:
     peers: tuple[str, ...] = ()
     cache_mem: int = 256 * 1024 * 1024
     cache_disk: int = 0
+    # Disk tier objects and the access log (access.csv, rotated).
+    cache_dir: Path = Path("data/edge")
+    # A cached manifest may be served STALE this long after it expired, while the
+    # upstream fails; immutable segments are served until evicted.
+    stale_grace: float = 60.0
+    max_url: int = 2048
     plugins: tuple[str, ...] = field(default_factory=tuple)

@@ -10,6 +10,8 @@ from typing import Any
 
 import uvicorn
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
@@ -27,6 +29,19 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {HTTPException: http_exception_handler}
+
+
+def cors() -> Middleware:
+    """Players and dApps fetch media from other origins: allow reads from anywhere and
+    let them see our cache and range headers."""
+    return Middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["GET", "HEAD", "OPTIONS"],
+        allow_headers=["Range", "If-None-Match", "Authorization", "Content-Type"],
+        expose_headers=["X-Cache", "Age", "Content-Length", "Content-Range", "ETag"],
+        max_age=86400,
+    )
 
 
 class EmbeddedServer(uvicorn.Server):

@@ -1,0 +1,71 @@
+"""Peer ring: which edge owns an object (rendezvous hashing) and which peers are alive.
+
+Rendezvous (highest random weight) hashing: every node scores (node, key) and the highest
+score owns the key. When a node dies only its keys move, spread over the survivors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Iterable
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+
+def _score(node: str, key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{node}\0{key}".encode(), digest_size=8).digest())
+
+
+def rendezvous_owner(key: str, nodes: Iterable[str]) -> str | None:
+    best, best_score = None, -1
+    for node in nodes:
+        score = _score(node, key)
+        if score > best_score:
+            best, best_score = node, score
+    return best
+
+
+class PeerRing:
+    def __init__(self, self_url: str, peers: Iterable[str], *, down_for: float = 5.0) -> None:
+        self.self_url = self_url.rstrip("/")
+        self.peers = sorted({p.rstrip("/") for p in peers} - {self.self_url})
+        self.down_for = down_for
+        self._down_until: dict[str, float] = {}
+
+    def alive_peers(self) -> list[str]:
+        now = time.monotonic()
+        return [p for p in self.peers if self._down_until.get(p, 0.0) <= now]
+
+    def owner(self, key: str) -> str:
+        """The live node that owns ``key``; may be this edge itself."""
+        owner = rendezvous_owner(key, [self.self_url, *self.alive_peers()])
+        assert owner is not None
+        return owner
+
+    def mark_down(self, peer: str, reason: str) -> None:
+        if self._down_until.get(peer, 0.0) <= time.monotonic():
+            log.warning("edge %s: peer %s down (%s)", self.self_url, peer, reason)
+        self._down_until[peer] = time.monotonic() + self.down_for
+
+    def mark_up(self, peer: str) -> None:
+        if self._down_until.pop(peer, None) is not None:
+            log.info("edge %s: peer %s is back", self.self_url, peer)
+
+    async def health_loop(self, client: httpx.AsyncClient, interval: float = 2.0) -> None:
+        """Probe peers so the ring rebalances without waiting for a failed request."""
+        while True:
+            for peer in self.peers:
+                try:
+                    ok = (await client.get(f"{peer}/healthz", timeout=0.5)).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    self.mark_up(peer)
+                else:
+                    self.mark_down(peer, "health check failed")
+            await asyncio.sleep(interval)
