@@ -3,43 +3,48 @@ by size; it is the training and evaluation data of the cache policies."""
 
 from __future__ import annotations
 
-import logging
-import logging.handlers
 import time
 from pathlib import Path
-from typing import Final
+from typing import Final, TextIO
 
 from starlette.requests import Request
 
 HEADER: Final = "ts,client,path,bytes"
 
 
-class _CsvRotatingHandler(logging.handlers.RotatingFileHandler):
-    """Every file, the first and each rotated one, starts with the CSV header."""
-
-    def _open(self):  # type: ignore[no-untyped-def]
-        stream = super()._open()
-        if stream.tell() == 0:
-            stream.write(HEADER + "\n")
-        return stream
-
-
 class AccessLog:
+    """Appends one line per response; ``access.csv`` rolls to ``access.csv.1`` … ``.N``."""
+
     def __init__(self, path: Path, max_bytes: int = 64 * 1024 * 1024, backups: int = 5) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._handler = _CsvRotatingHandler(path, maxBytes=max_bytes, backupCount=backups)
-        self._handler.setFormatter(logging.Formatter("%(message)s"))
-        self._logger = logging.getLogger(f"meshcast.access.{id(self)}")
-        self._logger.propagate = False
-        self._logger.setLevel(logging.INFO)
-        self._logger.addHandler(self._handler)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._file: TextIO = self._open()
+
+    def _open(self) -> TextIO:
+        f = self.path.open("a", encoding="utf-8")
+        if f.tell() == 0:
+            f.write(HEADER + "\n")  # every file, first or rotated, starts with the header
+            f.flush()
+        return f
 
     def write(self, request: Request, size: int) -> None:
         client = request.client.host if request.client else "-"
-        # Paths are whitelisted (no commas or quotes), so no CSV quoting is needed.
-        self._logger.info("%.3f,%s,%s,%d", time.time(), client, request.url.path, size)
+        # Paths are whitelisted (no commas, quotes or newlines): no CSV quoting needed.
+        self._file.write(f"{time.time():.3f},{client},{request.url.path},{size}\n")
+        self._file.flush()
+        if self._file.tell() >= self.max_bytes:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        self._file.close()
+        for n in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
+        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        self._file = self._open()
 
     def close(self) -> None:
-        self._logger.removeHandler(self._handler)
-        self._handler.close()
+        self._file.close()

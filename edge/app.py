@@ -186,7 +186,11 @@ class Edge:
         except FillError as exc:
             return self._stale_or_error(request, stale, exc)
         assert fill.source is not None and fill.status is not None
-        label = label or ("PEER" if fill.source.is_peer else "MISS")
+        if not label:
+            label = "MISS"
+            if fill.source.is_peer:
+                # A peer serving its stale copy is still stale for our viewer.
+                label = "STALE" if fill.headers.get("x-cache") == "STALE" else "PEER"
         if fill.status != 200:
             await fill.wait_done_quietly()
             self.metrics.requests.labels(label).inc()

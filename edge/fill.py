@@ -21,9 +21,12 @@ log = logging.getLogger(__name__)
 class FillError(Exception):
     """The upstream could not deliver; ``status`` is what the viewer should get."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, answered: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        # The upstream was reachable and said no (e.g. a peer whose origin fetch failed):
+        # not a reason to take it out of the ring.
+        self.answered = answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +109,8 @@ class Fill:
                     # waiters may already hold part of this body.
                     if self.received:
                         raise
-                    on_upstream_failure(upstream, str(exc))
+                    if not exc.answered:
+                        on_upstream_failure(upstream, str(exc))
             raise last_error
         except FillError as exc:
             self.error = exc
@@ -126,7 +130,9 @@ class Fill:
             async with client.stream("GET", url, headers=headers, timeout=timeout) as response:
                 if response.status_code >= 500:
                     raise FillError(
-                        502, f"upstream {upstream.base_url} answered {response.status_code}"
+                        502,
+                        f"upstream {upstream.base_url} answered {response.status_code}",
+                        answered=True,
                     )
                 expected = response.headers.get("content-length")
                 self.source = upstream

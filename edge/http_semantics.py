@@ -50,15 +50,15 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not dash:
         return None
     try:
-        if first == "":
-            suffix = int(last)
-            if suffix <= 0:
-                raise RangeNotSatisfiable(header)
-            return max(0, size - suffix), size
-        start = int(first)
-        end = int(last) + 1 if last else size
+        suffix = int(last) if first == "" else None
+        start = int(first) if first else 0
+        end = int(last) + 1 if last and first else size
     except ValueError:
         return None  # malformed: ignore the header, as the RFC allows
+    if suffix is not None:
+        if suffix <= 0:
+            raise RangeNotSatisfiable(header)
+        return max(0, size - suffix), size
     if start >= size or start < 0 or end <= start:
         raise RangeNotSatisfiable(header)
     return start, min(end, size)

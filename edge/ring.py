@@ -59,6 +59,7 @@ class PeerRing:
     async def health_loop(self, client: httpx.AsyncClient, interval: float = 2.0) -> None:
         """Probe peers so the ring rebalances without waiting for a failed request."""
         while True:
+            await asyncio.sleep(interval)  # peers started with us may still be binding
             for peer in self.peers:
                 try:
                     ok = (await client.get(f"{peer}/healthz", timeout=0.5)).status_code == 200
@@ -68,4 +69,3 @@ class PeerRing:
                     self.mark_up(peer)
                 else:
                     self.mark_down(peer, "health check failed")
-            await asyncio.sleep(interval)
