@@ -3,9 +3,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-APT_PACKAGES := ffmpeg
+# command -> Debian package: the ffmpeg CLI (independent test client), Chromium (browser
+# tests), curl, node/npm (player assets).
+APT_COMMANDS := ffmpeg:ffmpeg chromium:chromium curl:curl npm:npm
 
-.PHONY: up test lint typecheck pytest system-deps venv clean
+.PHONY: up test lint typecheck pytest system-deps npm-dep apt-deps venv player clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,14 +20,28 @@ venv: $(STAMP)
 # Debian packages the tests use as independent clients (the ffmpeg CLI); installed only
 # when missing and we are root, otherwise we say what to install.
 system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@$(MAKE) --no-print-directory apt-deps APT_COMMANDS="$(APT_COMMANDS)"
+
+npm-dep:
+	@$(MAKE) --no-print-directory apt-deps APT_COMMANDS="npm:npm"
+
+apt-deps:
+	@missing=""; for cp in $(APT_COMMANDS); do command -v $${cp%%:*} >/dev/null 2>&1 || missing="$$missing $${cp##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "missing Debian packages:$$missing (run: sudo apt-get install$$missing)"; exit 1; fi; \
 	fi
 
-up: venv
+# Player assets (hls.js, shaka-player) from the npm registry, pinned by package-lock.json.
+PLAYER_STAMP := player-demo/node_modules/.installed-stamp
+$(PLAYER_STAMP): player-demo/package.json player-demo/package-lock.json | npm-dep
+	cd player-demo && npm ci --no-audit --no-fund --ignore-scripts
+	touch $(PLAYER_STAMP)
+
+player: $(PLAYER_STAMP)
+
+up: venv player
 	$(BIN)/meshcast up --demo --data data
 
 lint: venv
@@ -35,10 +51,10 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv system-deps
+pytest: venv system-deps player
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis player-demo/node_modules

@@ -103,7 +103,7 @@ class Edge:
         if len(path) + len(request.url.query) > self.config.max_url:
             return json_error(414, "URL too long")
         media = parse_media_path(path)
-        if media is None and not _PASSTHROUGH.fullmatch(path):
+        if media is None and (not _PASSTHROUGH.fullmatch(path) or ".." in path):
             return json_error(404, "not found", path=path)
         from_peer = PEER_HEADER in request.headers
         key = path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,20 +11,68 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
 from meshcast.events import EventBus
-from meshcast.http import EXCEPTION_HANDLERS, json_error
+from meshcast.http import EXCEPTION_HANDLERS, cors, json_error
 from meshcast.metrics import metrics_endpoint
 from meshcast.paths import IMMUTABLE, parse_media_path
-from origin.registry import StreamRegistry
+from origin.registry import LiveStream, StreamRegistry
 
 SSE_HEARTBEAT_S = 15.0
 
 
+PLAYER_DIR = Path(__file__).resolve().parent.parent / "player-demo"
+# URL below /player/ -> file below player-demo/ (a whitelist: nothing else is served).
+PLAYER_FILES = {
+    "": "index.html",
+    "index.html": "index.html",
+    "embed.html": "embed.html",
+    "player.js": "player.js",
+    "player.css": "player.css",
+    "meshcast-player.js": "meshcast-player.js",
+    "vendor/hls.min.js": "node_modules/hls.js/dist/hls.min.js",
+    "vendor/shaka-player.compiled.js": "node_modules/shaka-player/dist/shaka-player.compiled.js",
+}
+PLAYER_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
+PLAYER_CACHE = "public, max-age=60"
+
+
+def landing_page(streams: list[LiveStream]) -> str:
+    rows = []
+    for s in streams:
+        name = html.escape(s.name)
+        state = "live" if s.live else "ended"
+        rows.append(
+            f'<li><a href="/player/?stream={name}">{name}</a> <small>{state}</small> '
+            f'<a href="/player/?stream={name}&amp;format=dash">DASH</a></li>'
+        )
+    items = "\n".join(rows) or "<li>No streams yet. Publish with RTMP to /live.</li>"
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>meshcast</title>'
+        '<link rel="stylesheet" href="/player/player.css"></head><body><main>'
+        f"<h1>meshcast</h1><h2>Live</h2><ul>{items}</ul>"
+        "<h2>On demand</h2><ul><li>No VOD assets yet.</li></ul></main></body></html>"
+    )
+
+
 def create_app(
-    registry: StreamRegistry, bus: EventBus, metrics: CollectorRegistry, data_dir: Path
+    registry: StreamRegistry,
+    bus: EventBus,
+    metrics: CollectorRegistry,
+    data_dir: Path,
+    player_dir: Path = PLAYER_DIR,
 ) -> Starlette:
     live_root = data_dir / "live"
 
@@ -81,7 +130,27 @@ def create_app(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
+    async def player_file(request: Request) -> Response:
+        relative = PLAYER_FILES.get(request.path_params.get("file", ""))
+        if relative is None:
+            return json_error(404, "not found", path=request.url.path)
+        path = player_dir / relative
+        if not path.is_file():
+            return json_error(
+                503, "player assets not installed (run `make up` or `make player`)", file=relative
+            )
+        media_type = PLAYER_TYPES[path.suffix]
+        return FileResponse(path, media_type=media_type, headers={"Cache-Control": PLAYER_CACHE})
+
+    async def landing(request: Request) -> Response:
+        return HTMLResponse(
+            landing_page(registry.listing()), headers={"Cache-Control": "public, max-age=2"}
+        )
+
     routes = [
+        Route("/", landing),
+        Route("/player/", player_file),
+        Route("/player/{file:path}", player_file),
         Route("/healthz", healthz),
         Route("/metrics", metrics_endpoint(metrics)),
         Route("/api/streams", list_streams),
@@ -89,4 +158,4 @@ def create_app(
         Route("/api/events", event_stream),
         Route("/live/{path:path}", live_file, methods=["GET", "HEAD"]),
     ]
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
+    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=[cors()])

@@ -12,7 +12,7 @@ from meshcast.config import OriginConfig
 from meshcast.events import EventBus
 from meshcast.http import HttpService
 from meshcast.keys import KeyStore
-from origin.demo import DemoSource
+from origin.demo import DemoSettings, DemoSource
 from origin.http_app import create_app
 from origin.registry import LiveStream, StreamRegistry
 from origin.rtmp_server import RtmpMetrics, RtmpServer
@@ -24,7 +24,12 @@ log = logging.getLogger(__name__)
 
 
 class OriginService:
-    def __init__(self, config: OriginConfig, bus: EventBus | None = None) -> None:
+    def __init__(
+        self,
+        config: OriginConfig,
+        bus: EventBus | None = None,
+        demo_settings: DemoSettings | None = None,
+    ) -> None:
         self.config = config
         self.bus = bus or EventBus()
         self.metrics = CollectorRegistry()
@@ -38,7 +43,7 @@ class OriginService:
         self.registry.add_sink_factory(self._start_transcoder)
         self.app = create_app(self.registry, self.bus, self.metrics, config.data_dir)
         self.http = HttpService(self.app, config.host, config.http_port, "origin")
-        self.demo = DemoSource(self.registry) if config.demo else None
+        self.demo = DemoSource(self.registry, demo_settings) if config.demo else None
 
     @property
     def url(self) -> str:

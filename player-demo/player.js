@@ -1,0 +1,224 @@
+// meshcast player: hls.js for HLS (default), shaka-player for DASH (&format=dash), native
+// HLS where there is no MSE (Safari on iOS). Shared by index.html and embed.html.
+(() => {
+  "use strict";
+  const $ = (id) => document.getElementById(id);
+  const params = new URLSearchParams(location.search);
+  const embed = document.body.classList.contains("embed");
+  const vod = params.get("vod");
+  const name = vod || params.get("stream") || "demo";
+  const format = params.get("format") === "dash" ? "dash" : "hls";
+  const base = `/${vod ? "vod" : "live"}/${encodeURIComponent(name)}`;
+  const src = params.get("src") || `${base}/${format === "dash" ? "manifest.mpd" : "master.m3u8"}`;
+  const video = $("video");
+  const RETRY_MS = 3000;
+  let engine = null;
+  let retryTimer = null;
+
+  // ---- host page events (embeds and the <meshcast-player> component) ----------------
+  // Every event is also kept in window.meshcastEvents, for page scripts and tests.
+  const events = (window.meshcastEvents = []);
+  function post(type, detail = {}) {
+    const message = { source: "meshcast", type, stream: name, ...detail };
+    events.push(message);
+    if (window.parent !== window) window.parent.postMessage(message, "*");
+  }
+  video.addEventListener("play", () => post("play"));
+  video.addEventListener("pause", () => post("pause"));
+
+  function showMessage(text) { $("message").textContent = text; $("message").classList.add("shown"); }
+  function hideMessage() { $("message").classList.remove("shown"); }
+
+  function loadScript(url) {
+    return new Promise((resolve, reject) => {
+      const s = document.createElement("script");
+      s.src = url; s.onload = resolve; s.onerror = () => reject(new Error(`cannot load ${url}`));
+      document.head.appendChild(s);
+    });
+  }
+
+  function retryLater(text) {
+    showMessage(text);
+    if (engine) { engine.destroy(); engine = null; }
+    clearTimeout(retryTimer);
+    retryTimer = setTimeout(start, RETRY_MS);
+  }
+
+  // ---- engines: one small interface over hls.js and shaka -------------------------------
+  async function hlsEngine() {
+    await loadScript("vendor/hls.min.js");
+    const hls = new window.Hls({ liveSyncDurationCount: 3, enableWorker: true });
+    hls.on(window.Hls.Events.MANIFEST_PARSED, () => { fillQualities(); video.play().catch(() => {}); });
+    hls.on(window.Hls.Events.LEVEL_SWITCHED, (_, d) => {
+      const level = hls.levels[d.level];
+      post("qualitychange", { level: d.level, height: level && level.height });
+    });
+    hls.on(window.Hls.Events.SUBTITLE_TRACKS_UPDATED, (_, d) => setCaptions(d.subtitleTracks.length > 0));
+    hls.on(window.Hls.Events.ERROR, (_, d) => {
+      if (!d.fatal) return;
+      post("error", { detail: d.details });
+      if (d.type === window.Hls.ErrorTypes.MEDIA_ERROR) hls.recoverMediaError();
+      else retryLater("Stream unavailable — retrying…");
+    });
+    hls.loadSource(src);
+    hls.attachMedia(video);
+    return {
+      name: "hls.js",
+      levels: () => hls.levels.map((l, i) => ({ index: i, height: l.height, bitrate: l.bitrate })),
+      current: () => hls.levels[hls.currentLevel] || null,
+      select: (i) => { hls.currentLevel = i; },
+      auto: () => hls.autoLevelEnabled,
+      date: () => hls.playingDate,
+      liveEdge: () => hls.liveSyncPosition,
+      captions: (on) => { hls.subtitleDisplay = on; hls.subtitleTrack = on ? 0 : -1; },
+      destroy: () => hls.destroy(),
+    };
+  }
+
+  async function shakaEngine() {
+    await loadScript("vendor/shaka-player.compiled.js");
+    window.shaka.polyfill.installAll();
+    const player = new window.shaka.Player();
+    await player.attach(video);
+    player.addEventListener("error", (e) => {
+      post("error", { detail: String(e.detail && e.detail.code) });
+      retryLater("Stream unavailable — retrying…");
+    });
+    player.addEventListener("adaptation", () => {
+      const t = player.getVariantTracks().find((v) => v.active);
+      if (t) post("qualitychange", { height: t.height });
+    });
+    await player.load(src);
+    fillQualities();
+    setCaptions(player.getTextTracks().length > 0);
+    const byHeight = () => {
+      const seen = new Map();
+      for (const t of player.getVariantTracks()) if (t.height && !seen.has(t.height)) seen.set(t.height, t);
+      return [...seen.values()].sort((a, b) => b.height - a.height);
+    };
+    return {
+      name: "shaka-player",
+      levels: () => byHeight().map((t, i) => ({ index: i, height: t.height, bitrate: t.bandwidth })),
+      current: () => {
+        const t = player.getVariantTracks().find((v) => v.active);
+        return t ? { height: t.height, bitrate: t.bandwidth } : null;
+      },
+      select: (i) => {
+        player.configure({ abr: { enabled: i < 0 } });
+        if (i >= 0) player.selectVariantTrack(byHeight()[i], /* clearBuffer */ true);
+      },
+      auto: () => player.getConfiguration().abr.enabled,
+      date: () => player.getPlayheadTimeAsDate(),
+      liveEdge: () => player.seekRange().end,
+      captions: (on) => player.setTextTrackVisibility(on),
+      destroy: () => player.destroy(),
+    };
+  }
+
+  function nativeEngine() {
+    video.src = src;
+    return {
+      name: "native", levels: () => [], current: () => null, select: () => {}, auto: () => true,
+      date: () => (video.getStartDate ? new Date(video.getStartDate().getTime() + video.currentTime * 1000) : null),
+      liveEdge: () => (video.seekable.length ? video.seekable.end(video.seekable.length - 1) : null),
+      captions: () => {}, destroy: () => { video.removeAttribute("src"); video.load(); },
+    };
+  }
+
+  // ---- UI -----------------------------------------------------------------------------
+  function fillQualities() {
+    if (engine) renderQualities();
+  }
+  function renderQualities() {
+    const select = $("quality");
+    select.length = 1;
+    const levels = engine.levels().slice().sort((a, b) => b.height - a.height);
+    for (const level of levels) {
+      const option = document.createElement("option");
+      option.value = String(level.index);
+      option.textContent = `${level.height}p (${Math.round(level.bitrate / 1000)} kb/s)`;
+      select.appendChild(option);
+    }
+  }
+  $("quality").addEventListener("change", (e) => engine && engine.select(Number(e.target.value)));
+  $("golive").addEventListener("click", () => {
+    const edge = engine && engine.liveEdge();
+    if (edge) video.currentTime = edge;
+    video.play().catch(() => {});
+  });
+  function setCaptions(available) { $("captions-box").hidden = !available; }
+  $("captions").addEventListener("change", (e) => engine && engine.captions(e.target.checked));
+
+  function bufferAhead() {
+    for (let i = 0; i < video.buffered.length; i++) {
+      if (video.buffered.start(i) <= video.currentTime && video.currentTime <= video.buffered.end(i)) {
+        return video.buffered.end(i) - video.currentTime;
+      }
+    }
+    return 0;
+  }
+
+  setInterval(() => {
+    if (!engine) return;
+    const level = engine.current();
+    const date = engine.date();
+    const latency = date ? (Date.now() - date.getTime()) / 1000 : null;
+    const edge = engine.liveEdge();
+    const atEdge = edge != null && edge - video.currentTime < 8;
+    $("live").classList.toggle("at-edge", !vod && atEdge);
+    if ($("quality").length <= 1 && engine.levels().length) renderQualities();
+    $("stats").textContent = [
+      `engine   ${engine.name}${engine.auto() ? " (auto)" : ""}`,
+      `quality  ${level && level.height ? level.height + "p" : "-"}`,
+      `bitrate  ${level && level.bitrate ? Math.round(level.bitrate / 1000) + " kb/s" : "-"}`,
+      `buffer   ${bufferAhead().toFixed(1)} s`,
+      `latency  ${latency != null ? latency.toFixed(1) + " s" : "-"}`,
+    ].join("\n");
+  }, 500);
+
+  video.addEventListener("ended", () => {
+    showMessage(vod ? "Playback ended" : "Stream ended — waiting for it to come back…");
+    post("ended");
+    if (!vod) waitForNewPublication();
+  });
+  video.addEventListener("playing", hideMessage);
+
+  async function waitForNewPublication() {
+    // A new publication rewrites the playlist without #EXT-X-ENDLIST (or a dynamic MPD).
+    const res = await fetch(src, { cache: "no-store" }).catch(() => null);
+    const text = res && res.ok ? await res.text() : "";
+    if (text && !text.includes("#EXT-X-ENDLIST") && !text.includes('type="static"')) start();
+    else retryTimer = setTimeout(waitForNewPublication, RETRY_MS);
+  }
+
+  async function start() {
+    clearTimeout(retryTimer);
+    const res = await fetch(src, { cache: "no-store" }).catch(() => null);
+    if (!res || !res.ok) {
+      const offline = res && res.status === 404;
+      retryLater(offline ? `“${name}” is offline — retrying…` : "Cannot reach the server — retrying…");
+      post("error", { detail: offline ? "offline" : "unreachable" });
+      return;
+    }
+    hideMessage();
+    try {
+      if (format === "dash") engine = await shakaEngine();
+      else if (window.MediaSource || window.ManagedMediaSource) engine = await hlsEngine();
+      else engine = nativeEngine();
+      renderQualities();
+      $("format").textContent = format.toUpperCase();
+    } catch (err) {
+      post("error", { detail: String(err) });
+      retryLater("Playback failed — retrying…");
+    }
+  }
+
+  const page = location.origin + location.pathname.replace(/[^/]*$/, "");
+  const query = vod ? `vod=${encodeURIComponent(vod)}` : `stream=${encodeURIComponent(name)}`;
+  $("title").textContent = `meshcast — ${name}`;
+  $("snippet").textContent =
+    `<iframe src="${page}embed.html?${query}" width="960" height="540" allow="autoplay; fullscreen" allowfullscreen></iframe>\n\n` +
+    `<script src="${page}meshcast-player.js"></script>\n<meshcast-player ${vod ? "vod" : "stream"}="${name}"></meshcast-player>`;
+  if (embed) document.title = `${name} — meshcast`;
+  start();
+})();
