@@ -3,6 +3,7 @@ by size; it is the training and evaluation data of the cache policies."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Final, TextIO
@@ -21,6 +22,7 @@ class AccessLog:
         self.max_bytes = max_bytes
         self.backups = backups
         self._file: TextIO = self._open()
+        self._flush_pending = False
 
     def _open(self) -> TextIO:
         f = self.path.open("a", encoding="utf-8")
@@ -29,13 +31,28 @@ class AccessLog:
             f.flush()
         return f
 
-    def write(self, request: Request, size: int) -> None:
-        client = request.client.host if request.client else "-"
+    def write(self, client: str, path: str, size: int) -> None:
         # Paths are whitelisted (no commas, quotes or newlines): no CSV quoting needed.
-        self._file.write(f"{time.time():.3f},{client},{request.url.path},{size}\n")
-        self._file.flush()
+        self._file.write(f"{time.time():.3f},{client},{path},{size}\n")
         if self._file.tell() >= self.max_bytes:
             self._rotate()
+        # One flush per second at most, not one syscall per request.
+        if not self._flush_pending:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._file.flush()
+                return
+            self._flush_pending = True
+            loop.call_later(1.0, self._flush)
+
+    def write_request(self, request: Request, size: int) -> None:
+        self.write(request.client.host if request.client else "-", request.url.path, size)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        if not self._file.closed:
+            self._file.flush()
 
     def _rotate(self) -> None:
         self._file.close()

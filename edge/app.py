@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.accesslog import AccessLog
 from edge.cache import CachedObject, TieredCache, read_range
@@ -210,7 +211,7 @@ class Edge:
         self.metrics.requests.labels(label).inc()
         headers = self._headers(fill.headers, label)
         size = fill.headers.get("content-length")
-        self.access_log.write(request, int(size) if size else fill.received)
+        self.access_log.write_request(request, int(size) if size else fill.received)
 
         async def body() -> AsyncIterator[bytes]:
             async for chunk in fill.stream():
@@ -256,7 +257,7 @@ class Edge:
                 f"public, max-age={max(0, int(obj.expires_at - time.time()))}"
             )
         if etag_matches(request.headers.get("if-none-match"), obj.etag):
-            self.access_log.write(request, 0)
+            self.access_log.write_request(request, 0)
             return Response(status_code=304, headers=headers)
         try:
             span = parse_range(request.headers.get("range"), obj.size)
@@ -270,7 +271,7 @@ class Edge:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{obj.size}"
         headers["Content-Length"] = str(end - start)
         self.metrics.bytes_served.inc(end - start)
-        self.access_log.write(request, end - start)
+        self.access_log.write_request(request, end - start)
         if obj.body is not None:
             return Response(obj.body[start:end], status, headers=headers)
         return StreamingResponse(read_range(obj, start, end), status, headers=headers)
@@ -284,7 +285,62 @@ class Edge:
         self.access_log.close()
 
 
-def create_app(edge: Edge) -> Starlette:
+class FastPath:
+    """Serves fresh in-memory HITs straight over ASGI, without routing, a Request object or
+    middleware: the hot path of a CDN. Everything else goes to the Starlette app."""
+
+    def __init__(self, edge: Edge, app: ASGIApp) -> None:
+        self.edge = edge
+        self.app = app
+        self._hits = edge.metrics.requests.labels("HIT")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            obj = self.edge.cache.memory.entries.get(scope["path"])
+            if obj is not None and obj.body is not None and obj.expires_at is None:
+                cors = False
+                for name, _ in scope["headers"]:
+                    if name in (b"range", b"if-none-match", b"if-range"):
+                        break  # validators and ranges take the full path
+                    if name == b"origin":
+                        cors = True
+                else:
+                    await self._hit(scope, send, obj, cors)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _hit(self, scope: Scope, send: Send, obj: CachedObject, cors: bool) -> None:
+        self.edge.cache.memory.policy.accessed(obj.key)
+        headers = obj.hit_headers
+        if headers is None:
+            headers = obj.hit_headers = [
+                (b"content-type", obj.content_type.encode()),
+                (b"content-length", str(obj.size).encode()),
+                (b"cache-control", b"public, max-age=31536000, immutable"),
+                (b"accept-ranges", b"bytes"),
+                (b"x-cache", b"HIT"),
+                *([(b"etag", obj.etag.encode())] if obj.etag else []),
+                *([(b"last-modified", obj.last_modified.encode())] if obj.last_modified else []),
+            ]
+        extra = [(b"age", str(obj.age).encode())]
+        if cors:
+            extra += _CORS_HEADERS
+        await send({"type": "http.response.start", "status": 200, "headers": headers + extra})
+        body = (obj.body or b"") if scope["method"] == "GET" else b""
+        await send({"type": "http.response.body", "body": body})
+        self._hits.inc()
+        self.edge.metrics.bytes_served.inc(len(body))
+        client = scope.get("client")
+        self.edge.access_log.write(client[0] if client else "-", scope["path"], len(body))
+
+
+_CORS_HEADERS: Final = [
+    (b"access-control-allow-origin", b"*"),
+    (b"access-control-expose-headers", b"X-Cache, Age, Content-Length, Content-Range, ETag"),
+]
+
+
+def create_app(edge: Edge) -> ASGIApp:
     async def healthz(request: Request) -> Response:
         return JSONResponse(
             {
@@ -301,8 +357,5 @@ def create_app(edge: Edge) -> Starlette:
         Route("/metrics", metrics_endpoint(edge.metrics.registry)),
         Route("/{path:path}", handler, methods=["GET", "HEAD"]),
     ]
-    return Starlette(
-        routes=routes,
-        exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[cors()],
-    )
+    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=[cors()])
+    return FastPath(edge, app)

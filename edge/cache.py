@@ -36,6 +36,8 @@ class CachedObject:
     expires_at: float | None
     body: bytes | None = None  # in memory
     path: Path | None = None  # on disk
+    # Response headers of a plain HIT, built once (the edge's fast path).
+    hit_headers: list[tuple[bytes, bytes]] | None = None
 
     def fresh(self, now: float) -> bool:
         return self.expires_at is None or now < self.expires_at

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import uvloop
+
 from meshcast import config as cfg
 from meshcast.logs import setup_logging
 from meshcast.paths import player_url, rtmp_publish_url
@@ -198,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_keys(args)
     runner = {"up": _up, "origin": _origin, "edge": _edge}[args.command]
     try:
-        asyncio.run(runner(args))
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
+            loop_runner.run(runner(args))
     except (OSError, EncoderUnavailable) as exc:
         print(f"meshcast: {exc}", file=sys.stderr)
         return 1

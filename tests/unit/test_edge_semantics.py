@@ -116,16 +116,13 @@ def test_ring_skips_a_down_peer() -> None:
 
 def test_access_log_rotates_with_header(tmp_path: object) -> None:
     from pathlib import Path
-    from types import SimpleNamespace
 
     from edge.accesslog import HEADER, AccessLog
 
     path = Path(str(tmp_path)) / "access.csv"
     log = AccessLog(path, max_bytes=200, backups=2)
-    request = SimpleNamespace(client=SimpleNamespace(host="10.0.0.1"),
-                              url=SimpleNamespace(path="/live/x/360p/1.m4s"))  # fmt: skip
     for _ in range(20):
-        log.write(request, 1234)  # type: ignore[arg-type]
+        log.write("10.0.0.1", "/live/x/360p/1.m4s", 1234)
     log.close()
     files = [path, path.with_name("access.csv.1"), path.with_name("access.csv.2")]
     assert all(f.read_text().startswith(HEADER + "\n") for f in files)
