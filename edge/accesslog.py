@@ -29,12 +29,15 @@ class AccessLog:
         if f.tell() == 0:
             f.write(HEADER + "\n")  # every file, first or rotated, starts with the header
             f.flush()
+        self._written = f.tell()
         return f
 
     def write(self, client: str, path: str, size: int) -> None:
         # Paths are whitelisted (no commas, quotes or newlines): no CSV quoting needed.
-        self._file.write(f"{time.time():.3f},{client},{path},{size}\n")
-        if self._file.tell() >= self.max_bytes:
+        line = f"{time.time():.3f},{client},{path},{size}\n"
+        self._file.write(line)
+        self._written += len(line)  # ASCII: characters are bytes; tell() costs a syscall
+        if self._written >= self.max_bytes:
             self._rotate()
         # One flush per second at most, not one syscall per request.
         if not self._flush_pending:
