@@ -8,7 +8,6 @@ a disk tier exists, and dropped from disk by the disk tier's own policy.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
 import logging
@@ -16,10 +15,11 @@ import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import aiofiles
 import aiofiles.os
+
+from edge.policies import EvictionPolicy, LruPolicy
 
 log = logging.getLogger(__name__)
 
@@ -47,49 +47,26 @@ class CachedObject:
         return max(0, int(time.time() - self.stored_at))
 
 
-class EvictionPolicy(Protocol):
-    """Decides which key leaves a full tier. The ML issue adds more implementations."""
-
-    def inserted(self, key: str, size: int) -> None: ...
-
-    def accessed(self, key: str) -> None: ...
-
-    def removed(self, key: str) -> None: ...
-
-    def victim(self) -> str: ...
-
-
-class LruPolicy:
-    def __init__(self) -> None:
-        self._order: collections.OrderedDict[str, None] = collections.OrderedDict()
-
-    def inserted(self, key: str, size: int) -> None:
-        self._order[key] = None
-        self._order.move_to_end(key)
-
-    def accessed(self, key: str) -> None:
-        if key in self._order:
-            self._order.move_to_end(key)
-
-    def removed(self, key: str) -> None:
-        self._order.pop(key, None)
-
-    def victim(self) -> str:
-        return next(iter(self._order))
-
-
 @dataclass
-class _Tier:
+class Tier:
     name: str
     capacity: int
     policy: EvictionPolicy = field(default_factory=LruPolicy)
     entries: dict[str, CachedObject] = field(default_factory=dict)
     used: int = 0
 
-    def add(self, obj: CachedObject) -> None:
+    def add(self, obj: CachedObject) -> list[CachedObject]:
+        """Evict until ``obj`` fits, then insert it (the order the policies are defined
+        in: a new object is never its own eviction candidate). Returns the evicted."""
+        evicted = []
+        while self.used + obj.size > self.capacity and self.entries:
+            victim = self.remove(self.policy.victim())
+            if victim is not None:
+                evicted.append(victim)
         self.entries[obj.key] = obj
         self.used += obj.size
         self.policy.inserted(obj.key, obj.size)
+        return evicted
 
     def remove(self, key: str) -> CachedObject | None:
         obj = self.entries.pop(key, None)
@@ -98,21 +75,13 @@ class _Tier:
             self.policy.removed(key)
         return obj
 
-    def overflow(self) -> list[CachedObject]:
-        out = []
-        while self.used > self.capacity and self.entries:
-            victim = self.remove(self.policy.victim())
-            if victim is not None:
-                out.append(victim)
-        return out
-
 
 class TieredCache:
     def __init__(self, mem_bytes: int, disk_bytes: int = 0, disk_dir: Path | None = None) -> None:
         if disk_bytes and disk_dir is None:
             raise ValueError("a disk tier needs a directory")
-        self.memory = _Tier("memory", mem_bytes)
-        self.disk = _Tier("disk", disk_bytes)
+        self.memory = Tier("memory", mem_bytes)
+        self.disk = Tier("disk", disk_bytes)
         self.disk_dir = disk_dir
         self.max_object = max(mem_bytes, disk_bytes) // 4 or 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -143,8 +112,7 @@ class TieredCache:
         if old is not None and old.path is not None:
             self._spawn(self._unlink(old.path))
         if self.memory.capacity >= obj.size:
-            self.memory.add(obj)
-            for evicted in self.memory.overflow():
+            for evicted in self.memory.add(obj):
                 self._demote(evicted)
         else:
             self._demote(obj)
@@ -171,8 +139,7 @@ class TieredCache:
             await self._unlink(path)  # re-filled meanwhile: the newer copy wins
             return
         obj.body, obj.path = None, path
-        self.disk.add(obj)
-        for evicted in self.disk.overflow():
+        for evicted in self.disk.add(obj):
             if evicted.path is not None:
                 await self._unlink(evicted.path)
 

@@ -71,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     edge.add_argument("--plugin", action="append", default=[])
 
+    bench = sub.add_parser("bench", help="offline benchmarks")
+    bsub = bench.add_subparsers(dest="bench_command", required=True)
+    bcache = bsub.add_parser("cache", help="replay an access trace through each cache policy")
+    bcache.add_argument("--trace", type=Path, required=True, help="CSV ts,client,path,bytes")
+    bcache.add_argument(
+        "--cache-size", default="10%", help="percent of the trace's distinct bytes, or bytes"
+    )
+    bcache.add_argument("--json", action="store_true", help="machine-readable output")
+
     keys = sub.add_parser("keys", help="stream keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     for name, help_text in (
@@ -124,6 +133,30 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     except KeyError_ as exc:
         print(f"meshcast: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cmd_bench_cache(args: argparse.Namespace) -> int:
+    import json
+
+    from edge.simulate import TraceError, parse_cache_size, run_all
+
+    try:
+        capacity = parse_cache_size(args.cache_size, args.trace)
+        report = run_all(args.trace, capacity)
+    except (OSError, TraceError, ValueError) as exc:
+        print(f"meshcast: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"trace {args.trace}, cache {capacity} bytes")
+    print(f"{'policy':<8} {'byte miss':>10} {'object miss':>12} {'origin bytes':>14} {'p99 us':>8}")
+    for name, r in report["policies"].items():
+        print(
+            f"{name:<8} {r['byte_miss_ratio']:>10.4f} {r['object_miss_ratio']:>12.4f} "
+            f"{r['origin_bytes']:>14} {r['decision_us_p99']:>8.2f}"
+        )
     return 0
 
 
@@ -198,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     if args.command == "keys":
         return _cmd_keys(args)
+    if args.command == "bench":
+        return _cmd_bench_cache(args)
     runner = {"up": _up, "origin": _origin, "edge": _edge}[args.command]
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:

@@ -4,8 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.cache import CachedObject, LruPolicy, TieredCache
+from edge.cache import CachedObject, TieredCache
 from edge.http_semantics import RangeNotSatisfiable, etag_matches, freshness, parse_range
+from edge.policies import LruPolicy
 from edge.ring import PeerRing, rendezvous_owner
 from meshcast.paths import parse_media_path
 
