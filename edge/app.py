@@ -79,7 +79,9 @@ class Edge:
         self.config = config
         self.origin = config.origin.rstrip("/")
         self.self_url = f"http://{config.host}:{config.port}"
-        self.cache = TieredCache(config.cache_mem, config.cache_disk, config.cache_dir / "objects")
+        self.cache = TieredCache(
+            config.cache_mem, config.cache_disk, config.cache_dir / "objects", config.cache_policy
+        )
         self.ring = PeerRing(self.self_url, config.peers)
         self.metrics = EdgeMetrics(metrics or CollectorRegistry())
         cache_bytes = Gauge(

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiofiles
 import aiofiles.os
 
-from edge.policies import EvictionPolicy, LruPolicy
+from edge.policies import POLICIES, EvictionPolicy, LruPolicy
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,18 @@ class Tier:
 
 
 class TieredCache:
-    def __init__(self, mem_bytes: int, disk_bytes: int = 0, disk_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        mem_bytes: int,
+        disk_bytes: int = 0,
+        disk_dir: Path | None = None,
+        policy: str = "lru",
+    ) -> None:
         if disk_bytes and disk_dir is None:
             raise ValueError("a disk tier needs a directory")
-        self.memory = Tier("memory", mem_bytes)
-        self.disk = Tier("disk", disk_bytes)
+        make = POLICIES[policy]
+        self.memory = Tier("memory", mem_bytes, make(mem_bytes))
+        self.disk = Tier("disk", disk_bytes, make(disk_bytes))
         self.disk_dir = disk_dir
         self.max_object = max(mem_bytes, disk_bytes) // 4 or 0
         self._tasks: set[asyncio.Task[None]] = set()

@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--cache-mem", type=parse_size, default=256 * 1024**2)
     edge.add_argument("--cache-disk", type=parse_size, default=0)
     edge.add_argument(
+        "--cache-policy", choices=["lru", "s3fifo", "sieve"], default="lru", help="eviction"
+    )
+    edge.add_argument(
         "--cache-dir", type=Path, default=None, help="disk tier and access log (data/edge-PORT)"
     )
     edge.add_argument("--plugin", action="append", default=[])
@@ -79,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
         "--cache-size", default="10%", help="percent of the trace's distinct bytes, or bytes"
     )
     bcache.add_argument("--json", action="store_true", help="machine-readable output")
+
+    gen = bsub.add_parser("gen-trace", help="write a synthetic, seeded video access trace")
+    gen.add_argument("--out", type=Path, required=True)
+    gen.add_argument("--seed", type=int, default=1)
+    gen.add_argument("--duration", type=float, default=3600.0, help="seconds of trace")
+    gen.add_argument("--arrivals", type=float, default=2.0, help="viewer arrivals per second")
+    gen.add_argument("--vod-share", type=float, default=0.5, help="share of VOD sessions")
 
     keys = sub.add_parser("keys", help="stream keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
@@ -133,6 +143,20 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     except KeyError_ as exc:
         print(f"meshcast: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cmd_gen_trace(args: argparse.Namespace) -> int:
+    from edge.tracegen import Workload, write_trace
+
+    workload = Workload(
+        seed=args.seed,
+        duration_s=args.duration,
+        arrivals_per_s=args.arrivals,
+        vod_share=args.vod_share,
+    )
+    lines = write_trace(workload, args.out)
+    print(f"wrote {lines} requests to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -220,6 +244,7 @@ async def _edge(args: argparse.Namespace) -> None:
             cache_mem=args.cache_mem,
             cache_disk=args.cache_disk,
             cache_dir=args.cache_dir or Path("data") / f"edge-{args.port}",
+            cache_policy=args.cache_policy,
             plugins=tuple(args.plugin),
         )
     )
@@ -232,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "keys":
         return _cmd_keys(args)
     if args.command == "bench":
-        return _cmd_bench_cache(args)
+        return _cmd_bench_cache(args) if args.bench_command == "cache" else _cmd_gen_trace(args)
     runner = {"up": _up, "origin": _origin, "edge": _edge}[args.command]
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:

@@ -51,6 +51,7 @@ class EdgeConfig:
     cache_disk: int = 0
     # Disk tier objects and the access log (access.csv, rotated).
     cache_dir: Path = Path("data/edge")
+    cache_policy: str = "lru"  # lru | s3fifo | sieve (edge/policies.py)
     # A cached manifest may be served STALE this long after it expired, while the
     # upstream fails; immutable segments are served until evicted.
     stale_grace: float = 60.0

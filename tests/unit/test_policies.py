@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -87,3 +88,36 @@ def test_malformed_trace_is_a_clear_error(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 1 and "malformed row" in out.stderr
+
+
+def test_gen_trace_is_seeded_and_well_formed(tmp_path: Path) -> None:
+    from edge.simulate import read_trace
+    from edge.tracegen import Workload, write_trace
+
+    w = Workload(seed=7, duration_s=120, live_streams=4, vod_assets=20, arrivals_per_s=1.0)
+    a, b, c = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "c.csv"
+    n = write_trace(w, a)
+    write_trace(w, b)
+    write_trace(Workload(seed=8, duration_s=120, live_streams=4, vod_assets=20), c)
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+    rows = list(read_trace(a))
+    assert len(rows) == n > 100
+    assert all(x.ts <= y.ts for x, y in itertools.pairwise(rows))
+    from meshcast.paths import parse_media_path
+
+    assert all(parse_media_path(r.path) is not None for r in rows)  # contract paths only
+    first_vod = {}
+    for r in rows:
+        media = parse_media_path(r.path)
+        assert media is not None
+        if media.kind == "vod" and media.relative.endswith(".m4s") and r.client not in first_vod:
+            first_vod[r.client] = media.relative
+    assert first_vod and all(p.endswith("/0.m4s") for p in first_vod.values())  # VOD from 0
+
+
+def test_edge_cache_uses_the_configured_policy() -> None:
+    from edge.cache import TieredCache
+    from edge.policies import S3FifoPolicy, SievePolicy
+
+    assert isinstance(TieredCache(1000, policy="sieve").memory.policy, SievePolicy)
+    assert isinstance(TieredCache(1000, policy="s3fifo").memory.policy, S3FifoPolicy)
