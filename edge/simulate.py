@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.cache import CachedObject, Tier
-from edge.policies import POLICIES
+from edge.ml_policy import MlPolicy
+from edge.policies import POLICIES, EvictionPolicy
 
 TRACE_HEADER = ["ts", "client", "path", "bytes"]
 LATENCY_SAMPLES = 20_000
@@ -101,11 +102,15 @@ class Result:
 
 
 def simulate(trace: Path, policy: str, capacity: int, hits_out: list[bool] | None = None) -> Result:
-    tier = Tier(policy, capacity, POLICIES[policy](capacity))
+    ml = MlPolicy(capacity) if policy == "ml" else None
+    evictor: EvictionPolicy = ml if ml is not None else POLICIES[policy](capacity)
+    tier = Tier(policy, capacity, evictor)
     result = Result()
     rng = random.Random(0)
     clock = time.perf_counter_ns
     for access in read_trace(trace):
+        if ml is not None:
+            ml.now = access.ts  # the model's features follow trace time
         start = clock()
         hit = access.path in tier.entries
         if hit:
@@ -129,5 +134,5 @@ def run_all(trace: Path, capacity: int) -> dict[str, Any]:
     return {
         "trace": str(trace),
         "cache_bytes": capacity,
-        "policies": {name: simulate(trace, name, capacity).to_json() for name in POLICIES},
+        "policies": {name: simulate(trace, name, capacity).to_json() for name in [*POLICIES, "ml"]},
     }

@@ -121,3 +121,30 @@ def test_edge_cache_uses_the_configured_policy() -> None:
 
     assert isinstance(TieredCache(1000, policy="sieve").memory.policy, SievePolicy)
     assert isinstance(TieredCache(1000, policy="s3fifo").memory.policy, S3FifoPolicy)
+
+
+def test_ml_policy_falls_back_then_trains_on_the_trace(tmp_path: Path) -> None:
+    from edge.ml_policy import MlPolicy
+    from edge.simulate import read_trace
+    from edge.tracegen import Workload, write_trace
+
+    path = tmp_path / "w.csv"
+    write_trace(Workload(seed=3, duration_s=240, live_streams=5, vod_assets=40), path)
+    policy = MlPolicy(capacity=50_000_000, retrain_every=5_000, horizon_s=30)
+    from edge.cache import CachedObject, Tier
+
+    tier = Tier("ml", 50_000_000, policy)
+    evictions_before_model = 0
+    for access in read_trace(path):
+        policy.now = access.ts
+        if access.path in tier.entries:
+            policy.accessed(access.path)
+        else:
+            trained = policy.model is not None
+            evicted = tier.add(CachedObject(access.path, access.size, "", None, None, 0, None))
+            if not trained:
+                evictions_before_model += len(evicted)
+    assert evictions_before_model > 0  # S3-FIFO served until the first model
+    info = policy.describe()
+    assert info["trained"] and info["refits"] >= 1
+    assert tier.used <= 50_000_000 and set(tier.entries) == set(policy._keys)
