@@ -13,6 +13,7 @@ All are byte-aware through the tier: the tier asks ``victim()`` until it fits.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -53,6 +54,9 @@ class S3FifoPolicy:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
+        # Optional second opinion for objects leaving the small queue unaccessed: True
+        # promotes them to main (the learned policy plugs in here).
+        self.promote_hint: Callable[[str], bool] | None = None
         self._small: collections.OrderedDict[str, int] = collections.OrderedDict()  # key -> size
         self._main: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._freq: dict[str, int] = {}
@@ -86,7 +90,8 @@ class S3FifoPolicy:
             ):
                 key, size = self._small.popitem(last=False)
                 self._small_bytes -= size
-                if self._freq.get(key, 0) > 0:
+                hint = self.promote_hint
+                if self._freq.get(key, 0) > 0 or (hint is not None and hint(key)):
                     self._freq[key] = 0
                     self._main[key] = size  # accessed again while in small: promote
                     continue

@@ -144,7 +144,7 @@ def test_ml_policy_falls_back_then_trains_on_the_trace(tmp_path: Path) -> None:
             evicted = tier.add(CachedObject(access.path, access.size, "", None, None, 0, None))
             if not trained:
                 evictions_before_model += len(evicted)
-    assert evictions_before_model > 0  # S3-FIFO served until the first model
+    assert evictions_before_model > 0  # plain S3-FIFO until the first model
     info = policy.describe()
-    assert info["trained"] and info["refits"] >= 1
-    assert tier.used <= 50_000_000 and set(tier.entries) == set(policy._keys)
+    assert info["trained"] and info["refits"] >= 1 and info["promotions"] > 0
+    assert tier.used <= 50_000_000
