@@ -34,7 +34,7 @@ PLAYER_DIR = Path(__file__).resolve().parent.parent / "player-demo"
 PLAYER_FILES = {
     "": "index.html",
     "index.html": "index.html",
-    "embed.html": "embed.html",
+    "embed.html": "index.html",  # the same page; player.js switches to embed mode by path
     "player.js": "player.js",
     "player.css": "player.css",
     "meshcast-player.js": "meshcast-player.js",

@@ -4,7 +4,9 @@
   "use strict";
   const $ = (id) => document.getElementById(id);
   const params = new URLSearchParams(location.search);
-  const embed = document.body.classList.contains("embed");
+  // /player/embed.html is this same page: a bare, full-window player for iframes.
+  const embed = location.pathname.endsWith("/embed.html");
+  document.body.classList.toggle("embed", embed);
   const vod = params.get("vod");
   const name = vod || params.get("stream") || "demo";
   const format = params.get("format") === "dash" ? "dash" : "hls";
