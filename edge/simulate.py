@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import random
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,12 +46,26 @@ def read_trace(path: Path) -> Iterator[Access]:
                 raise TraceError(f"{path}:{line}: malformed row {row!r}") from exc
 
 
-def working_set_bytes(path: Path) -> int:
+def object_sizes(path: Path) -> dict[str, int]:
+    """Largest response size seen per path: the objects that exist in this trace."""
     sizes: dict[str, int] = {}
     for access in read_trace(path):
         if access.size > sizes.get(access.path, -1):
             sizes[access.path] = access.size
-    return sum(sizes.values())
+    return sizes
+
+
+def working_set_bytes(path: Path) -> int:
+    return sum(object_sizes(path).values())
+
+
+_SEGMENT = re.compile(r"(.*/)(\d+)\.m4s")
+
+
+def next_segment(path: str) -> str | None:
+    """/live/NAME/720p/41.m4s -> /live/NAME/720p/42.m4s (the same rendition)."""
+    match = _SEGMENT.fullmatch(path)
+    return f"{match.group(1)}{int(match.group(2)) + 1}.m4s" if match else None
 
 
 def parse_cache_size(text: str, trace: Path) -> int:
@@ -69,6 +84,7 @@ class Result:
     bytes_requested: int = 0
     bytes_hit: int = 0
     origin_bytes: int = 0
+    prefetched_unused_bytes: int = 0
     _latencies: list[int] = field(default_factory=list)
     _seen: int = 0
 
@@ -95,15 +111,22 @@ class Result:
             else 0.0,
             "object_miss_ratio": round(1 - self.hits / self.requests, 6) if self.requests else 0.0,
             "origin_bytes": self.origin_bytes,
-            "prefetched_unused_bytes": 0,
+            "prefetched_unused_bytes": self.prefetched_unused_bytes,
             "decision_us_p50": pct(0.50),
             "decision_us_p99": pct(0.99),
         }
 
 
 def simulate(trace: Path, policy: str, capacity: int, hits_out: list[bool] | None = None) -> Result:
+    """Replay ``trace``. ``prefetch`` is LRU that, on every segment request, also fetches
+    the next segment of the same rendition (if that object exists in the trace); prefetched
+    bytes count as origin bytes, and a prefetched object requested later is a hit."""
     ml = MlPolicy(capacity) if policy == "ml" else None
-    evictor: EvictionPolicy = ml if ml is not None else POLICIES[policy](capacity)
+    prefetch = policy == "prefetch"
+    sizes = object_sizes(trace) if prefetch else {}
+    prefetched: dict[str, int] = {}  # prefetched, not yet requested
+    base = "lru" if prefetch else policy
+    evictor: EvictionPolicy = ml if ml is not None else POLICIES[base](capacity)
     tier = Tier(policy, capacity, evictor)
     result = Result()
     rng = random.Random(0)
@@ -117,6 +140,14 @@ def simulate(trace: Path, policy: str, capacity: int, hits_out: list[bool] | Non
             tier.policy.accessed(access.path)
         elif 0 < access.size <= capacity:
             tier.add(CachedObject(access.path, access.size, "", None, None, 0.0, None))
+        if prefetch:
+            prefetched.pop(access.path, None)
+            following = next_segment(access.path)
+            size = sizes.get(following or "", 0)
+            if following and following not in tier.entries and 0 < size <= capacity:
+                tier.add(CachedObject(following, size, "", None, None, 0.0, None))
+                prefetched[following] = size
+                result.origin_bytes += size
         result.record_latency(clock() - start, rng)
         result.requests += 1
         result.bytes_requested += access.size
@@ -127,6 +158,7 @@ def simulate(trace: Path, policy: str, capacity: int, hits_out: list[bool] | Non
             result.origin_bytes += access.size
         if hits_out is not None:
             hits_out.append(hit)
+    result.prefetched_unused_bytes = sum(prefetched.values())
     return result
 
 
@@ -134,5 +166,8 @@ def run_all(trace: Path, capacity: int) -> dict[str, Any]:
     return {
         "trace": str(trace),
         "cache_bytes": capacity,
-        "policies": {name: simulate(trace, name, capacity).to_json() for name in [*POLICIES, "ml"]},
+        "policies": {
+            name: simulate(trace, name, capacity).to_json()
+            for name in [*POLICIES, "ml", "prefetch"]
+        },
     }

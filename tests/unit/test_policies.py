@@ -148,3 +148,22 @@ def test_ml_policy_falls_back_then_trains_on_the_trace(tmp_path: Path) -> None:
     info = policy.describe()
     assert info["trained"] and info["refits"] >= 1 and info["promotions"] > 0
     assert tier.used <= 50_000_000
+
+
+def test_prefetch_next_segment(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    rows = [
+        "0,a,/vod/x/360p/0.m4s,100",  # miss, prefetches 1
+        "1,a,/vod/x/360p/1.m4s,100",  # hit (prefetched), prefetches 2
+        "2,a,/vod/x/360p/2.m4s,100",  # hit, prefetches 3 (exists: requested by b later)
+        "3,b,/vod/x/480p/0.m4s,50",  # miss; 480p/1 never appears in the trace: no prefetch
+        "4,b,/vod/x/360p/3.m4s,100",  # hit
+    ]
+    path.write_text("ts,client,path,bytes\n" + "\n".join(rows) + "\n")
+    hits: list[bool] = []
+    result = simulate(path, "prefetch", 10_000, hits)
+    assert hits == [False, True, True, False, True]
+    assert result.origin_bytes == 100 * 4 + 50  # 0 on demand + 1, 2, 3 prefetched + 480p/0
+    assert result.prefetched_unused_bytes == 0
+    lru = simulate(path, "lru", 10_000)
+    assert lru.hits == 0 and lru.origin_bytes == 450
