@@ -48,6 +48,7 @@ class MlPolicy:
     retrain_every: int = 50_000  # accesses between refits
     max_samples: int = 40_000
     threshold: float = 0.8  # promote when P(requested again within the horizon) > this
+    min_samples: int = 1000  # labelled samples needed before the first fit
     now: float | None = None  # the simulator sets trace time; the edge uses the clock
     train_seconds: list[float] = field(default_factory=list)
 
@@ -128,7 +129,7 @@ class MlPolicy:
 
     def _train(self) -> None:
         ys = np.fromiter(self._ys, dtype=np.int8, count=len(self._ys))
-        if len(ys) < 1000 or ys.min() == ys.max():
+        if len(ys) < self.min_samples or ys.min() == ys.max():
             return
         from sklearn.linear_model import LogisticRegression
 

@@ -113,65 +113,59 @@ class S3FifoPolicy:
         return key
 
 
-class _Node:
-    __slots__ = ("key", "newer", "older", "visited")
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.older: _Node | None = None
-        self.newer: _Node | None = None
-        self.visited = False
-
-
 class SievePolicy:
-    """O(1) per operation: a doubly linked FIFO and a hand that walks from old to new."""
+    """O(1) per operation: a FIFO kept as key -> neighbour maps (no node objects, so no
+    long reference chains to tear down) and a hand that walks from old to new."""
 
     def __init__(self, capacity: int = 0) -> None:
-        self._nodes: dict[str, _Node] = {}
-        self._oldest: _Node | None = None
-        self._newest: _Node | None = None
-        self._hand: _Node | None = None  # None: start from the oldest
+        self._newer: dict[str, str | None] = {}
+        self._older: dict[str, str | None] = {}
+        self._visited: dict[str, bool] = {}
+        self._oldest: str | None = None
+        self._newest: str | None = None
+        self._hand: str | None = None  # None: start from the oldest
 
     def inserted(self, key: str, size: int) -> None:
-        node = _Node(key)
-        node.older = self._newest
+        self._older[key] = self._newest
+        self._newer[key] = None
+        self._visited[key] = False
         if self._newest is not None:
-            self._newest.newer = node
-        self._newest = node
+            self._newer[self._newest] = key
+        self._newest = key
         if self._oldest is None:
-            self._oldest = node
-        self._nodes[key] = node
+            self._oldest = key
 
     def accessed(self, key: str) -> None:
-        node = self._nodes.get(key)
-        if node is not None:
-            node.visited = True
+        if key in self._visited:
+            self._visited[key] = True
 
     def removed(self, key: str) -> None:
-        node = self._nodes.pop(key, None)
-        if node is None:
+        if key not in self._visited:
             return
-        if self._hand is node:
-            self._hand = node.newer
-        if node.older is not None:
-            node.older.newer = node.newer
+        older, newer = self._older.pop(key), self._newer.pop(key)
+        del self._visited[key]
+        if self._hand == key:
+            self._hand = newer
+        if older is not None:
+            self._newer[older] = newer
         else:
-            self._oldest = node.newer
-        if node.newer is not None:
-            node.newer.older = node.older
+            self._oldest = newer
+        if newer is not None:
+            self._older[newer] = older
         else:
-            self._newest = node.older
+            self._newest = older
 
     def victim(self) -> str:
-        node = self._hand or self._oldest
-        if node is None:
+        key = self._hand or self._oldest
+        if key is None:
             raise LookupError("SIEVE: nothing to evict")
-        while node.visited:
-            node.visited = False
-            node = node.newer or self._oldest
-            assert node is not None
-        self._hand = node.newer
-        return node.key
+        while self._visited[key]:
+            self._visited[key] = False
+            following = self._newer[key] or self._oldest
+            assert following is not None
+            key = following
+        self._hand = self._newer[key]
+        return key
 
 
 POLICIES = {"lru": LruPolicy, "s3fifo": S3FifoPolicy, "sieve": SievePolicy}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -281,3 +282,105 @@ async def test_a_stuck_viewer_does_not_hold_the_fill(mesh: Mesh, ffmpeg_cli: str
         fast = await asyncio.wait_for(c.get(url), 5)
         assert fast.status_code == 200
         assert len(fast.content) == int(fast.headers["content-length"])
+
+
+@pytest.mark.parametrize("policy", ["lru", "s3fifo", "sieve"])
+async def test_simulator_and_live_edge_agree(tmp_path: Path, policy: str) -> None:
+    """The same request sequence gives the same HIT/MISS sequence in `meshcast bench cache`'s
+    simulator and in a real edge (both run the edge's Tier code with the same policy)."""
+    from edge.simulate import simulate
+
+    size = 1000
+    writers: list[asyncio.StreamWriter] = []
+
+    async def static_origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: video/iso.segment\r\n"
+                b"Cache-Control: public, max-age=31536000, immutable\r\n"
+                + f"Content-Length: {size}\r\n\r\n".encode()
+                + b"x" * size
+            )
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(static_origin, "127.0.0.1", 0)
+    origin = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    edge = EdgeService(
+        EdgeConfig(
+            origin=origin,
+            port=free_port(),
+            cache_dir=tmp_path,
+            cache_mem=5 * size,  # five objects; the largest cacheable object is 1/4 of it
+            cache_policy=policy,
+        )
+    )
+    import random as _random
+
+    rnd = _random.Random(policy)
+    sequence = [rnd.choice("ABCDEFGHIJ") for _ in range(120)]
+    await edge.start()
+    try:
+        async with httpx.AsyncClient(timeout=10) as c:
+            live = []
+            for key in sequence:
+                r = await c.get(f"{edge.url}/vod/t/360p/{ord(key)}.m4s")
+                assert r.status_code == 200 and len(r.content) == size
+                live.append(r.headers["x-cache"] == "HIT")
+    finally:
+        await edge.close()
+        server.close()
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        await server.wait_closed()
+    trace = tmp_path / "trace.csv"
+    trace.write_text(
+        "ts,client,path,bytes\n"
+        + "".join(f"{i},c,/vod/t/360p/{ord(k)}.m4s,{size}\n" for i, k in enumerate(sequence))
+    )
+    simulated: list[bool] = []
+    simulate(trace, policy, 5 * size, simulated)
+    assert live == simulated
+    assert 0 < sum(live) < len(live)
+
+
+async def test_model_trains_from_a_real_edge_access_log(mesh: Mesh, ffmpeg_cli: str) -> None:
+    """The ML policy learns from what an edge wrote to its access log in this test."""
+    from edge.ml_policy import MlPolicy
+    from edge.simulate import read_trace
+
+    key = mesh.origin.keys.create("learn")
+    proc = await ffmpeg_push(ffmpeg_cli, rtmp_url(mesh.origin, key), 8.0)
+    await wait_for_url(f"{mesh.origin.url}/live/learn/master.m3u8", 30)
+    viewers = [
+        run_tool("ffmpeg", "-v", "error", "-i", f"{e.url}/live/learn/master.m3u8",
+                 "-map", "0", "-t", "4", "-f", "null", "-")
+        for e in mesh.edges
+    ]  # fmt: skip
+    await asyncio.gather(*viewers)
+    await asyncio.wait_for(proc.communicate(), 60)
+    await asyncio.sleep(1.5)  # the access log flushes once a second
+    log = mesh.edges[0].config.cache_dir / "access.csv"
+    rows = list(read_trace(log))
+    assert len(rows) > 20 and all(r.path.startswith("/live/learn/") for r in rows)
+    policy = MlPolicy(
+        capacity=10_000_000,
+        horizon_s=1.0,
+        sample_every=1,
+        retrain_every=len(rows),  # fit once, at the last row
+        min_samples=10,
+    )
+    for row in rows:
+        policy.now = row.ts
+        if row.path in policy._stats:
+            policy.accessed(row.path)
+        else:
+            policy.inserted(row.path, row.size)
+    assert policy.describe()["trained"], "labels from a real log must contain both classes"
