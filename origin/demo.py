@@ -43,11 +43,8 @@ class DemoSettings:
     realtime: bool = True
 
 
-Item = IngestItem
-
-
 def generate(
-    settings: DemoSettings, emit: Callable[[Item], None], stop: Callable[[], bool]
+    settings: DemoSettings, emit: Callable[[IngestItem], None], stop: Callable[[], bool]
 ) -> None:
     """Encode the synthetic stream, calling ``emit`` for configs then packets."""
     import av
@@ -178,7 +175,7 @@ class DemoSource:
         with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
             loop.call_soon_threadsafe(self._finished)
 
-    def _deliver(self, item: Item) -> None:
+    def _deliver(self, item: IngestItem) -> None:
         stream = self._stream
         if stream is None or not stream.live:
             return

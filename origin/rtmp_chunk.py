@@ -83,10 +83,6 @@ class ChunkReader:
         self._streams: dict[int, _ChunkStreamState] = {}
         self._partial_total = 0
 
-    @property
-    def buffered(self) -> int:
-        return len(self._buf) + self._partial_total
-
     def set_chunk_size(self, size: int) -> None:
         if size & 0x80000000 or not 1 <= size <= MAX_CHUNK_SIZE:
             raise ChunkError(f"absurd chunk size {size} (allowed 1..{MAX_CHUNK_SIZE})")

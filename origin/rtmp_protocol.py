@@ -166,11 +166,6 @@ class RtmpServerConnection:
     def closed(self) -> bool:
         return self._state is _State.CLOSED
 
-    @property
-    def buffered(self) -> int:
-        """Bytes held for parsing (for per-connection memory limits)."""
-        return len(self._in) + self._reader.buffered
-
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
         self._out.clear()
