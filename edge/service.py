@@ -20,6 +20,7 @@ class EdgeService:
         self.app = create_app(self.edge)
         self.http = HttpService(self.app, config.host, config.port, f"edge:{config.port}")
         self._health: asyncio.Task[None] | None = None
+        self._prefetch: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -29,19 +30,25 @@ class EdgeService:
         await self.http.start()
         if self.edge.ring.peers:
             self._health = asyncio.create_task(self.edge.ring.health_loop(self.edge.client))
+        if self.edge.prefetcher is not None:
+            self._prefetch = asyncio.create_task(self.edge.prefetcher.run())
         log.info(
-            "edge listening on %s (origin %s, peers %s, cache %d MiB memory + %d MiB disk)",
+            "edge listening on %s (origin %s, peers %s, cache %d MiB memory + %d MiB disk, "
+            "policy %s, prefetch %s)",
             self.url,
             self.config.origin,
             ", ".join(self.edge.ring.peers) or "none",
             self.config.cache_mem >> 20,
             self.config.cache_disk >> 20,
+            self.config.cache_policy,
+            f"{self.config.prefetch_budget >> 20} MiB/s" if self.config.prefetch_budget else "off",
         )
 
     async def close(self) -> None:
-        if self._health is not None:
-            self._health.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health
+        for task in (self._health, self._prefetch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.http.close()
         await self.edge.close()

@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_origin_args(up)
     up.add_argument("--edges", type=int, default=2, help="edges on http-port+1 ... +N")
     up.add_argument("--plugin", action="append", default=[], help="edge plugin to enable")
+    _add_edge_cache_args(up)
 
     origin = sub.add_parser("origin", help="origin only (HTTP + RTMP)")
     _add_origin_args(origin)
@@ -66,9 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--peer", action="append", default=[], help="peer edge base URL")
     edge.add_argument("--cache-mem", type=parse_size, default=256 * 1024**2)
     edge.add_argument("--cache-disk", type=parse_size, default=0)
-    edge.add_argument(
-        "--cache-policy", choices=["lru", "s3fifo", "sieve"], default="lru", help="eviction"
-    )
+    _add_edge_cache_args(edge)
     edge.add_argument(
         "--cache-dir", type=Path, default=None, help="disk tier and access log (data/edge-PORT)"
     )
@@ -104,6 +103,18 @@ def _parser() -> argparse.ArgumentParser:
         if name == "create":
             k.add_argument("--kind", choices=["stream"], default="stream")
     return parser
+
+
+def _add_edge_cache_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-policy", choices=["lru", "s3fifo", "sieve", "ml"], default="lru", help="eviction"
+    )
+    parser.add_argument(
+        "--prefetch-budget",
+        type=parse_size,
+        default=0,
+        help="prefetch next segments, at most SIZE bytes per second (0: off)",
+    )
 
 
 def _origin_config(args: argparse.Namespace) -> cfg.OriginConfig:
@@ -200,6 +211,8 @@ async def _up(args: argparse.Namespace) -> None:
                 # every edge knows the others: one ring
                 peers=tuple(f"http://{args.host}:{p}" for p in edge_ports if p != port),
                 cache_dir=args.data / f"edge-{port}",
+                cache_policy=args.cache_policy,
+                prefetch_budget=args.prefetch_budget,
                 plugins=tuple(args.plugin),
             )
         )
@@ -245,6 +258,7 @@ async def _edge(args: argparse.Namespace) -> None:
             cache_disk=args.cache_disk,
             cache_dir=args.cache_dir or Path("data") / f"edge-{args.port}",
             cache_policy=args.cache_policy,
+            prefetch_budget=args.prefetch_budget,
             plugins=tuple(args.plugin),
         )
     )

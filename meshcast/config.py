@@ -51,7 +51,11 @@ class EdgeConfig:
     cache_disk: int = 0
     # Disk tier objects and the access log (access.csv, rotated).
     cache_dir: Path = Path("data/edge")
-    cache_policy: str = "lru"  # lru | s3fifo | sieve (edge/policies.py)
+    cache_policy: str = "lru"  # lru | s3fifo | sieve | ml (edge/policies.py, ml_policy.py)
+    # Byte budget per second of the prefetcher (edge/prefetch.py); 0 turns it off.
+    prefetch_budget: int = 0
+    # Viewer requests between refits of the ml policy's demand model.
+    ml_retrain_every: int = 20_000
     # A cached manifest may be served STALE this long after it expired, while the
     # upstream fails; immutable segments are served until evicted.
     stale_grace: float = 60.0
