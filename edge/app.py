@@ -52,6 +52,7 @@ class EdgeMetrics:
     origin_fetches: Counter = field(init=False)
     peer_fetches: Counter = field(init=False)
     bytes_served: Counter = field(init=False)
+    upstream_bytes: Counter = field(init=False)
     fill_seconds: Histogram = field(init=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +68,12 @@ class EdgeMetrics:
         )
         self.bytes_served = Counter(
             "meshcast_edge_served_bytes", "Body bytes sent to viewers", registry=r
+        )
+        self.upstream_bytes = Counter(
+            "meshcast_edge_upstream_bytes",
+            "Body bytes fetched upstream (prefetches included)",
+            ["source"],
+            registry=r,
         )
         self.fill_seconds = Histogram(
             "meshcast_edge_fill_seconds",
@@ -154,10 +161,10 @@ class Edge:
         if self.prefetcher is not None and not from_peer:
             self.prefetcher.on_request(key, size)
 
-    async def _prefetch_fill(self, key: str) -> int | None:
+    async def _prefetch_fill(self, key: str, refresh: bool) -> int | None:
         """Bring ``key`` into the cache (or refresh it) like a viewer's miss would."""
         cached = self.cache.peek(key)
-        if cached is not None and cached.fresh(time.time()):
+        if cached is not None and cached.fresh(time.time()) and not refresh:
             return cached.size
         fill = self._fills.get(key) or self._start_fill(key, from_peer=False)
         await fill.wait_done_quietly()
@@ -203,6 +210,9 @@ class Edge:
         if fill.error is not None or fill.status != 200 or fill.source is None:
             return
         (self.metrics.peer_fetches if fill.source.is_peer else self.metrics.origin_fetches).inc()
+        self.metrics.upstream_bytes.labels("peer" if fill.source.is_peer else "origin").inc(
+            fill.received
+        )
         media = parse_media_path(fill.key)
         fresh = freshness(
             fill.headers.get("cache-control"),

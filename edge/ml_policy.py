@@ -49,9 +49,10 @@ FEATURES: Final = (
     "is_live",
     "rung",
     "log_stream_rate",
+    "log_segment_distance",
 )
 # Bumped when FEATURES change: an edge ignores model files of another format.
-MODEL_FORMAT: Final = 1
+MODEL_FORMAT: Final = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +162,7 @@ class _Stats:
     count: int = 1
     gap: float = 1e6
     static: tuple[float, float, float, float, str] = (0.0, 0.0, 0.0, 0.0, "")
+    seq: int = -1  # segment number, -1 for manifests and init segments
 
 
 # Called with (features, labels, next version) when a refit is due.
@@ -177,7 +179,7 @@ class DemandTracker:
     max_samples: int = 40_000
     min_samples: int = 1000  # labelled samples needed before the first fit
     max_tracked: int = 500_000  # objects with feature state (an edge runs for months)
-    threshold: float = 0.8  # "will return" when P(requested again within the horizon) > this
+    threshold: float = 0.6  # "will return" when P(requested again within the horizon) > this
     # None: fit inline (the simulator); the edge hands samples to a worker process.
     trainer: Trainer | None = None
     model: DemandModel | None = None
@@ -187,6 +189,7 @@ class DemandTracker:
         self._stats: dict[str, _Stats] = {}
         self._stream_rate: dict[str, float] = collections.defaultdict(float)
         self._stream_seen: dict[str, float] = {}
+        self._newest_segment: dict[str, int] = {}  # per stream: the live edge
         self._pending: collections.deque[tuple[float, str, np.ndarray]] = collections.deque()
         self._seen_at: dict[str, float] = {}
         self._xs: collections.deque[np.ndarray] = collections.deque(maxlen=self.max_samples)
@@ -211,7 +214,12 @@ class DemandTracker:
                 RUNG_INDEX.get(media.rendition or "", 0.0) if media else 0.0,
                 stream,
             )
-            st = self._stats[key] = _Stats(size, now, now, static=static)
+            seq = -1
+            if media is not None and media.relative.endswith(".m4s"):
+                seq = int(media.relative.rsplit("/", 1)[1].removesuffix(".m4s"))
+                if seq > self._newest_segment.get(stream, -1):
+                    self._newest_segment[stream] = seq
+            st = self._stats[key] = _Stats(size, now, now, static=static, seq=seq)
             if len(self._stats) > self.max_tracked:
                 self._forget_oldest(now)
         else:
@@ -249,7 +257,16 @@ class DemandTracker:
             live,
             rung,
             math.log1p(self._stream_rate.get(stream, 0.0)),
+            # Live: behind the live edge; VOD: into the asset (viewers abandon as they go).
+            math.log1p(self._segment_distance(st, live, stream)),
         ]
+
+    def _segment_distance(self, st: _Stats, live: float, stream: str) -> float:
+        if st.seq < 0:
+            return 0.0
+        if live:
+            return float(max(0, self._newest_segment.get(stream, st.seq) - st.seq))
+        return float(st.seq)
 
     def _learn(self, key: str, st: _Stats, now: float) -> None:
         # Resolve samples whose horizon has passed: positive if requested again.
@@ -303,6 +320,7 @@ class MlPolicy:
         self.clock = clock  # the simulator passes trace time
         self.fifo = S3FifoPolicy(capacity)
         self.fifo.promote_hint = self._will_return
+        self.fifo.retain_hint = self._will_return
         self.promotions = 0
 
     def _will_return(self, key: str) -> bool:

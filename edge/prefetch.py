@@ -6,7 +6,7 @@ Prediction (the "next segment of the same rendition" policy of ``meshcast bench 
 - a rendition someone watched in the last ``watch_s`` seconds is a *watched* rendition: the
   prefetcher refreshes its live playlist itself once per ``poll_s`` and fetches segments
   newer than any viewer has requested, so the viewer's own playlist refresh finds them
-  cached (a HIT instead of a MISS behind the live edge).
+  cached (a HIT instead of a MISS or a wait on a running fill at the live edge).
 
 Prefetches are low priority: at most ``max_inflight`` at once, none while viewer fills are
 piling up, and a token bucket caps them at ``budget`` bytes per second. They go through the
@@ -39,7 +39,7 @@ class PrefetchConfig:
     budget: int = 16 * 1024 * 1024  # bytes per second
     max_inflight: int = 2
     watch_s: float = 10.0
-    poll_s: float = 1.0
+    poll_s: float = 0.5  # a quarter of a segment: ahead of most viewers' refreshes
     waste_after_s: float = 60.0
     busy_fills: int = 16  # viewer fills in flight above which prefetching pauses
     per_playlist: int = 2  # newest unrequested segments fetched per live playlist
@@ -84,14 +84,16 @@ class Prefetcher:
     def __init__(
         self,
         config: PrefetchConfig,
-        fetch: Callable[[str], Awaitable[int | None]],
+        fetch: Callable[[str, bool], Awaitable[int | None]],
         present: Callable[[str], bool],
         viewer_fills: Callable[[], int],
         registry: CollectorRegistry,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self._fetch = fetch  # fills one object into the cache; its size, None if it failed
+        # Fills one object into the cache (refresh: even if a fresh copy is cached); its
+        # size, None if it failed.
+        self._fetch = fetch
         self._present = present  # cached or being filled
         self._viewer_fills = viewer_fills
         self._clock = clock
@@ -164,7 +166,7 @@ class Prefetcher:
 
     async def _prefetch(self, key: str, estimate: int) -> None:
         try:
-            size = await self._fetch(key)
+            size = await self._fetch(key, False)
         except Exception:
             log.exception("edge prefetch of %s failed", key)
             size = None
@@ -186,9 +188,10 @@ class Prefetcher:
             self.expire()
             for directory, rendition in list(self._renditions.items()):
                 if rendition.live and self._watched(rendition):
-                    # Refreshing through the edge's own fill path calls on_playlist.
+                    # Refreshing through the edge's own fill path calls on_playlist, and
+                    # viewers then get the newer playlist from the cache.
                     with contextlib.suppress(Exception):
-                        await self._fetch(f"{directory}index.m3u8")
+                        await self._fetch(f"{directory}index.m3u8", True)
 
     def expire(self) -> None:
         now = self._clock()

@@ -110,7 +110,7 @@ async def test_ml_policy_refits_in_a_worker_and_reloads_its_model(
         async with httpx.AsyncClient(timeout=10) as client:
             viewers = [play_live(client, edge.url, "ml", 16) for _ in range(3)]
             await asyncio.gather(*viewers)
-            for _ in range(100):  # the fit runs in a worker process: wait for it
+            for _ in range(600):  # the fit runs in a spawned worker process: wait for it
                 text = (await client.get(f"{edge.url}/metrics")).text
                 if metric(text, "meshcast_edge_model_version") >= 1:
                     break

@@ -35,7 +35,7 @@ class Harness:
             clock=self.clock,
         )
 
-    async def fetch(self, key: str) -> int | None:
+    async def fetch(self, key: str, refresh: bool) -> int | None:
         await self.gate.wait()
         self.fetched.append(key)
         self.cached.add(key)
@@ -146,7 +146,7 @@ async def test_failed_prefetch_is_counted_and_refunded() -> None:
     h = Harness(PrefetchConfig(budget=100, max_inflight=4))
     p = h.prefetcher
 
-    async def failing(key: str) -> int | None:
+    async def failing(key: str, refresh: bool) -> int | None:
         return None
 
     p._fetch = failing
