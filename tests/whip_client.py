@@ -39,13 +39,17 @@ class PatternTrack(MediaStreamTrack):
         self.pause_at, self.pause_for = pause_at, pause_for
         self.sent = 0
         self._start: float | None = None
+        # Set at the first frame's capture (monotonic clock): the bench's time zero.
+        self.started = asyncio.Event()
+        self.capture_start = 0.0
         self._shift = 0.0
 
     async def recv(self) -> VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
         if self._start is None:
-            self._start = time.monotonic()
+            self._start = self.capture_start = time.monotonic()
+            self.started.set()
         if self.sent == self.pause_at:
             await asyncio.sleep(self.pause_for)
             self._shift += self.pause_for
