@@ -3,9 +3,10 @@ FFmpeg 8.1's own ``whip`` muxer (libavformat inside PyAV), paced to real time. E
 with FFmpeg's error when refused.
 
 The muxer gets an ECDSA P-256 certificate (``cert_file``/``key_file``): FFmpeg 8.1's GnuTLS
-build otherwise generates its own, and OpenSSL (aiortc's DTLS) aborts that handshake with
-an illegal_parameter alert. P-256 ECDSA is what RFC 8827 requires every WebRTC endpoint
-to support, and what browsers and OBS use.
+build otherwise makes a P-224 one, a curve the OpenSSL 4 under aiortc (``cryptography``'s
+wheel) no longer accepts in TLS, and the handshake ends with an illegal_parameter alert.
+P-256 ECDSA is what RFC 8827 requires every WebRTC endpoint to support, and what browsers
+and OBS use.
 """
 
 from __future__ import annotations
