@@ -211,6 +211,32 @@ async def test_abandoned_session_ends_after_idle_timeout(short_idle_origin: Orig
         await pc.close()
 
 
+async def test_killed_publisher_is_dropped_and_the_stream_ends(
+    short_idle_origin: OriginService,
+) -> None:
+    """FFmpeg killed mid-stream: no DELETE, no DTLS close_notify, just silence. The idle
+    timeout (2 s here) ends the stream; its playlists get ENDLIST and still decode."""
+    origin = short_idle_origin
+    key = origin.keys.create("vanish")
+    proc = await ffmpeg_whip_push(whip_url(origin, "vanish"), key, 30.0)
+    try:
+        await wait_for_state(origin, "vanish", "live", within=20)
+        while True:
+            stream = await stream_json(origin, "vanish")
+            assert stream is not None and stream["state"] == "live", stream
+            if stream["video"] and stream["video"]["duration"] >= 3.0:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        proc.kill()
+        await proc.wait()
+    ended = await wait_for_state(origin, "vanish", "ended", within=8)
+    assert ended["end_reason"] == "abandoned: no media since 2 s"
+    decoded = await check_ended_hls(origin, "vanish")
+    assert decoded["240p"]["video"]["frames"] >= 60, decoded
+    assert origin.whip.sessions == {}
+
+
 async def test_bad_requests_are_refused_with_reasons(short_idle_origin: OriginService) -> None:
     origin = short_idle_origin
     keys = origin.keys
