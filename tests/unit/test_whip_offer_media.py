@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import contextlib
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshcast.ingest import AudioConfig, MediaKind, MediaPacket, VideoConfig
+from meshcast.config import TranscodeConfig
+from meshcast.ingest import AudioConfig, MediaKind, MediaPacket, VideoConfig, deliver
+from meshcast.store import LocalStore
 from origin.whip_media import OpusAdapter, VideoAdapter, opus_head, vp8_keyframe_size
 from origin.whip_sdp import OfferError, check_offer
+from transcoder.pipeline import LadderPipeline
 
 FINGERPRINT = ":".join(["D5", "8F", "42", "52"] * 8)
 # The shape FFmpeg 8.1's whip muxer sends (captured from a run, candidates-free as it is).
@@ -183,3 +187,33 @@ def test_opus_packets_with_a_head_the_decoder_accepts() -> None:
     decoder.open()
     pcm = [f for p in packets for f in decoder.decode(av.Packet(p))]
     assert pcm and pcm[0].sample_rate == 48000 and len(pcm[0].layout.channels) == 2
+
+
+def test_adapter_output_through_the_ladder_pipeline(tmp_path: Path) -> None:
+    """VP8 + Opus as WHIP delivers them (both clocks starting at 0) through the real
+    LadderPipeline: the VP8 decoder needs no extradata, Opus becomes AAC, and the AAC
+    encoder's priming packet (before 0) does not break packaging."""
+    pipeline = LadderPipeline("w", LocalStore(tmp_path), TranscodeConfig(ladder=((144, 300),)))
+    video, audio = VideoAdapter(), OpusAdapter()
+    vp8 = encode("libvpx", 75, deadline="realtime")  # 2.5 s at 30 fps
+    opus = av.CodecContext.create("libopus", "w")
+    opus.sample_rate, opus.layout, opus.format = 48000, "stereo", "s16"
+    opus.open()
+    samples = 0
+    for n, frame in enumerate(vp8):
+        for item in video.push("VP8", frame, n * 3000):
+            deliver(pipeline, item)
+        while samples < (n + 1) * 1600:
+            pcm = av.AudioFrame(format="s16", layout="stereo", samples=960)
+            for plane in pcm.planes:
+                plane.update(bytes(plane.buffer_size))
+            pcm.sample_rate, pcm.pts = 48000, samples
+            for packet in opus.encode(pcm):
+                for item in audio.push(bytes(packet), samples):
+                    deliver(pipeline, item)
+            samples += 960
+    pipeline.on_end()
+    assert pipeline.frames_in == 75 and pipeline.frames_dropped == 0
+    audio_playlist = (tmp_path / "live/w/audio/index.m3u8").read_text()
+    assert audio_playlist.count(".m4s") == 2 and "#EXT-X-ENDLIST" in audio_playlist
+    assert (tmp_path / "live/w/144p/index.m3u8").read_text().count(".m4s") == 2
