@@ -44,6 +44,13 @@ def _add_origin_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="rungs as HEIGHT:KBPS,... (default 1080:5000,720:2800,480:1400,360:800)",
     )
+    p.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="STUN/TURN URL offered to WHIP publishers (repeatable), e.g. stun:stun.example:3478",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -134,6 +141,7 @@ def _origin_config(args: argparse.Namespace) -> cfg.OriginConfig:
         rtmp_port=args.rtmp_port,
         demo=args.demo,
         transcode=transcode,
+        whip=cfg.WhipConfig(ice_servers=tuple(args.ice_server)),
     )
 
 

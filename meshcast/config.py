@@ -25,6 +25,20 @@ class TranscodeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WhipConfig:
+    # A WHIP session without any media for this long (ICE never completed, the publisher
+    # vanished without DELETE) is closed and its stream ended, like the RTMP idle timeout.
+    idle_timeout: float = 15.0
+    # No video frame for this long is logged as a freeze (and a keyframe is requested).
+    freeze_after: float = 1.0
+    max_offer_bytes: int = 64 * 1024
+    max_sessions: int = 64
+    # STUN/TURN URLs advertised to publishers (Link rel="ice-server") and used by our own
+    # ICE agent; none by default (loopback and LAN need none).
+    ice_servers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class OriginConfig:
     data_dir: Path = Path("data")
     host: str = "127.0.0.1"
@@ -38,6 +52,7 @@ class OriginConfig:
     max_rtmp_connections: int = 256
     # A stream that ended stays listed (state "ended") for this long.
     ended_stream_ttl: float = 300.0
+    whip: WhipConfig = field(default_factory=WhipConfig)
     transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
 
 

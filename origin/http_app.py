@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -18,7 +18,7 @@ from starlette.responses import (
     Response,
     StreamingResponse,
 )
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from meshcast.events import EventBus
 from meshcast.http import EXCEPTION_HANDLERS, cors, json_error
@@ -38,6 +38,8 @@ PLAYER_FILES = {
     "player.js": "player.js",
     "player.css": "player.css",
     "meshcast-player.js": "meshcast-player.js",
+    "publish.html": "publish.html",
+    "publish.js": "publish.js",
     "vendor/hls.min.js": "node_modules/hls.js/dist/hls.min.js",
     "vendor/shaka-player.compiled.js": "node_modules/shaka-player/dist/shaka-player.compiled.js",
 }
@@ -58,7 +60,10 @@ def landing_page(streams: list[LiveStream]) -> str:
             f'<li><a href="/player/?stream={name}">{name}</a> <small>{state}</small> '
             f'<a href="/player/?stream={name}&amp;format=dash">DASH</a></li>'
         )
-    items = "\n".join(rows) or "<li>No streams yet. Publish with RTMP to /live.</li>"
+    items = (
+        "\n".join(rows)
+        or "<li>No streams yet. Publish with RTMP to /live or WHIP to /whip/NAME.</li>"
+    )
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>meshcast</title>'
         '<link rel="stylesheet" href="/player/player.css"></head><body><main>'
@@ -73,6 +78,7 @@ def create_app(
     metrics: CollectorRegistry,
     data_dir: Path,
     player_dir: Path = PLAYER_DIR,
+    extra_routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
     live_root = data_dir / "live"
 
@@ -157,5 +163,8 @@ def create_app(
         Route("/api/streams/{name}", get_stream),
         Route("/api/events", event_stream),
         Route("/live/{path:path}", live_file, methods=["GET", "HEAD"]),
+        *extra_routes,
     ]
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=[cors()])
+    # WHIP publishers in browsers POST/DELETE from other origins and read Location/Link.
+    middleware = [cors(("POST", "DELETE", "PATCH"), ("Location", "Link"))]
+    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=middleware)

@@ -16,6 +16,7 @@ from origin.demo import DemoSettings, DemoSource
 from origin.http_app import create_app
 from origin.registry import LiveStream, StreamRegistry
 from origin.rtmp_server import RtmpMetrics, RtmpServer
+from origin.whip import WhipServer, whip_routes
 from transcoder.encoders import EncoderSettings, select_backend
 from transcoder.ladder import plan_ladder
 from transcoder.worker import WorkerSink
@@ -41,7 +42,14 @@ class OriginService:
         ).set_function(lambda: len(self.registry.live_streams()))
         self._workers: set[WorkerSink] = set()
         self.registry.add_sink_factory(self._start_transcoder)
-        self.app = create_app(self.registry, self.bus, self.metrics, config.data_dir)
+        self.whip = WhipServer(config.whip, self.registry, self.keys, self.metrics)
+        self.app = create_app(
+            self.registry,
+            self.bus,
+            self.metrics,
+            config.data_dir,
+            extra_routes=whip_routes(self.whip),
+        )
         self.http = HttpService(self.app, config.host, config.http_port, "origin")
         self.demo = DemoSource(self.registry, demo_settings) if config.demo else None
 
@@ -84,6 +92,7 @@ class OriginService:
         if self.demo is not None:
             await self.demo.close()
         await self.rtmp.close()
+        await self.whip.close()
         # Ended streams' workers are writing their last segments and ENDLIST: let them.
         for worker in list(self._workers):
             await asyncio.to_thread(worker.join, 15)
