@@ -135,11 +135,13 @@ class WorkerSink:
 
     @property
     def alive(self) -> bool:
-        return self._process.is_alive()
+        return self._watcher.is_alive()  # see join(): never poll the process from here
 
     def join(self, timeout: float) -> None:
-        self._process.join(timeout)
-        if self._process.is_alive():
+        # Only the watcher thread reaps the process: two threads in Process.join() race on
+        # waitpid and the loser reads exit code None (a false "worker failed").
+        self._watcher.join(timeout)
+        if self._watcher.is_alive():
             log.warning("stream %s: worker still running after %.0f s; killing", self.name, timeout)
             self._process.kill()
-            self._process.join(2)
+            self._watcher.join(2)
