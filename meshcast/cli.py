@@ -38,6 +38,7 @@ def _add_origin_args(p: argparse.ArgumentParser) -> None:
         help="also offer the source H.264 as a 'source' rendition (no re-encode)",
     )
     p.add_argument("--dvr-window", type=int, default=6, help="segments listed in live playlists")
+    p.add_argument("--bus", default=None, metavar="URL", help="NATS event bus, nats://HOST:4222")
     p.add_argument(
         "--ladder",
         type=parse_ladder,
@@ -79,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
         "--cache-dir", type=Path, default=None, help="disk tier and access log (data/edge-PORT)"
     )
     edge.add_argument("--plugin", action="append", default=[])
+    edge.add_argument("--bus", default=None, metavar="URL", help="NATS event bus: peers, streams")
+    edge.add_argument("--advertise", default=None, metavar="URL", help="URL peers reach us at")
 
     bench = sub.add_parser("bench", help="offline benchmarks")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
@@ -142,6 +145,7 @@ def _origin_config(args: argparse.Namespace) -> cfg.OriginConfig:
         demo=args.demo,
         transcode=transcode,
         whip=cfg.WhipConfig(ice_servers=tuple(args.ice_server)),
+        bus=args.bus,
     )
 
 
@@ -222,6 +226,7 @@ async def _up(args: argparse.Namespace) -> None:
                 cache_policy=args.cache_policy,
                 prefetch_budget=args.prefetch_budget,
                 plugins=tuple(args.plugin),
+                bus=args.bus,
             )
         )
         for port in edge_ports
@@ -268,6 +273,8 @@ async def _edge(args: argparse.Namespace) -> None:
             cache_policy=args.cache_policy,
             prefetch_budget=args.prefetch_budget,
             plugins=tuple(args.plugin),
+            bus=args.bus,
+            advertise=args.advertise,
         )
     )
     await run_services([edge], on_ready=lambda: f"edge ready: {edge.url}")

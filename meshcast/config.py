@@ -54,6 +54,8 @@ class OriginConfig:
     ended_stream_ttl: float = 300.0
     whip: WhipConfig = field(default_factory=WhipConfig)
     transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
+    # Event bus: None = in-process; "nats://host:4222" = NATS (meshcast/nats_bus.py).
+    bus: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,3 +78,9 @@ class EdgeConfig:
     stale_grace: float = 60.0
     max_url: int = 2048
     plugins: tuple[str, ...] = field(default_factory=tuple)
+    # NATS URL: the edge announces itself and learns its peers and streams from the bus.
+    bus: str | None = None
+    # The URL other nodes reach this edge at (default http://HOST:PORT).
+    advertise: str | None = None
+    # Seconds between membership heartbeats; a peer silent for 4 of them leaves the ring.
+    heartbeat: float = 2.0

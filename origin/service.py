@@ -12,6 +12,7 @@ from meshcast.config import OriginConfig
 from meshcast.events import EventBus
 from meshcast.http import HttpService
 from meshcast.keys import KeyStore
+from meshcast.nats_bus import make_bus
 from origin.demo import DemoSettings, DemoSource
 from origin.http_app import create_app
 from origin.registry import LiveStream, StreamRegistry
@@ -32,7 +33,7 @@ class OriginService:
         demo_settings: DemoSettings | None = None,
     ) -> None:
         self.config = config
-        self.bus = bus or EventBus()
+        self.bus = bus or make_bus(config.bus, f"origin@{config.host}:{config.http_port}")
         self.metrics = CollectorRegistry()
         self.registry = StreamRegistry(self.bus, config.ended_stream_ttl)
         self.keys = KeyStore(config.data_dir)
@@ -81,6 +82,7 @@ class OriginService:
     async def start(self) -> None:
         self.check_encoder()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.bus.start()
         await self.rtmp.start()
         await self.http.start()
         log.info("origin HTTP on %s", self.url)
@@ -97,3 +99,4 @@ class OriginService:
         for worker in list(self._workers):
             await asyncio.to_thread(worker.join, 15)
         await self.http.close()
+        await self.bus.close()
