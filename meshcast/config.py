@@ -56,6 +56,11 @@ class OriginConfig:
     transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
     # Event bus: None = in-process; "nats://host:4222" = NATS (meshcast/nats_bus.py).
     bus: str | None = None
+    # Where live streams are transcoded: "local" worker processes, "remote" transcoder
+    # nodes found on the bus (refuse to publish when none is alive), or "auto" (remote
+    # when one is alive, else local).
+    transcoders: str = "auto"
+    transcoder_secret: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ class NatsBus(EventBus):
         self.connected = asyncio.Event()
         self.dropped = 0
         self.received = 0
+        self._closing = False
 
     def publish(self, type: str, **data: Any) -> Event:
         event = super().publish(type, **data)
@@ -122,6 +123,8 @@ class NatsBus(EventBus):
         self.deliver(event)
 
     async def _disconnected(self) -> None:
+        if self._closing:
+            return
         log.warning("bus: disconnected from NATS %s; reconnecting", self.url)
 
     async def _reconnected(self) -> None:
@@ -131,6 +134,7 @@ class NatsBus(EventBus):
         log.debug("bus: NATS client error: %s", exc)
 
     async def close(self) -> None:
+        self._closing = True
         # Let queued events (e.g. "node.left") go out, briefly.
         for _ in range(20):
             if self._outbox.empty() or not self.connected.is_set():

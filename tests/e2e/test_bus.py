@@ -5,8 +5,10 @@ and survival of a NATS restart."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,7 +22,9 @@ from meshcast import events
 from meshcast.config import EdgeConfig, OriginConfig
 from meshcast.nats_bus import JETSTREAM_NAME, NatsBus
 from origin.service import OriginService
-from tests.conftest import free_port
+from tests.conftest import free_port, rtmp_url, wait_for_state
+from tests.e2e.test_ladder import run_tool, wait_for_url
+from tests.e2e.test_rtmp_ingest import ffmpeg_push
 
 pytestmark = pytest.mark.e2e
 
@@ -181,3 +185,56 @@ async def test_edges_learn_the_ring_and_streams_from_the_bus(
 def _manifest(key: str) -> CachedObject:
     return CachedObject(key, 10, "application/vnd.apple.mpegurl", None, None, time.time(),
                         time.time() + 60, body=b"#EXTM3U\n\n")  # fmt: skip
+
+
+async def test_streams_are_transcoded_on_a_remote_transcoder_node(
+    tmp_path: Path, nats_server: Nats, ffmpeg_cli: str
+) -> None:
+    """`meshcast transcoder` as its own process: the origin finds it on the bus, streams
+    the ingest to it over TCP, and the node writes the ladder into the shared store."""
+    data = tmp_path / "shared"
+    origin = OriginService(
+        OriginConfig(
+            data_dir=data, http_port=free_port(), rtmp_port=0, bus=nats_server.url,
+            transcoders="remote", transcoder_secret="s3cret",
+        )
+    )  # fmt: skip
+    await origin.start()
+    http_port = free_port()
+    with (tmp_path / "node.log").open("wb") as log:
+        node = subprocess.Popen(
+            [sys.executable, "-m", "meshcast.cli", "transcoder", "--bus", nats_server.url,
+             "--data", str(data), "--port", str(free_port()), "--http-port", str(http_port),
+             "--secret", "s3cret", "--ladder", "360:600"],
+            stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+    try:
+        key = origin.keys.create("far")
+        # No node yet: "remote" refuses the publisher instead of transcoding locally.
+        early = await ffmpeg_push(ffmpeg_cli, rtmp_url(origin, key), 2.0)
+        await asyncio.wait_for(early.communicate(), 30)
+        assert early.returncode != 0
+        await eventually(lambda: origin.transcoders.alive(), 30)
+        proc = await ffmpeg_push(ffmpeg_cli, rtmp_url(origin, key), 5.0)
+        await wait_for_state(origin, "far", "live")
+        async with httpx.AsyncClient() as client:
+            health = (await client.get(f"http://127.0.0.1:{http_port}/healthz")).json()
+        assert health["role"] == "transcoder" and health["bus_connected"]
+        await asyncio.wait_for(proc.communicate(), 60)
+        await wait_for_state(origin, "far", "ended")
+        playlist = await wait_for_url(f"{origin.url}/live/far/360p/index.m3u8", 30, "ENDLIST")
+        assert "#EXTINF" in playlist.text
+        code, out, err = await run_tool(
+            "ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0",
+            "-show_entries", "stream=nb_read_frames,height", "-of", "json",
+            f"{origin.url}/live/far/master.m3u8",
+        )  # fmt: skip
+        assert code == 0, err
+        stream = json.loads(out)["streams"][0]
+        assert stream["height"] == 360 and int(stream["nb_read_frames"]) >= 100  # 5 s x 25
+        # The segments were written by the node's worker, not the origin's.
+        assert not origin._workers
+    finally:
+        node.terminate()
+        node.wait(20)
+        await origin.close()
