@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -29,7 +30,10 @@ from origin.registry import LiveStream, StreamRegistry
 SSE_HEARTBEAT_S = 15.0
 
 
-PLAYER_DIR = Path(__file__).resolve().parent.parent / "player-demo"
+# Next to the packages in a checkout; MESHCAST_PLAYER_DIR where they are installed (image).
+PLAYER_DIR = Path(
+    os.environ.get("MESHCAST_PLAYER_DIR") or Path(__file__).resolve().parent.parent / "player-demo"
+)
 # URL below /player/ -> file below player-demo/ (a whitelist: nothing else is served).
 PLAYER_FILES = {
     "": "index.html",
