@@ -100,9 +100,16 @@ def create_app(
             live = stream is not None and stream.live
             # Live manifests change every segment; ended ones only on a new publication.
             cache = "public, max-age=1" if live else "public, max-age=10"
-        else:
-            cache = IMMUTABLE
-        return FileResponse(path, media_type=media.content_type, headers={"Cache-Control": cache})
+            # Playlists are replaced (atomic rename) every segment: read the whole small
+            # file at once, or FileResponse may send a stat()ed length of another version.
+            try:
+                body = await asyncio.to_thread(path.read_bytes)
+            except FileNotFoundError:
+                return json_error(404, "not available (yet)", path=request.url.path)
+            return Response(body, media_type=media.content_type, headers={"Cache-Control": cache})
+        return FileResponse(
+            path, media_type=media.content_type, headers={"Cache-Control": IMMUTABLE}
+        )
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "role": "origin"})
