@@ -4,8 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # command -> Debian package: the ffmpeg CLI (independent test client), Chromium (browser
-# tests), curl, node/npm (player assets), nats-server (event bus tests, make cluster).
-APT_COMMANDS := ffmpeg:ffmpeg chromium:chromium curl:curl npm:npm nats-server:nats-server
+# tests), curl, node/npm (player assets), nats-server (event bus tests, make cluster),
+# espeak-ng (speech for the captions test).
+APT_COMMANDS := ffmpeg:ffmpeg chromium:chromium curl:curl npm:npm nats-server:nats-server \
+	espeak-ng:espeak-ng
 
 .PHONY: up test lint typecheck pytest system-deps npm-dep apt-deps venv player cluster clean
 

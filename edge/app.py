@@ -28,11 +28,13 @@ from edge.cache import CachedObject, TieredCache, read_range
 from edge.fill import Fill, FillError, Upstream
 from edge.http_semantics import RangeNotSatisfiable, etag_matches, freshness, parse_range
 from edge.ml_policy import DemandTracker, MlPolicy
+from edge.plugins import PluginHost
 from edge.policies import EvictionPolicy
 from edge.prefetch import PrefetchConfig, Prefetcher
 from edge.ring import PeerRing
 from edge.trainer import BackgroundTrainer
 from meshcast.config import EdgeConfig
+from meshcast.events import EventBus
 from meshcast.http import EXCEPTION_HANDLERS, cors, json_error
 from meshcast.metrics import metrics_endpoint
 from meshcast.paths import parse_media_path
@@ -129,6 +131,9 @@ class Edge:
         )
         self.access_log = AccessLog(config.cache_dir / "access.csv")
         self._fills: dict[str, Fill] = {}
+        self.plugins = PluginHost(config.plugins, config.plugin_options)
+        # Set by EdgeService with --bus: plugins publish their events (moderation.flagged).
+        self.bus: EventBus | None = None
 
     # ---- entry point ------------------------------------------------------------------
 
@@ -141,6 +146,10 @@ class Edge:
             return json_error(404, "not found", path=path)
         from_peer = PEER_HEADER in request.headers
         key = path
+        if media is not None and self.plugins.plugins:
+            answer = self.plugins.check(path) or self.plugins.serve(path, from_peer)
+            if answer is not None:
+                return answer
         now = time.time()
         cached = self.cache.get(key)
         if media is not None:
@@ -168,6 +177,21 @@ class Edge:
         if self.prefetcher is not None and not from_peer:
             self.prefetcher.on_request(key, size)
 
+    async def fetch(self, key: str, refresh: bool = False) -> bytes | None:
+        """The body of ``key`` through the cache and the normal fill path (for plugins);
+        None when upstream has no such object."""
+        cached = self.cache.peek(key)
+        if cached is not None and cached.fresh(time.time()) and not refresh:
+            if cached.body is not None:
+                return cached.body
+            return b"".join([chunk async for chunk in read_range(cached, 0, cached.size)])
+        fill = self._fills.get(key) or self._start_fill(key, from_peer=False)
+        await fill.wait_done_quietly()
+        if fill.error is not None or fill.status != 200:
+            return None
+        body = fill.body
+        return self.plugins.transform(key, body) if self.plugins.transforms(key) else body
+
     async def _prefetch_fill(self, key: str, refresh: bool) -> int | None:
         """Bring ``key`` into the cache (or refresh it) like a viewer's miss would."""
         cached = self.cache.peek(key)
@@ -183,6 +207,9 @@ class Edge:
 
     def _upstreams(self, key: str, from_peer: bool) -> list[Upstream]:
         origin = Upstream(self.origin, False)
+        if (produced_by := self.plugins.upstream(key)) is not None:
+            # Objects a plugin produces exist only on the edge that made them.
+            return [Upstream(produced_by, True)] if produced_by != self.self_url else []
         if from_peer:
             return [origin]  # a peer already chose us as owner: never bounce further
         owner = self.ring.owner(key)
@@ -228,17 +255,20 @@ class Edge:
         )
         if not fresh.store:
             return
+        body = fill.body
+        if self.plugins.transforms(fill.key):
+            body = self.plugins.transform(fill.key, body)
         now = time.time()
         self.cache.put(
             CachedObject(
                 key=fill.key,
-                size=fill.received,
+                size=len(body),
                 content_type=fill.headers.get("content-type", "application/octet-stream"),
                 etag=fill.headers.get("etag"),
                 last_modified=fill.headers.get("last-modified"),
                 stored_at=now,
                 expires_at=None if fresh.ttl is None else now + fresh.ttl,
-                body=fill.body,
+                body=body,
             )
         )
         if self.prefetcher is not None and fill.key.endswith("/index.m3u8"):
@@ -264,6 +294,20 @@ class Edge:
                 return json_error(404, "not found", path=fill.key)
             return Response(fill.body, fill.status, headers=self._headers(fill.headers, label))
         wants_range = "range" in request.headers or "if-none-match" in request.headers
+        if self.plugins.transforms(fill.key):
+            # A rewritten manifest is served whole, as cached: same bytes on every path.
+            try:
+                await fill.wait_done()
+            except FillError as exc:
+                return self._stale_or_error(request, stale, exc)
+            cached = self.cache.get(fill.key)
+            if cached is None:
+                rewritten = self.plugins.transform(fill.key, fill.body)
+                headers = self._headers(fill.headers, label)
+                headers["content-length"] = str(len(rewritten))
+                self.metrics.requests.labels(label).inc()
+                return Response(rewritten, 200, headers=headers)
+            return self._respond(request, cached, label)
         if wants_range:
             # Ranges and validators are answered from the complete object.
             try:
@@ -342,6 +386,7 @@ class Edge:
         return StreamingResponse(read_range(obj, start, end), status, headers=headers)
 
     async def close(self) -> None:
+        await self.plugins.close()
         if self.prefetcher is not None:
             await self.prefetcher.close()
         if self.trainer is not None:
@@ -363,11 +408,15 @@ class FastPath:
         self.app = app
         self._hits = edge.metrics.requests.labels("HIT")
         self._observing = edge.demand is not None or edge.prefetcher is not None
+        self._filters = edge.plugins.filters
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             obj = self.edge.cache.memory.entries.get(scope["path"])
             if obj is not None and obj.body is not None and obj.expires_at is None:
+                if self._filters and (refused := self.edge.plugins.check(obj.key)) is not None:
+                    await refused(scope, receive, send)
+                    return
                 cors = peer = False
                 for name, _ in scope["headers"]:
                     if name in (b"range", b"if-none-match", b"if-range"):
@@ -430,6 +479,7 @@ def create_app(edge: Edge) -> ASGIApp:
     routes = [
         Route("/healthz", healthz),
         Route("/metrics", metrics_endpoint(edge.metrics.registry)),
+        *edge.plugins.routes(),
         Route("/{path:path}", handler, methods=["GET", "HEAD"]),
     ]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=[cors()])

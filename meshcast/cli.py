@@ -11,6 +11,7 @@ from pathlib import Path
 
 import uvloop
 
+from edge.plugins import PluginOptionError, UnknownPlugin
 from meshcast import config as cfg
 from meshcast.logs import setup_logging
 from meshcast.paths import player_url, rtmp_publish_url
@@ -74,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_origin_args(up)
     up.add_argument("--edges", type=int, default=2, help="edges on http-port+1 ... +N")
     up.add_argument("--plugin", action="append", default=[], help="edge plugin to enable")
+    up.add_argument(
+        "--plugin-option",
+        action="append",
+        default=[],
+        metavar="PLUGIN.KEY=VALUE",
+        help="edge plugin option, e.g. moderation.policy=NAME:block (repeatable)",
+    )
     _add_edge_cache_args(up)
 
     origin = sub.add_parser("origin", help="origin only (HTTP + RTMP)")
@@ -90,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument(
         "--cache-dir", type=Path, default=None, help="disk tier and access log (data/edge-PORT)"
     )
-    edge.add_argument("--plugin", action="append", default=[])
+    edge.add_argument("--plugin", action="append", default=[], help="edge plugin to enable")
+    edge.add_argument("--plugin-option", action="append", default=[], metavar="PLUGIN.KEY=VALUE")
     edge.add_argument("--bus", default=None, metavar="URL", help="NATS event bus: peers, streams")
     edge.add_argument("--advertise", default=None, metavar="URL", help="URL peers reach us at")
 
@@ -254,6 +263,7 @@ async def _up(args: argparse.Namespace) -> None:
                 cache_policy=args.cache_policy,
                 prefetch_budget=args.prefetch_budget,
                 plugins=tuple(args.plugin),
+                plugin_options=tuple(args.plugin_option),
                 bus=args.bus,
             )
         )
@@ -301,6 +311,7 @@ async def _edge(args: argparse.Namespace) -> None:
             cache_policy=args.cache_policy,
             prefetch_budget=args.prefetch_budget,
             plugins=tuple(args.plugin),
+            plugin_options=tuple(args.plugin_option),
             bus=args.bus,
             advertise=args.advertise,
         )
@@ -344,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TimeoutError as exc:
         print(f"meshcast: {exc}", file=sys.stderr)
         return 1
+    except (UnknownPlugin, PluginOptionError) as exc:
+        print(f"meshcast: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -83,6 +83,8 @@ class EdgeConfig:
     stale_grace: float = 60.0
     max_url: int = 2048
     plugins: tuple[str, ...] = field(default_factory=tuple)
+    # "PLUGIN.KEY=VALUE" strings (edge/plugins/__init__.py), e.g. moderation.policy=NAME:block
+    plugin_options: tuple[str, ...] = field(default_factory=tuple)
     # NATS URL: the edge announces itself and learns its peers and streams from the bus.
     bus: str | None = None
     # The URL other nodes reach this edge at (default http://HOST:PORT).

@@ -1,0 +1,182 @@
+"""Edge plugins on a real mesh (origin + 2 edges in-process), fed by ffmpeg RTMP pushes:
+captions from espeak-ng speech through the real Whisper model, moderation through nudenet's
+real detector, and a deliberately slow plugin that must not delay delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edge.plugins import asr
+from edge.plugins.webvtt import parse_vtt
+from edge.service import EdgeService
+from meshcast.config import EdgeConfig, OriginConfig
+from origin.service import OriginService
+from tests.conftest import free_port, rtmp_url, wait_for_state
+from tests.e2e.test_edge import metric
+from tests.e2e.test_ladder import run_tool, wait_for_url
+
+pytestmark = pytest.mark.e2e
+
+SPOKEN = "the quick brown fox jumps over the lazy dog while every viewer watches the live video"
+LEAD = 3.0  # seconds of silence before the speech
+
+
+@asynccontextmanager
+async def plugin_mesh(
+    tmp_path: Path, plugins: tuple[str, ...], options: tuple[str, ...] = (), edges: int = 2
+) -> AsyncIterator[tuple[OriginService, list[EdgeService]]]:
+    origin = OriginService(
+        OriginConfig(data_dir=tmp_path / "origin", http_port=free_port(), rtmp_port=0)
+    )
+    await origin.start()
+    ports = [free_port() for _ in range(edges)]
+    services = [
+        EdgeService(
+            EdgeConfig(
+                origin=origin.url,
+                port=port,
+                peers=tuple(f"http://127.0.0.1:{p}" for p in ports if p != port),
+                cache_dir=tmp_path / f"edge-{port}",
+                plugins=plugins,
+                plugin_options=options,
+            )
+        )
+        for port in ports
+    ]
+    for service in services:
+        await service.start()
+    try:
+        yield origin, services
+    finally:
+        for service in services:
+            await service.close()
+        await origin.close()
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def word_error_rate(reference: list[str], hypothesis: list[str]) -> float:
+    """Levenshtein distance over words / reference length."""
+    previous = list(range(len(hypothesis) + 1))
+    for i, ref in enumerate(reference, 1):
+        current = [i]
+        for j, hyp in enumerate(hypothesis, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref != hyp)))
+        previous = current
+    return previous[-1] / max(1, len(reference))
+
+
+async def speech_track(tmp_path: Path, ffmpeg: str, total: float) -> tuple[Path, float]:
+    """espeak-ng speech after LEAD s of silence, padded to ``total`` s; (wav, speech s)."""
+    espeak = shutil.which("espeak-ng")
+    assert espeak, "espeak-ng not found: run `make test` (installs Debian's espeak-ng)"
+    raw = tmp_path / "speech.wav"
+    rc, _, err = await run_tool(espeak, "-s", "140", "-w", str(raw), SPOKEN)
+    assert rc == 0, err
+    rc, out, err = await run_tool(
+        "ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(raw)
+    )
+    assert rc == 0, err
+    spoken = float(out.strip())
+    padded = tmp_path / "padded.wav"
+    rc, _, err = await run_tool(
+        ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-i", str(raw), "-af",
+        f"adelay={int(LEAD * 1000)}:all=1,apad=whole_dur={total}", "-ar", "44100", str(padded),
+    )  # fmt: skip
+    assert rc == 0, err
+    return padded, spoken
+
+
+async def push(
+    ffmpeg: str, url: str, seconds: float, audio: Path | None = None, video: list[str] | None = None
+) -> asyncio.subprocess.Process:
+    """ffmpeg CLI over RTMP: ``video`` input args (default: moving test pattern) and a WAV
+    (default: a tone)."""
+    video_in = video or ["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25"]
+    audio_in = ["-i", str(audio)] if audio else ["-f", "lavfi", "-i", "sine=frequency=440"]
+    return await asyncio.create_subprocess_exec(
+        ffmpeg, "-hide_banner", "-loglevel", "error", "-re", *video_in, "-re", *audio_in,
+        "-t", str(seconds), "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset",
+        "veryfast", "-tune", "zerolatency", "-g", "50", "-pix_fmt", "yuv420p", "-c:a", "aac",
+        "-b:a", "96k", "-f", "flv", url,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def first_audio_start(origin: OriginService, name: str) -> float:
+    """Media time of the stream's first audio sample: the origin's first audio segment."""
+    playlist = await wait_for_url(f"{origin.url}/live/{name}/audio/index.m3u8", 30, ".m4s")
+    first = re.findall(r"^(\d+)\.m4s$", playlist.text, re.M)[0]
+    async with httpx.AsyncClient(base_url=origin.url) as client:
+        init = (await client.get(f"/live/{name}/audio/init.mp4")).content
+        segment = (await client.get(f"/live/{name}/audio/{first}.m4s")).content
+    return asr.segment_span(init, segment)[0]
+
+
+async def test_live_captions_from_espeak_speech(tmp_path: Path, ffmpeg_cli: str) -> None:
+    total = 14.0
+    wav, spoken_s = await speech_track(tmp_path, ffmpeg_cli, total)
+    async with plugin_mesh(tmp_path, ("captions",)) as (origin, edges):
+        key = origin.keys.create("talk")
+        proc = await push(ffmpeg_cli, rtmp_url(origin, key), total, audio=wav)
+        start = await first_audio_start(origin, "talk")
+        viewer = edges[1].url
+        master = await wait_for_url(f"{viewer}/live/talk/master.m3u8", 30)
+        mpd = await wait_for_url(f"{edges[0].url}/live/talk/manifest.mpd", 30)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err
+        await wait_for_state(origin, "talk", "ended")
+        playlist = await wait_for_url(f"{viewer}/live/talk/captions/index.m3u8", 60, "ENDLIST")
+        owner = edges[0].edge.ring.owner("stream:talk")
+        segments = re.findall(r"^(\d+)\.vtt$", playlist.text, re.M)
+        async with httpx.AsyncClient(timeout=10) as client:
+            vtts = [await client.get(f"{viewer}/live/talk/captions/{n}.vtt") for n in segments]
+            status = (await client.get(f"{owner}/api/captions/talk")).json()
+            text = (await client.get(f"{owner}/metrics")).text
+
+    # The track is in both manifests, and the edges' rewrites are identical.
+    assert re.search(
+        r'^#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="subs".*URI="captions/index.m3u8"',
+        master.text,
+        re.M,
+    ), master.text
+    variants = [line for line in master.text.splitlines() if line.startswith("#EXT-X-STREAM-INF")]
+    assert variants and all('SUBTITLES="subs"' in v for v in variants)
+    assert 'contentType="text"' in mpd.text and 'mimeType="text/vtt"' in mpd.text
+    assert 'media="$RepresentationID$/$Number$.vtt"' in mpd.text
+    assert all(v.status_code == 200 for v in vtts)
+    assert all(v.headers["content-type"].startswith("text/vtt") for v in vtts)
+    if owner != viewer:
+        assert {v.headers["x-cache"] for v in vtts} <= {"PEER", "HIT"}
+
+    cues = []
+    for response in vtts:
+        body = response.text
+        assert body.startswith("WEBVTT\n")
+        mapping = re.search(r"X-TIMESTAMP-MAP=MPEGTS:(\d+),LOCAL:(\S+)", body)
+        assert mapping is not None
+        local, segment_cues = parse_vtt(body)
+        assert local is not None and int(mapping[1]) == round(local * 90000) % (1 << 33)
+        cues += segment_cues
+    heard = [w for cue in cues for w in words(cue.text)]
+    wer = word_error_rate(words(SPOKEN), heard)
+    print(f"captions WER {wer:.3f}: {' '.join(heard)!r}; delays {status['delays']}")
+    assert wer <= 0.35, (wer, heard)
+    # Cue times are media time: the speech starts LEAD s after the first audio sample.
+    assert abs(cues[0].start - start - LEAD) <= 2.0, (cues[0], start)
+    assert abs(cues[-1].end - start - (LEAD + spoken_s)) <= 2.0, (cues[-1], start, spoken_s)
+    assert metric(text, "meshcast_edge_plugin_jobs_total", '{plugin="captions"}') >= 3
+    assert metric(text, "meshcast_edge_plugin_cpu_seconds_total", '{plugin="captions"}') > 0
+    # Bounded delay: every captions segment within max_delay of its audio segment.
+    assert status["delays"] and all(d["since_listed"] <= 8.5 for d in status["delays"])
