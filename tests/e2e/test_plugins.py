@@ -5,19 +5,27 @@ real detector, and a deliberately slow plugin that must not delay delivery."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import cv2
 import httpx
+import matplotlib
+import numpy as np
 import pytest
+from nudenet import NudeDetector
 
-from edge.plugins import asr
+from edge.plugins import asr, nsfw
 from edge.plugins.webvtt import parse_vtt
 from edge.service import EdgeService
 from meshcast.config import EdgeConfig, OriginConfig
+from meshcast.events import EventBus
 from origin.service import OriginService
 from tests.conftest import free_port, rtmp_url, wait_for_state
 from tests.e2e.test_edge import metric
@@ -180,3 +188,113 @@ async def test_live_captions_from_espeak_speech(tmp_path: Path, ffmpeg_cli: str)
     assert metric(text, "meshcast_edge_plugin_cpu_seconds_total", '{plugin="captions"}') > 0
     # Bounded delay: every captions segment within max_delay of its audio segment.
     assert status["delays"] and all(d["since_listed"] <= 8.5 for d in status["delays"])
+
+
+def crafted_image() -> np.ndarray:
+    """A 640x360 frame around a photo shipped with matplotlib (Grace Hopper, public
+    domain): the detector finds a face in it, and no nudity."""
+    photo = cv2.imread(str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))
+    assert photo is not None
+    frame = np.zeros((360, 640, 3), np.uint8)
+    frame[:, 170:470] = cv2.resize(photo, (300, 360), interpolation=cv2.INTER_AREA)
+    return frame
+
+
+async def benign_then_image(tmp_path: Path, ffmpeg: str, benign: float, total: float) -> Path:
+    """H.264 file: ``benign`` s of the moving test pattern, then the crafted image."""
+    image = tmp_path / "crafted.png"
+    assert cv2.imwrite(str(image), crafted_image())
+    out = tmp_path / "mix.mp4"
+    rc, _, err = await run_tool(
+        ffmpeg, "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate=25:duration={benign}",
+        "-loop", "1", "-framerate", "25", "-t", str(total - benign), "-i", str(image),
+        "-filter_complex", "[1:v]format=yuv420p,setsar=1[img];[0:v]format=yuv420p,setsar=1[pat];"
+        "[pat][img]concat=n=2:v=1:a=0[v]", "-map", "[v]",
+        "-c:v", "libx264", "-preset", "veryfast", "-g", "50", str(out),
+    )  # fmt: skip
+    assert rc == 0, err
+    return out
+
+
+async def wait_json(
+    client: httpx.AsyncClient, url: str, ok: Callable[[dict[str, Any]], bool], within: float
+) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        response = await client.get(url)
+        if response.status_code == 200:
+            body = response.json()
+            if ok(body):
+                return body
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"{url}: condition not met within {within} s: {body}")
+
+
+async def test_moderation_findings_are_the_detectors_and_block_answers_451(
+    tmp_path: Path, ffmpeg_cli: str
+) -> None:
+    video = await benign_then_image(tmp_path, ffmpeg_cli, 8.0, 24.0)
+    options = (
+        "moderation.policy=mix:block",
+        "moderation.sample_every=1",
+        # The crafted image holds a face, not nudity: flag faces here so the block path
+        # runs on the detector's real output.
+        "moderation.labels=FACE_FEMALE,FACE_MALE",
+        "moderation.threshold=0.3",
+        f"moderation.file={tmp_path / 'findings.jsonl'}",
+    )
+    async with plugin_mesh(tmp_path, ("moderation",), options) as (origin, edges):
+        bus = EventBus()
+        for service in edges:
+            service.edge.bus = bus
+        flags = bus.subscribe(["moderation.flagged"])
+        key = origin.keys.create("mix")
+        proc = await push(ffmpeg_cli, rtmp_url(origin, key), 24.0, video=["-i", str(video)])
+        owner = edges[0].edge.ring.owner("stream:mix")
+        other = next(e.url for e in edges if e.url != owner)
+        api = f"{other}/api/moderation/mix"
+        async with httpx.AsyncClient(timeout=10) as client:
+            first = await wait_json(client, api, lambda b: len(b["findings"]) >= 1, 30)
+            # Benign pattern first: sampled, nothing flagged, media served (and now cached
+            # in memory on both edges: the FastPath's HIT candidates).
+            assert first["owner"] == owner and not first["flagged"] and not first["blocked"]
+            assert not first["findings"][0]["flagged"]
+            cached = "/live/mix/360p/init.mp4"
+            for edge in edges:
+                assert (await client.get(edge.url + cached)).status_code == 200
+                assert (await client.get(edge.url + cached)).headers["x-cache"] == "HIT"
+            flagged = await wait_json(client, api, lambda b: b["blocked"], 40)
+            hit = next(f for f in flagged["findings"] if f["flagged"])
+            init = (await client.get(f"{origin.url}/live/mix/360p/init.mp4")).content
+            segment = await client.get(f"{origin.url}/live/mix/360p/{hit['number']}.m4s")
+            # Every edge stops serving the stream: 451 before the cache and on the FastPath.
+            for edge in edges:
+                await wait_json(client, f"{edge.url}/api/moderation/mix", lambda b: True, 5)
+                deadline = time.monotonic() + 10
+                while (r := await client.get(edge.url + cached)).status_code != 451:
+                    assert time.monotonic() < deadline, (edge.url, r.status_code)
+                    await asyncio.sleep(0.3)
+                assert r.json()["error"] == "unavailable for legal reasons"
+                assert r.json()["stream"] == "mix" and "FACE_FEMALE" in r.json()["labels"]
+                assert edge.edge.cache.memory.entries.get(cached) is not None  # was a HIT
+                fresh = await client.get(f"{edge.url}/live/mix/360p/{hit['number']}.m4s")
+                assert fresh.status_code == 451
+            assert (await client.get(f"{origin.url}/api/streams")).status_code == 200
+            event = await asyncio.wait_for(flags.get(), 5)
+        proc.kill()
+        await proc.wait()
+
+    # The API carries the detector's own output, unchanged, for the frame it sampled.
+    assert segment.status_code == 200
+    _, frame = nsfw.first_frame(init, segment.content)
+    raw = NudeDetector().detect(frame)
+    assert hit["detections"] == raw and any(d["class"] == "FACE_FEMALE" for d in raw)
+    # ... the same detector on the crafted image itself finds the same face.
+    assert [d["class"] for d in NudeDetector().detect(crafted_image())] == ["FACE_FEMALE"]
+    assert event.data["name"] == "mix" and event.data["number"] == hit["number"]
+    assert event.data["labels"] == [d["class"] for d in raw]
+    assert event.data["scores"] == [d["score"] for d in raw]
+    lines = (tmp_path / "findings.jsonl").read_text().splitlines()
+    assert any(json.loads(line)["number"] == hit["number"] for line in lines)

@@ -1,0 +1,85 @@
+"""Moderation inference in a worker process: the first frame (a keyframe: every segment
+starts with one) of a CMAF video segment through nudenet's shipped ONNX detector.
+
+The detector's output is returned as it is (label, score, box per detection): the plugin
+stores and serves it unchanged, and applies the flag rule (labels + threshold) on top.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+_detector: Any = None
+POSTER_WIDTH = 320
+
+
+def load_detector() -> None:
+    """Worker initializer: load the ONNX session once per process."""
+    global _detector
+    from nudenet import NudeDetector
+
+    _detector = NudeDetector()
+
+
+def first_frame(init: bytes, segment: bytes) -> tuple[float, npt.NDArray[np.uint8]]:
+    """(media time, BGR image) of the segment's first decodable frame."""
+    with av.open(io.BytesIO(init + segment), format="mp4", mode="r") as container:
+        for frame in container.decode(video=0):
+            base = frame.time_base
+            time = float(frame.pts * base) if frame.pts is not None and base else 0.0
+            image = np.asarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
+            return time, image
+    raise ValueError("segment has no decodable video frame")
+
+
+def detect(image: npt.NDArray[np.uint8]) -> list[dict[str, Any]]:
+    if _detector is None:
+        load_detector()
+    detections: list[dict[str, Any]] = _detector.detect(image)
+    return detections
+
+
+def flagged(
+    detections: Sequence[dict[str, Any]], labels: Sequence[str], threshold: float
+) -> list[dict[str, Any]]:
+    return [d for d in detections if d.get("class") in labels and d.get("score", 0) >= threshold]
+
+
+def poster(image: npt.NDArray[np.uint8], blur: bool) -> bytes:
+    height = max(2, round(image.shape[0] * POSTER_WIDTH / image.shape[1]))
+    small = cv2.resize(image, (POSTER_WIDTH, height), interpolation=cv2.INTER_AREA)
+    if blur:
+        # Strong enough that no shape survives: the kernel spans a quarter of the width.
+        small = cv2.GaussianBlur(small, (81, 81), 40)
+    ok, jpeg = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return bytes(jpeg.tobytes())
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    media_time: float
+    detections: list[dict[str, Any]]
+    flagged: list[dict[str, Any]]
+    poster: bytes
+    poster_blurred: bool
+
+
+def moderate(
+    init: bytes, segment: bytes, labels: Sequence[str], threshold: float, blur: str
+) -> Sample:
+    """``blur``: "never", "flagged" (blur this poster if this frame is flagged), "always"."""
+    media_time, image = first_frame(init, segment)
+    detections = detect(image)
+    hits = flagged(detections, labels, threshold)
+    blurred = blur == "always" or (blur == "flagged" and bool(hits))
+    return Sample(media_time, detections, hits, poster(image, blurred), blurred)
