@@ -5,6 +5,7 @@ real detector, and a deliberately slow plugin that must not delay delivery."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
@@ -20,9 +21,13 @@ import matplotlib
 import numpy as np
 import pytest
 from nudenet import NudeDetector
+from starlette.routing import BaseRoute
 
-from edge.plugins import asr, nsfw
+from edge.app import Edge
+from edge.plugins import PluginContext, asr, nsfw, register, unregister
+from edge.plugins.live import OwnedStreams, follow
 from edge.plugins.webvtt import parse_vtt
+from edge.plugins.workers import InferencePool, plugin_metrics
 from edge.service import EdgeService
 from meshcast.config import EdgeConfig, OriginConfig
 from meshcast.events import EventBus
@@ -283,7 +288,8 @@ async def test_moderation_findings_are_the_detectors_and_block_answers_451(
                 assert fresh.status_code == 451
             assert (await client.get(f"{origin.url}/api/streams")).status_code == 200
             event = await asyncio.wait_for(flags.get(), 5)
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
         await proc.wait()
 
     # The API carries the detector's own output, unchanged, for the frame it sampled.
@@ -298,3 +304,121 @@ async def test_moderation_findings_are_the_detectors_and_block_answers_451(
     assert event.data["scores"] == [d["score"] for d in raw]
     lines = (tmp_path / "findings.jsonl").read_text().splitlines()
     assert any(json.loads(line)["number"] == hit["number"] for line in lines)
+
+
+class SlowPlugin:
+    """Test-only plugin: every segment of every rendition of the streams it owns is a job
+    that sleeps ``seconds`` in its worker process, behind a queue of ``queue``: far more
+    work than it can do. A sleep, not a CPU burn: the claim under test is that delivery
+    never waits on a plugin, not that two busy cores are as fast as two idle ones."""
+
+    name = "slow"
+
+    def __init__(self, context: PluginContext) -> None:
+        self.seconds = context.number("seconds", 2.5)
+        self.queue = int(context.number("queue", 1))
+        self.submitted = 0
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def routes(self) -> list[BaseRoute]:
+        return []
+
+    async def start(self, edge: Edge) -> None:
+        self.pool = InferencePool(
+            self.name, plugin_metrics(edge.metrics.registry), queue=self.queue
+        )
+        self.edge = edge
+        self.owned = OwnedStreams(edge, lambda: edge.plugins.live, self.work, self.name)
+        self.tasks.append(asyncio.create_task(self.owned.run()))
+
+    async def work(self, name: str) -> None:
+        async def rendition(directory: str) -> None:
+            async for _entry, _ in follow(self.edge, directory, 0.2, backlog=0):
+                for _ in range(4):
+                    self.submitted += 1
+                    self.pool.submit(time.sleep, self.seconds)
+
+        await asyncio.gather(*(rendition(f"/live/{name}/{r}/") for r in ("360p", "audio")))
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await self.owned.close()
+        await self.pool.close()
+
+
+def p95(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+
+async def test_saturated_plugin_never_delays_delivery(tmp_path: Path, ffmpeg_cli: str) -> None:
+    register("slow", SlowPlugin)
+    origin = OriginService(
+        OriginConfig(data_dir=tmp_path / "origin", http_port=free_port(), rtmp_port=0)
+    )
+    await origin.start()
+    # Two independent edges on the same origin: a baseline without plugins and one whose
+    # plugin is saturated (queue of 1, 2.5 s jobs, 8 submissions per 2 s segment).
+    plain = EdgeService(EdgeConfig(origin=origin.url, port=free_port(), cache_dir=tmp_path / "a"))
+    loaded = EdgeService(
+        EdgeConfig(
+            origin=origin.url,
+            port=free_port(),
+            cache_dir=tmp_path / "b",
+            plugins=("slow",),
+            plugin_options=("slow.seconds=2.5", "slow.queue=1"),
+        )
+    )
+    times: dict[str, list[float]] = {}
+    depth: list[float] = []
+    try:
+        await plain.start()
+        await loaded.start()
+        times = {"plain": [], "loaded": []}
+        urls = {"plain": plain.url, "loaded": loaded.url}
+        key = origin.keys.create("busy")
+        proc = await push(ffmpeg_cli, rtmp_url(origin, key), 16.0)
+        await wait_for_url(f"{origin.url}/live/busy/360p/index.m3u8", 30, ".m4s")
+        seen: set[str] = set()
+        async with httpx.AsyncClient(timeout=10) as client:
+            deadline = time.monotonic() + 14
+            while time.monotonic() < deadline:
+                playlist = await client.get(f"{origin.url}/live/busy/360p/index.m3u8")
+                for number in re.findall(r"^(\d+)\.m4s$", playlist.text, re.M):
+                    if number in seen:
+                        continue
+                    seen.add(number)
+                    path = f"/live/busy/360p/{number}.m4s"
+                    for _ in range(5):  # the first GET fills (MISS), the rest are HITs
+                        for which in ("loaded", "plain"):
+                            t0 = time.perf_counter()
+                            response = await client.get(urls[which] + path)
+                            times[which].append(time.perf_counter() - t0)
+                            assert response.status_code == 200
+                text = (await client.get(f"{loaded.url}/metrics")).text
+                depth.append(metric(text, "meshcast_edge_plugin_queue_depth", '{plugin="slow"}'))
+                await asyncio.sleep(0.25)
+            text = (await client.get(f"{loaded.url}/metrics")).text
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+    finally:
+        await loaded.close()
+        await plain.close()
+        await origin.close()
+        unregister("slow")
+    base, busy = p95(times["plain"]), p95(times["loaded"])
+    print(f"GET p95: baseline {base * 1000:.1f} ms, saturated plugin {busy * 1000:.1f} ms "
+          f"(max {max(times['loaded']) * 1000:.1f} ms, n={len(times['loaded'])})")  # fmt: skip
+    assert len(seen) >= 5
+    # Saturated: a job running in most samples (the worker idles only between the end of
+    # a job and the next segment), most submissions skipped.
+    busy_samples = depth[4:]
+    assert busy_samples and sum(busy_samples) >= 0.6 * len(busy_samples), depth
+    skipped = metric(text, "meshcast_edge_plugin_skipped_total", '{plugin="slow"}')
+    done = metric(text, "meshcast_edge_plugin_jobs_total", '{plugin="slow"}')
+    assert done >= 2 and skipped >= 4 * done, (done, skipped)
+    # ... and delivery as fast as the plugin-free edge, never a job's length late.
+    assert busy <= max(3 * base, base + 0.05), (base, busy)
+    assert max(times["loaded"]) < 1.0
