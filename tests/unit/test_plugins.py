@@ -1,0 +1,171 @@
+"""Edge plugin plumbing without a mesh: discovery, options, WebVTT and manifest rewrites."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from edge.plugins import (
+    BUILTIN,
+    ENTRY_POINT_GROUP,
+    PluginContext,
+    PluginHost,
+    PluginOptionError,
+    PluginOptions,
+    UnknownPlugin,
+    load,
+)
+from edge.plugins.captions import CaptionsPlugin
+from edge.plugins.live import parse_media_playlist
+from edge.plugins.moderation import ModerationConfig, ModerationPlugin, lowest_rendition
+from edge.plugins.webvtt import (
+    Word,
+    add_dash_captions,
+    add_hls_subtitles,
+    committed,
+    group_cues,
+    parse_vtt,
+    timestamp,
+    vtt_segment,
+)
+from meshcast.cli import main
+from transcoder import dash, hls
+from transcoder.fmp4 import TrackSpec
+from transcoder.segments import RenditionState
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pyproject_declares_every_shipped_plugin_and_they_load() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["entry-points"][ENTRY_POINT_GROUP]
+    assert declared == BUILTIN
+    for name, target in declared.items():
+        module = target.partition(":")[0]
+        assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), target
+        plugin = load(name, PluginContext({}))
+        assert plugin.name == name
+    assert isinstance(load("captions", PluginContext({})), CaptionsPlugin)
+    assert isinstance(load("moderation", PluginContext({})), ModerationPlugin)
+
+
+def test_unknown_plugin_and_bad_options_fail_clearly(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(UnknownPlugin, match=r"unknown edge plugin 'nope'.*captions"):
+        PluginHost(["nope"])
+    with pytest.raises(PluginOptionError, match=r"not PLUGIN\.KEY=VALUE"):
+        PluginOptions.parse(["captions=1"])
+    with pytest.raises(PluginOptionError, match="not enabled: moderation"):
+        PluginHost(["captions"], ["moderation.policy=a:block"])
+    with pytest.raises(PluginOptionError, match="policy 'ban'"):
+        ModerationConfig.from_context(PluginContext({"policy": ["a:ban"]}))
+    # The CLI turns it into one line on stderr and a usage exit code.
+    code = main(["edge", "--origin", "http://127.0.0.1:9", "--port", "0", "--plugin", "nope"])
+    assert code == 2
+    assert "unknown edge plugin 'nope'" in capsys.readouterr().err
+
+
+def test_moderation_policies_per_stream() -> None:
+    options = PluginOptions.parse(
+        [
+            "moderation.policy=a:block",
+            "moderation.policy=b.c:blur-poster",
+            "moderation.default_policy=log",
+            "moderation.labels=X,Y",
+        ]
+    )
+    config = ModerationConfig.from_context(PluginContext(options.for_plugin("moderation")))
+    assert config.policy("a") == "block" and config.policy("b.c") == "blur-poster"
+    assert config.policy("other") == "log" and config.labels == ("X", "Y")
+
+
+def test_block_answers_451_only_for_the_blocked_stream() -> None:
+    plugin = ModerationPlugin(PluginContext({}))
+    assert plugin.check("/live/a/360p/1.m4s") is None
+    plugin.block("a", [{"class": "FEMALE_BREAST_EXPOSED", "score": 0.9, "box": [0, 0, 1, 1]}])
+    refused = plugin.check("/live/a/360p/1.m4s")
+    assert refused is not None and refused.status_code == 451
+    assert b'"unavailable for legal reasons"' in bytes(refused.body)
+    assert plugin.check("/live/ab/360p/1.m4s") is None
+    assert plugin.check("/live/b/master.m3u8") is None
+
+
+def test_committed_words_partition_overlapping_windows() -> None:
+    words = [Word(t, t + 0.3, f"w{t}") for t in (1.0, 1.6, 1.9, 2.2, 3.7, 3.8)]
+    first = committed(words, 0.0, 1.5)
+    second = committed(words, 1.5, 3.5)
+    last = committed(words, 3.5, None)
+    assert [w.text for w in first + second + last] == [w.text for w in words]
+
+
+def test_cues_and_vtt_round_trip() -> None:
+    words = [Word(10.0, 10.3, " hello"), Word(10.4, 10.8, " world"), Word(12.5, 13.0, " again")]
+    cues = group_cues(words)
+    assert [c.text for c in cues] == ["hello world", "again"]
+    body = vtt_segment(cues, 9.5).decode()
+    assert body.startswith("WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:855000,LOCAL:00:00:09.500\n")
+    local, parsed = parse_vtt(body)
+    assert local == 9.5
+    assert [(c.start, c.end, c.text) for c in parsed] == [
+        (10.0, 10.8, "hello world"),
+        (12.5, 13.0, "again"),
+    ]
+    assert timestamp(3723.456) == "01:02:03.456"
+    # Cue text cannot end its timing line or the cue.
+    tricky = vtt_segment(group_cues([Word(0, 1, "a --> b\nc")]), 0).decode()
+    assert tricky.rstrip().splitlines()[-1] == "a -> b c"
+
+
+def _renditions() -> tuple[RenditionState, RenditionState]:
+    from fractions import Fraction
+
+    video = RenditionState(
+        "360p", TrackSpec(1, "video", 90000, b"", width=640, height=360),
+        "avc1.64001e", Fraction(2), 0.0, 25.0, 10,
+    )  # fmt: skip
+    audio = RenditionState(
+        "audio", TrackSpec(2, "audio", 48000, b"", sample_rate=48000, channels=2),
+        "mp4a.40.2", Fraction(2), 0.0, 0.0, 10,
+    )  # fmt: skip
+    for t in range(0, 6 * 90000, 3600):
+        video.add(t, t, b"x" * 100, t % 180000 == 0)
+    for t in range(0, 6 * 48000, 1024):
+        audio.add(t, t, b"a" * 20, True)
+    return video, audio
+
+
+def test_manifest_rewrites_are_idempotent_and_point_at_captions() -> None:
+    video, audio = _renditions()
+    master = hls.master_playlist([video], audio)
+    rewritten = add_hls_subtitles(master)
+    assert add_hls_subtitles(rewritten) == rewritten
+    lines = rewritten.splitlines()
+    media = [line for line in lines if "TYPE=SUBTITLES" in line]
+    assert len(media) == 1 and 'URI="captions/index.m3u8"' in media[0]
+    assert all('SUBTITLES="subs"' in line for line in lines if line.startswith("#EXT-X-STREAM-INF"))
+    assert lowest_rendition(rewritten) == "360p"
+    mpd = dash.mpd(
+        [video], audio, availability_start=0.0, segment_duration=2.0, window=6,
+        ended=False, now=10.0,
+    )  # fmt: skip
+    with_text = add_dash_captions(mpd)
+    assert add_dash_captions(with_text) == with_text
+    assert with_text.count('contentType="text"') == 1
+    assert 'media="$RepresentationID$/$Number$.vtt"' in with_text
+    assert '<Representation id="captions"' in with_text
+    audio_timeline = mpd.split('contentType="audio"')[1].split("<SegmentTimeline>")[1]
+    assert audio_timeline.split("</SegmentTimeline>")[0] in with_text.split('contentType="text"')[1]
+
+
+def test_media_playlist_parse() -> None:
+    text = (
+        "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:7\n"
+        "#EXT-X-PROGRAM-DATE-TIME:2026-01-01T00:00:00.000Z\n#EXTINF:2.00000,\n7.m4s\n"
+        "#EXTINF:1.50000,\n8.m4s\n#EXT-X-ENDLIST\n"
+    )
+    playlist = parse_media_playlist(text)
+    assert playlist.ended and playlist.target_duration == 2
+    assert [(e.number, e.duration) for e in playlist.entries] == [(7, 2.0), (8, 1.5)]
+    assert playlist.entries[0].program_date_time == "2026-01-01T00:00:00.000Z"
+    assert playlist.entries[1].program_date_time is None
