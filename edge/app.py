@@ -90,6 +90,8 @@ class Edge:
 
     def __init__(self, config: EdgeConfig, metrics: CollectorRegistry | None = None) -> None:
         self.config = config
+        # First: an unknown plugin fails before any file or connection is opened.
+        self.plugins = PluginHost(config.plugins, config.plugin_options)
         self.origin = config.origin.rstrip("/")
         self.self_url = (config.advertise or f"http://{config.host}:{config.port}").rstrip("/")
         policy: str | Callable[[int], EvictionPolicy] = config.cache_policy
@@ -131,7 +133,6 @@ class Edge:
         )
         self.access_log = AccessLog(config.cache_dir / "access.csv")
         self._fills: dict[str, Fill] = {}
-        self.plugins = PluginHost(config.plugins, config.plugin_options)
         # Set by EdgeService with --bus: plugins publish their events (moderation.flagged).
         self.bus: EventBus | None = None
 

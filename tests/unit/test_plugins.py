@@ -51,7 +51,9 @@ def test_pyproject_declares_every_shipped_plugin_and_they_load() -> None:
     assert isinstance(load("moderation", PluginContext({})), ModerationPlugin)
 
 
-def test_unknown_plugin_and_bad_options_fail_clearly(capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_plugin_and_bad_options_fail_clearly(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     with pytest.raises(UnknownPlugin, match=r"unknown edge plugin 'nope'.*captions"):
         PluginHost(["nope"])
     with pytest.raises(PluginOptionError, match=r"not PLUGIN\.KEY=VALUE"):
@@ -61,9 +63,13 @@ def test_unknown_plugin_and_bad_options_fail_clearly(capsys: pytest.CaptureFixtu
     with pytest.raises(PluginOptionError, match="policy 'ban'"):
         ModerationConfig.from_context(PluginContext({"policy": ["a:ban"]}))
     # The CLI turns it into one line on stderr and a usage exit code.
-    code = main(["edge", "--origin", "http://127.0.0.1:9", "--port", "0", "--plugin", "nope"])
+    code = main(
+        ["edge", "--origin", "http://127.0.0.1:9", "--port", "0", "--plugin", "nope",
+         "--cache-dir", str(tmp_path / "edge")]
+    )  # fmt: skip
     assert code == 2
     assert "unknown edge plugin 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "edge").exists()  # refused before touching anything
 
 
 def test_moderation_policies_per_stream() -> None:
