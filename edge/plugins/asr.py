@@ -41,8 +41,7 @@ def load_model(threads: int = 1) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Transcript:
-    start: float  # media time of the transcribed segment (not of the whole window)
-    end: float
+    spans: tuple[tuple[float, float], ...]  # media time [start, end) of each target segment
     words: tuple[Word, ...]
 
 
@@ -99,10 +98,12 @@ def recognize(audio: npt.NDArray[np.float32], offset: float) -> list[Word]:
     ]
 
 
-def transcribe(init: bytes, previous: Sequence[bytes], current: bytes) -> Transcript:
-    """Recognize ``previous`` segments + ``current`` (context across the boundaries); the
-    caller commits the words that belong to ``current``."""
-    start, end = segment_span(init, current)
-    offset, audio = decode_audio(init, [*previous, current])
+def transcribe(init: bytes, context: Sequence[bytes], targets: Sequence[bytes]) -> Transcript:
+    """Recognize consecutive segments: ``context`` (already captioned, heard again so words
+    across the boundary are whole) then ``targets``; the caller commits the words that
+    belong to each target. Whisper's cost is nearly flat up to its 30 s window, so one job
+    over several targets costs about what one over a single target does."""
+    spans = tuple(segment_span(init, target) for target in targets)
+    offset, audio = decode_audio(init, [*context, *targets])
     words = recognize(audio, offset) if audio.size else []
-    return Transcript(start, end, tuple(words))
+    return Transcript(spans, tuple(words))

@@ -16,13 +16,17 @@ the owner dies, the new owner starts at the live edge and older captions survive
 the other edges' caches.
 
 Alignment: captions segment N covers audio segment N (same number, duration and program
-date time), its cues in media time (see ``edge/plugins/webvtt.py``). Each job transcribes
-segments N-context…N and commits the words starting in [end(N-1) - margin, end(N) - margin):
-a word cut at a boundary is taken from the window that hears it whole.
+date time), its cues in media time (see ``edge/plugins/webvtt.py``). A job hears the last
+``context`` segments again before its new ones and commits, per new segment, the words
+starting in [end(previous) - margin, end(this) - margin): a word cut at a boundary is taken
+from the window that hears it whole.
 
-Delay bound: at most ``queue`` jobs are queued or running; a segment whose job was skipped
-(queue full) or not back within ``max_delay`` seconds is published without cues, so the
-captions playlist trails the audio playlist by at most ~``max_delay``.
+Load: one job runs at a time; segments listed meanwhile wait and all go into the next job
+(Whisper's cost is nearly flat up to its 30 s window), so a slow or busy CPU makes jobs
+longer, not more numerous. Delay bound: at most ``max_batch`` segments wait; older ones, and
+those whose job is not back ``max_delay`` s after they were listed, are published without
+cues (counted as skipped), so the captions playlist trails the audio by at most about
+``max_delay``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import Histogram
 from starlette.requests import Request
@@ -45,6 +49,7 @@ from edge.plugins import PluginContext, asr
 from edge.plugins.live import OwnedStreams, PlaylistEntry, follow, stream_key
 from edge.plugins.webvtt import (
     RENDITION,
+    Cue,
     add_dash_captions,
     add_hls_subtitles,
     committed,
@@ -64,8 +69,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class CaptionsConfig:
-    queue: int = 2
-    workers: int = 1
+    max_batch: int = 4  # segments per job at most (8 s of new audio: within Whisper's 30 s)
     threads: int = 1  # CTranslate2 threads per worker
     window: int = 10  # captions segments listed in the live playlist
     margin: float = 0.5
@@ -77,8 +81,7 @@ class CaptionsConfig:
     def from_context(cls, context: PluginContext) -> CaptionsConfig:
         d = cls()
         return cls(
-            queue=int(context.number("queue", d.queue)),
-            workers=int(context.number("workers", d.workers)),
+            max_batch=int(context.number("max_batch", d.max_batch)),
             threads=int(context.number("threads", d.threads)),
             window=int(context.number("window", d.window)),
             margin=context.number("margin", d.margin),
@@ -94,6 +97,7 @@ class Delay:
     since_listed: float  # seconds from the audio segment's listing to its captions'
     behind_live: float | None  # publish time - wall clock of the audio segment's end
     cues: int
+    transcribed: bool
 
 
 @dataclass
@@ -109,10 +113,16 @@ class StreamCaptions:
 
 
 @dataclass(slots=True)
-class _Job:
+class _Pending:
     entry: PlaylistEntry
     listed_at: float
     last: bool
+    segment: bytes | None
+
+
+@dataclass(slots=True)
+class _Batch:
+    items: list[_Pending]
     future: asyncio.Future[Timed] | None
 
 
@@ -144,11 +154,11 @@ class CaptionsPlugin:
         self._pool = InferencePool(
             self.name,
             plugin_metrics(registry),
-            workers=self.config.workers,
-            queue=self.config.queue,
+            queue=1,  # one job at a time: segments arriving meanwhile join the next job
             initializer=asr.load_model,
             initargs=(self.config.threads,),
         )
+        self._pool.warm()
         self._delay = Histogram(
             "meshcast_edge_captions_delay_seconds",
             "Seconds from an audio segment's listing to its captions segment",
@@ -187,6 +197,7 @@ class CaptionsPlugin:
                         "since_listed": d.since_listed,
                         "behind_live": d.behind_live,
                         "cues": d.cues,
+                        "transcribed": d.transcribed,
                     }
                     for d in state.delays
                 ],
@@ -235,28 +246,57 @@ class CaptionsPlugin:
 
     async def _caption(self, name: str) -> None:
         assert self._edge is not None and self._pool is not None
-        edge, pool = self._edge, self._pool
+        edge, pool, config = self._edge, self._pool, self.config
         state = self.streams[name] = StreamCaptions()
         directory = f"/live/{name}/audio/"
-        jobs: asyncio.Queue[_Job | None] = asyncio.Queue()
-        publisher = asyncio.create_task(self._publish(name, state, jobs))
+        batches: asyncio.Queue[_Batch | None] = asyncio.Queue()
+        publisher = asyncio.create_task(self._publish(name, state, batches))
+        waiting: list[_Pending] = []
+        history: deque[bytes] = deque(maxlen=max(0, config.context))
+        running: list[asyncio.Future[Timed]] = []
         init: bytes | None = None
-        previous: deque[bytes] = deque(maxlen=max(0, self.config.context))
+
+        def dispatch() -> None:
+            """One job at a time over every segment waiting: under load jobs grow instead
+            of piling up (Whisper's cost is nearly flat in the audio length)."""
+            if not waiting or any(not f.done() for f in running):
+                return
+            running.clear()
+            while len(waiting) > config.max_batch:
+                # A backlog beyond the bound: the oldest go out without cues (counted).
+                batches.put_nowait(_Batch([waiting.pop(0)], None))
+                pool.skip()
+            if init is None or any(p.segment is None for p in waiting):
+                # No audio for part of the run: a gap would shift every word after it.
+                batches.put_nowait(_Batch(waiting[:], None))
+                pool.skip(len(waiting))
+                waiting.clear()
+                history.clear()
+                return
+            targets = [p.segment for p in waiting if p.segment is not None]
+            future = pool.submit(asr.transcribe, init, list(history), targets)
+            if future is None:
+                return  # the pool is busy with a job we gave up waiting for: later
+            history.extend(targets)
+            batches.put_nowait(_Batch(waiting[:], future))
+            waiting.clear()
+            running.append(future)
+            future.add_done_callback(lambda _: dispatch())
+
         try:
-            async for entry, playlist in follow(edge, directory, self.config.poll_s):
+            async for entry, playlist in follow(edge, directory, config.poll_s):
                 listed_at = time.time()
                 state.target = playlist.target_duration
                 last = playlist.ended and entry is playlist.entries[-1]
                 if init is None:
                     init = await edge.fetch(f"{directory}init.mp4")
                 segment = await edge.fetch(f"{directory}{entry.number}.m4s")
-                future = None
-                if init is not None and segment is not None:
-                    future = pool.submit(asr.transcribe, init, list(previous), segment)
-                if segment is not None and previous.maxlen:
-                    previous.append(segment)
-                jobs.put_nowait(_Job(entry, listed_at, last, future))
-            jobs.put_nowait(None)
+                waiting.append(_Pending(entry, listed_at, last, segment))
+                dispatch()
+            while waiting:
+                await asyncio.sleep(0.1)
+                dispatch()
+            batches.put_nowait(None)
             await publisher
         finally:
             publisher.cancel()
@@ -264,44 +304,51 @@ class CaptionsPlugin:
                 await publisher
 
     async def _publish(
-        self, name: str, state: StreamCaptions, jobs: asyncio.Queue[_Job | None]
+        self, name: str, state: StreamCaptions, batches: asyncio.Queue[_Batch | None]
     ) -> None:
         """Publishes captions segments in order (a playlist never gains a gap)."""
         lower: float | None = None  # end of the words committed so far
         estimate = 0.0  # media time of the next segment, for cue-less segments
-        while (job := await jobs.get()) is not None:
-            cues: list[Any] = []
-            start = estimate
+        while (batch := await batches.get()) is not None:
             transcript: asr.Transcript | None = None
-            if job.future is not None:
-                remaining = job.listed_at + self.config.max_delay - time.time()
+            if batch.future is not None:
+                remaining = batch.items[0].listed_at + self.config.max_delay - time.time()
                 try:
-                    timed = await asyncio.wait_for(asyncio.shield(job.future), max(0.0, remaining))
+                    timed = await asyncio.wait_for(asyncio.shield(batch.future), max(0, remaining))
                     transcript = timed.value
                 except (TimeoutError, Exception) as exc:
-                    log.info("captions %s/%d: no transcript (%r)", name, job.entry.number, exc)
-            if transcript is not None:
-                start = transcript.start
-                low = lower if lower is not None else transcript.start - self.config.margin
-                high = None if job.last else transcript.end - self.config.margin
-                cues = group_cues(committed(transcript.words, low, high))
-                lower = high
-                estimate = transcript.end
-            else:
-                lower = None  # the next window starts where its own audio starts
-                estimate = start + job.entry.duration
-            state.segments[job.entry.number] = vtt_segment(cues, start)
-            state.entries.append(job.entry)
-            while len(state.entries) > self.config.window:
-                old = state.entries.popleft()
-                # Kept one more window: a player may hold a playlist that still lists it.
-                state.segments.pop(old.number - self.config.window, None)
-            state.ended = job.last
-            now = time.time()
-            since = now - job.listed_at
-            wall = _wallclock(job.entry.program_date_time)
-            behind = None if wall is None else now - (wall + job.entry.duration)
-            state.delays.append(Delay(job.entry.number, since, behind, len(cues)))
-            if self._delay is not None:
-                self._delay.observe(since)
+                    numbers = [p.entry.number for p in batch.items]
+                    log.info("captions %s %s: no transcript (%r)", name, numbers, exc)
+            for i, item in enumerate(batch.items):
+                cues: list[Cue] = []
+                if transcript is not None and i < len(transcript.spans):
+                    start, end = transcript.spans[i]
+                    low = lower if lower is not None else start - self.config.margin
+                    high = None if item.last else end - self.config.margin
+                    cues = group_cues(committed(transcript.words, low, high))
+                    lower, estimate = high, end
+                else:
+                    start = estimate
+                    lower = None  # the next window starts where its own audio starts
+                    estimate = start + item.entry.duration
+                self._add(state, item, vtt_segment(cues, start), transcript is not None, len(cues))
         state.ended = True
+
+    def _add(
+        self, state: StreamCaptions, item: _Pending, vtt: bytes, transcribed: bool, cues: int
+    ) -> None:
+        number = item.entry.number
+        state.segments[number] = vtt
+        state.entries.append(item.entry)
+        while len(state.entries) > self.config.window:
+            state.entries.popleft()
+            # Kept one more window: a player may hold a playlist that still lists it.
+            state.segments.pop(number - 2 * self.config.window, None)
+        state.ended = item.last
+        now = time.time()
+        since = now - item.listed_at
+        wall = _wallclock(item.entry.program_date_time)
+        behind = None if wall is None else now - (wall + item.entry.duration)
+        state.delays.append(Delay(number, since, behind, cues, transcribed))
+        if self._delay is not None:
+            self._delay.observe(since)

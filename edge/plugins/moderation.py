@@ -146,6 +146,7 @@ class ModerationPlugin:
             queue=self.config.queue,
             initializer=nsfw.load_detector,
         )
+        self._pool.warm()
         self._owned = OwnedStreams(edge, lambda: edge.plugins.live, self._moderate, self.name)
         self._tasks = [asyncio.create_task(self._owned.run())]
         if any(

@@ -87,6 +87,10 @@ class Timed:
     cpu: float
 
 
+def _noop() -> None:
+    pass
+
+
 def _timed(fn: Callable[..., Any], args: tuple[Any, ...]) -> Timed:
     wall, cpu = time.perf_counter(), time.process_time()
     value = fn(*args)
@@ -132,6 +136,17 @@ class InferencePool:
                 initargs=self._initargs,
             )
         return self._pool
+
+    def warm(self) -> None:
+        """Start the workers now (the initializer loads the model) instead of on the first
+        segment: a model loading while a stream's first segments arrive would skip them."""
+        pool = self._executor()
+        for _ in range(self._workers):
+            pool.submit(_noop)
+
+    def skip(self, count: int = 1) -> None:
+        """Count work the plugin dropped itself (e.g. a backlog beyond its delay bound)."""
+        self._skipped.inc(count)
 
     def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[Timed] | None:
         """Queue ``fn(*args)`` in a worker; None (skipped, counted) when the queue is full."""

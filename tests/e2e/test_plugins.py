@@ -89,12 +89,14 @@ def word_error_rate(reference: list[str], hypothesis: list[str]) -> float:
     return previous[-1] / max(1, len(reference))
 
 
-async def speech_track(tmp_path: Path, ffmpeg: str, total: float) -> tuple[Path, float]:
+async def speech_track(
+    tmp_path: Path, ffmpeg: str, total: float, text: str = SPOKEN
+) -> tuple[Path, float]:
     """espeak-ng speech after LEAD s of silence, padded to ``total`` s; (wav, speech s)."""
     espeak = shutil.which("espeak-ng")
     assert espeak, "espeak-ng not found: run `make test` (installs Debian's espeak-ng)"
     raw = tmp_path / "speech.wav"
-    rc, _, err = await run_tool(espeak, "-s", "140", "-w", str(raw), SPOKEN)
+    rc, _, err = await run_tool(espeak, "-s", "140", "-w", str(raw), text)
     assert rc == 0, err
     rc, out, err = await run_tool(
         "ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(raw)
