@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import av
@@ -21,12 +22,23 @@ _detector: Any = None
 POSTER_WIDTH = 320
 
 
-def load_detector() -> None:
-    """Worker initializer: load the ONNX session once per process."""
+def load_detector(threads: int = 1) -> None:
+    """Worker initializer: load the ONNX session once per process, on ``threads`` threads
+    (onnxruntime's default takes every core, which the edge and the transcoder need)."""
     global _detector
+    import nudenet
+    import onnxruntime
     from nudenet import NudeDetector
 
-    _detector = NudeDetector()
+    detector = NudeDetector()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    model = Path(nudenet.__file__).with_name("320n.onnx")
+    detector.onnx_session = onnxruntime.InferenceSession(
+        str(model), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    _detector = detector
 
 
 def first_frame(init: bytes, segment: bytes) -> tuple[float, npt.NDArray[np.uint8]]:
