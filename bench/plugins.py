@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from bench.results import write_block
 from edge.plugins.webvtt import parse_vtt
 from edge.service import EdgeService
 from meshcast.config import EdgeConfig, OriginConfig
@@ -30,8 +31,6 @@ from origin.service import OriginService
 from tests.conftest import free_port, rtmp_url
 from tests.e2e.test_plugins import LEAD, push, speech_track, word_error_rate, words
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-START, END = "<!-- plugins:start -->", "<!-- plugins:end -->"
 TEXT = (
     "the quick brown fox jumps over the lazy dog. every edge in the mesh caches the video "
     "segments and serves them to the viewers nearby. captions are made on the edge that owns "
@@ -57,9 +56,7 @@ async def viewer(base: str, name: str, until: float, out: list[float]) -> None:
             try:
                 playlist = await client.get(f"{base}/live/{name}/360p/index.m3u8")
             except httpx.HTTPError:
-                # The origin's FileResponse can race a playlist rewrite (stat, then open
-                # the new file): a truncated body, retried like a player would.
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # retried like a player would
                 continue
             for number in re.findall(r"^(\d+)\.m4s$", playlist.text, re.M)[-2:]:
                 if number not in seen:
@@ -214,22 +211,6 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(section: str) -> None:
-    text = RESULTS.read_text()
-    block = f"{START}\n{section}{END}"
-    if START in text:
-        head, _, rest = text.partition(START)
-        text = head + block + rest.partition(END)[2]
-    else:
-        text = (
-            text.rstrip("\n")
-            + "\n\n## Edge AI plugins: inference cost and caption delay (`bench/plugins.py`)\n\n"
-            + block
-            + "\n"
-        )
-    RESULTS.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=40.0)
@@ -241,7 +222,11 @@ def main() -> None:
     print(section)
     print("heard:", result["heard"])
     if not args.no_write:
-        write(section)
+        write_block(
+            "plugins",
+            "## Edge AI plugins: inference cost and caption delay (`bench/plugins.py`)",
+            section.rstrip("\n"),
+        )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from edge.plugins import (
@@ -16,6 +18,7 @@ from edge.plugins import (
     PluginOptions,
     UnknownPlugin,
     load,
+    nsfw,
 )
 from edge.plugins.captions import CaptionsPlugin
 from edge.plugins.live import parse_media_playlist
@@ -175,3 +178,16 @@ def test_media_playlist_parse() -> None:
     assert [(e.number, e.duration) for e in playlist.entries] == [(7, 2.0), (8, 1.5)]
     assert playlist.entries[0].program_date_time == "2026-01-01T00:00:00.000Z"
     assert playlist.entries[1].program_date_time is None
+
+
+def test_blurred_poster_keeps_no_detail() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (360, 640, 3), dtype=np.uint8)
+    sharp = cv2.imdecode(np.frombuffer(nsfw.poster(image, blur=False), np.uint8), 1)
+    blurred = cv2.imdecode(np.frombuffer(nsfw.poster(image, blur=True), np.uint8), 1)
+    assert sharp.shape == blurred.shape == (180, 320, 3)
+    detail = [
+        cv2.Laplacian(cv2.cvtColor(x, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var()
+        for x in (sharp, blurred)
+    ]
+    assert detail[1] < detail[0] / 100, detail
