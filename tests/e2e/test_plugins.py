@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute
 from edge.app import Edge
 from edge.plugins import PluginContext, asr, nsfw, register, unregister
 from edge.plugins.live import OwnedStreams, follow
+from edge.plugins.moderation import ModerationPlugin
 from edge.plugins.webvtt import parse_vtt
 from edge.plugins.workers import InferencePool, plugin_metrics
 from edge.service import EdgeService
@@ -424,3 +425,33 @@ async def test_saturated_plugin_never_delays_delivery(tmp_path: Path, ffmpeg_cli
     # ... and delivery as fast as the plugin-free edge, never a job's length late.
     assert busy <= max(3 * base, base + 0.05), (base, busy)
     assert max(times["loaded"]) < 1.0
+
+
+async def test_stream_owner_failure_moves_inference_to_a_survivor(
+    tmp_path: Path, ffmpeg_cli: str
+) -> None:
+    options = ("moderation.sample_every=1",)
+    async with plugin_mesh(tmp_path, ("moderation",), options) as (origin, edges):
+        key = origin.keys.create("move")
+        proc = await push(ffmpeg_cli, rtmp_url(origin, key), 30.0)
+        owner_url = edges[0].edge.ring.owner("stream:move")
+        owner = next(e for e in edges if e.url == owner_url)
+        survivor = next(e for e in edges if e is not owner)
+        async with httpx.AsyncClient(timeout=10) as client:
+            api = f"{survivor.url}/api/moderation/move"
+            before = await wait_json(client, api, lambda b: len(b["findings"]) >= 2, 40)
+            assert before["owner"] == owner_url  # answered by the owner, through the survivor
+            plugin = survivor.edge.plugins.plugins[0]
+            assert isinstance(plugin, ModerationPlugin) and "move" not in plugin.streams
+            await owner.close()
+            edges.remove(owner)
+            # The ring marks the dead owner down; the survivor owns the stream and samples it.
+            after = await wait_json(
+                client, api, lambda b: b["owner"] == survivor.url and len(b["findings"]) >= 2, 30
+            )
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+    last_before = max(f["number"] for f in before["findings"])
+    assert min(f["number"] for f in after["findings"]) > last_before
+    assert all(not f["flagged"] for f in after["findings"])  # the benign pattern
