@@ -61,12 +61,15 @@ def segment_span(init: bytes, segment: bytes) -> tuple[float, float]:
     return start, end
 
 
-def decode_audio(init: bytes, segments: Sequence[bytes]) -> tuple[float, npt.NDArray[np.float32]]:
+def decode_audio(
+    init: bytes, segments: Sequence[bytes], container_format: str | None = "mp4"
+) -> tuple[float, npt.NDArray[np.float32]]:
     """(media time of the first sample, 16 kHz mono float32) of consecutive segments."""
     chunks: list[npt.NDArray[np.float32]] = []
     start: float | None = None
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-    with av.open(io.BytesIO(init + b"".join(segments)), format="mp4", mode="r") as container:
+    data = io.BytesIO(init + b"".join(segments))
+    with av.open(data, format=container_format, mode="r") as container:
         for frame in container.decode(audio=0):
             if start is None and frame.pts is not None and frame.time_base is not None:
                 start = float(frame.pts * frame.time_base)
@@ -76,6 +79,11 @@ def decode_audio(init: bytes, segments: Sequence[bytes]) -> tuple[float, npt.NDA
             chunks.append(out.to_ndarray().reshape(-1).astype(np.float32, copy=False))
     audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return start or 0.0, audio
+
+
+def decode_wav(path: Path) -> tuple[float, npt.NDArray[np.float32]]:
+    """A whole audio file as 16 kHz mono float32 (benchmarks' offline reference)."""
+    return decode_audio(path.read_bytes(), [], container_format=None)
 
 
 def recognize(audio: npt.NDArray[np.float32], offset: float) -> list[Word]:
