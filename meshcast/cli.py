@@ -108,7 +108,12 @@ def _parser() -> argparse.ArgumentParser:
             k.add_argument("name")
         k.add_argument("--data", type=Path, default=Path("data"))
         if name == "create":
-            k.add_argument("--kind", choices=["stream"], default="stream")
+            k.add_argument(
+                "--kind",
+                choices=["stream", "s3"],
+                default="stream",
+                help="stream key, or an S3 access key (prints ACCESS_KEY_ID SECRET_ACCESS_KEY)",
+            )
     return parser
 
 
