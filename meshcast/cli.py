@@ -78,7 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument(
         "--cache-dir", type=Path, default=None, help="disk tier and access log (data/edge-PORT)"
     )
-    edge.add_argument("--plugin", action="append", default=[])
+    edge.add_argument("--plugin", action="append", default=[], help="edge plugin to enable")
+    edge.add_argument(
+        "--data", type=Path, default=Path("data"), help="data directory (S3 keys for storage)"
+    )
 
     bench = sub.add_parser("bench", help="offline benchmarks")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
@@ -227,6 +230,7 @@ async def _up(args: argparse.Namespace) -> None:
                 cache_policy=args.cache_policy,
                 prefetch_budget=args.prefetch_budget,
                 plugins=tuple(args.plugin),
+                data_dir=args.data,
             )
         )
         for port in edge_ports
@@ -273,6 +277,7 @@ async def _edge(args: argparse.Namespace) -> None:
             cache_policy=args.cache_policy,
             prefetch_budget=args.prefetch_budget,
             plugins=tuple(args.plugin),
+            data_dir=args.data,
         )
     )
     await run_services([edge], on_ready=lambda: f"edge ready: {edge.url}")
@@ -285,11 +290,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_keys(args)
     if args.command == "bench":
         return _cmd_bench_cache(args) if args.bench_command == "cache" else _cmd_gen_trace(args)
+    from edge.plugins import UnknownPlugin
+
     runner = {"up": _up, "origin": _origin, "edge": _edge}[args.command]
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
             loop_runner.run(runner(args))
-    except (OSError, EncoderUnavailable) as exc:
+    except (OSError, EncoderUnavailable, UnknownPlugin) as exc:
         print(f"meshcast: {exc}", file=sys.stderr)
         return 1
     except TimeoutError as exc:

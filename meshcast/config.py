@@ -57,6 +57,22 @@ class OriginConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """The edge plugin ``storage`` (S3 API, pinning): see README, Storage."""
+
+    # Copies of every chunk and manifest, on the first k nodes by rendezvous hashing.
+    replicas: int = 2
+    chunk_size: int = 4 * 1024 * 1024
+    max_object: int = 5 * 1024**3
+    # How often each edge pushes what it holds to the owners that lack it.
+    repair_interval: float = 10.0
+    # How often each edge re-hashes every chunk it holds (bit rot, tampering).
+    scrub_interval: float = 3600.0
+    # Objects larger than this are streamed from /ipfs/ without entering the edge cache.
+    ipfs_cache_max: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class EdgeConfig:
     origin: str
     host: str = "127.0.0.1"
@@ -76,3 +92,6 @@ class EdgeConfig:
     stale_grace: float = 60.0
     max_url: int = 2048
     plugins: tuple[str, ...] = field(default_factory=tuple)
+    # Shared data directory: S3 access keys (keys.json) and the peers' storage secret.
+    data_dir: Path = Path("data")
+    storage: StorageConfig = field(default_factory=StorageConfig)
