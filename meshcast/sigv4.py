@@ -208,10 +208,13 @@ def verify_request(
     now: datetime,
     *,
     service: str = "s3",
+    mount: str = "",
 ) -> Verified:
     """Check a header-signed, SigV4-presigned or SigV2-presigned request.
 
     ``secret_for(access_key)`` returns the secret or raises SigError (InvalidAccessKeyId).
+    ``mount``: the path prefix the S3 API is served under; SigV2 signs the bucket/key
+    path without it (botocore's ``auth_path``).
     """
     lower = {name.lower(): value for name, value in headers}
     pairs = parse_query(raw_query)
@@ -246,7 +249,8 @@ def verify_request(
     if query.get("X-Amz-Algorithm") is not None:
         return _verify_presigned(method, raw_path, pairs, query, headers, secret_for, now, service)
     if "Signature" in query and "AWSAccessKeyId" in query:
-        return _verify_presigned_v2(method, raw_path, pairs, query, secret_for, now)
+        resource = raw_path.removeprefix(mount) if raw_path.startswith(mount + "/") else raw_path
+        return _verify_presigned_v2(method, resource, pairs, query, secret_for, now)
     raise SigError("AccessDenied", "anonymous access is not allowed")
 
 
