@@ -28,7 +28,7 @@ from edge.cache import CachedObject, TieredCache, read_range
 from edge.fill import Fill, FillError, Upstream
 from edge.http_semantics import RangeNotSatisfiable, etag_matches, freshness, parse_range
 from edge.ml_policy import DemandTracker, MlPolicy
-from edge.plugins import load_plugins
+from edge.plugins import EdgePlugin, find_plugin
 from edge.policies import EvictionPolicy
 from edge.prefetch import PrefetchConfig, Prefetcher
 from edge.ring import PeerRing
@@ -89,6 +89,8 @@ class Edge:
 
     def __init__(self, config: EdgeConfig, metrics: CollectorRegistry | None = None) -> None:
         self.config = config
+        # Resolved first: an unknown plugin fails before any file or socket is opened.
+        plugin_factories = [find_plugin(name) for name in dict.fromkeys(config.plugins)]
         self.origin = config.origin.rstrip("/")
         self.self_url = f"http://{config.host}:{config.port}"
         policy: str | Callable[[int], EvictionPolicy] = config.cache_policy
@@ -131,7 +133,7 @@ class Edge:
         self.access_log = AccessLog(config.cache_dir / "access.csv")
         self._fills: dict[str, Fill] = {}
         # Last: plugins may use anything above (ring, cache, client, metrics).
-        self.plugins = load_plugins(self, config.plugins)
+        self.plugins: list[EdgePlugin] = [factory(self) for factory in plugin_factories]
 
     # ---- entry point ------------------------------------------------------------------
 

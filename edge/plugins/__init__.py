@@ -56,14 +56,3 @@ def find_plugin(name: str) -> PluginFactory:
     module, _, attr = target.partition(":")
     loaded: PluginFactory = getattr(importlib.import_module(module), attr)
     return loaded
-
-
-def load_plugins(edge: Edge, names: tuple[str, ...]) -> list[EdgePlugin]:
-    seen: set[str] = set()
-    plugins = []
-    for name in names:
-        if name in seen:
-            continue
-        seen.add(name)
-        plugins.append(find_plugin(name)(edge))
-    return plugins
