@@ -4,12 +4,15 @@ replication and repair, corruption, pinning checked with the multiformats librar
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
 import shutil
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -22,8 +25,9 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 from multiformats import CID, multihash
 
-from edge.plugins.storage import StoragePlugin
+from edge.plugins.storage import StoragePlugin, chunked
 from edge.service import EdgeService
+from meshcast import sigv4
 from meshcast.config import EdgeConfig, StorageConfig
 from meshcast.keys import S3_KIND, KeyStore
 from tests.conftest import free_port
@@ -305,10 +309,6 @@ async def test_sigv4_failures_are_rejected(ring: Ring) -> None:
         anonymous = await http.get(f"{ring.edges[1].url}/s3/locked/k")
         assert anonymous.status_code == 403 and xml_error(anonymous)["Code"] == "AccessDenied"
         # A valid signature over one body, sent with another: the payload hash catches it.
-        from datetime import UTC, datetime
-
-        from meshcast import sigv4
-
         host = ring.edges[0].url.removeprefix("http://")
         signed = sigv4.sign_headers(
             "PUT",
@@ -490,3 +490,54 @@ async def test_pinning_cids_match_multiformats(ring: Ring, tmp_path: Path) -> No
         assert (await http.get(f"{ring.edges[1].url}/api/pins/{doc_cid}")).status_code == 404
         listed = (await http.get(f"{ring.edges[0].url}/api/pins")).json()["pins"]
         assert [p["cid"] for p in listed] == [expected]
+
+
+async def test_aws_chunked_streaming_uploads(ring: Ring) -> None:
+    """SigV4 streaming bodies (what SDKs send over TLS): signed chunks, and unsigned chunks
+    with a trailing CRC32; a tampered chunk or checksum is refused."""
+    s3 = ring.client(0)
+    await call(s3.create_bucket, Bucket="stream")
+    host = ring.edges[0].url.removeprefix("http://")
+    payload = os.urandom(200_000)
+    now = datetime.now(UTC)
+
+    def signed_body(signature: str, data: bytes) -> bytes:
+        credential = sigv4.Credential(ring.access_key, now.strftime("%Y%m%d"), "us-east-1", "s3")
+        key = sigv4.signing_key(ring.secret, credential)
+        date = now.strftime(sigv4.AMZ_DATE_FORMAT)
+        out, previous = bytearray(), signature
+        for piece in [data[i : i + 65536] for i in range(0, len(data), 65536)] + [b""]:
+            digest = hashlib.sha256(piece).hexdigest()
+            sig = sigv4.sign(key, sigv4.chunk_string_to_sign(date, credential, previous, digest))
+            out += f"{len(piece):x};chunk-signature={sig}\r\n".encode() + piece + b"\r\n"
+            previous = sig
+        return bytes(out)
+
+    def headers(marker: str, extra: dict[str, str]) -> dict[str, str]:
+        base = {"host": host, "content-encoding": "aws-chunked", **extra}
+        base["x-amz-decoded-content-length"] = str(len(payload))
+        signed = sigv4.sign_headers(
+            "PUT", "/s3/stream/obj", "", base, ring.access_key, ring.secret, marker, now
+        )
+        return {**base, **signed}
+
+    async with httpx.AsyncClient() as http:
+        h = headers(sigv4.STREAMING_SIGNED, {})
+        seed = h["authorization"].rsplit("Signature=", 1)[1]
+        url = f"{ring.edges[0].url}/s3/stream/obj"
+        ok = await http.put(url, content=signed_body(seed, payload), headers=h)
+        assert ok.status_code == 200, ok.text
+        assert ok.headers["etag"] == f'"{hashlib.md5(payload).hexdigest()}"'
+        _, data = await get_body(ring.client(1), Bucket="stream", Key="obj")
+        assert data == payload
+        forged = signed_body(seed, payload).replace(payload[:100], bytes(100), 1)
+        bad = await http.put(url, content=forged, headers=h)
+        assert bad.status_code == 403 and xml_error(bad)["Code"] == "SignatureDoesNotMatch"
+
+        crc = base64.b64encode(zlib.crc32(payload).to_bytes(4, "big")).decode()
+        h = headers(sigv4.STREAMING_UNSIGNED_TRAILER, {"x-amz-trailer": "x-amz-checksum-crc32"})
+        body = chunked.encode(payload, 8192, {"x-amz-checksum-crc32": crc})
+        assert (await http.put(url, content=body, headers=h)).status_code == 200
+        wrong = chunked.encode(payload, 8192, {"x-amz-checksum-crc32": "AAAAAA=="})
+        refused = await http.put(url, content=wrong, headers=h)
+        assert refused.status_code == 400 and xml_error(refused)["Code"] == "BadDigest"

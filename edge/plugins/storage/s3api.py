@@ -18,7 +18,7 @@ import secrets
 import shutil
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import formatdate, parsedate_to_datetime
@@ -195,13 +195,16 @@ class S3Api:
             mount=PREFIX,
         )
 
-    def _body(self, request: Request, verified: sigv4.Verified) -> AsyncIterator[bytes]:
-        """The request payload, aws-chunked decoded when the client streams it signed."""
+    def _body(
+        self, request: Request, verified: sigv4.Verified
+    ) -> tuple[AsyncIterator[bytes], chunked.AwsChunkedDecoder | None]:
+        """The request payload, aws-chunked decoded when the client streams it (SigV4
+        streaming, signed chunks or unsigned with trailing checksums)."""
         stream = request.stream()
         if not verified.payload_hash.startswith("STREAMING-"):
-            return stream
+            return stream, None
         signer: chunked.ChunkSigner | None = None
-        if verified.payload_hash.startswith("STREAMING-AWS4-HMAC-SHA256-PAYLOAD"):
+        if verified.payload_hash.startswith(sigv4.STREAMING_SIGNED):
             key, credential, amz_date = verified.key, verified.credential, verified.amz_date
             assert key is not None and credential is not None and amz_date is not None
 
@@ -218,11 +221,11 @@ class S3Api:
                     yield data
             decoder.finish()
 
-        return decoded()
+        return decoded(), decoder
 
     async def _small_body(self, request: Request, verified: sigv4.Verified) -> bytes:
         body = bytearray()
-        async for piece in self._body(request, verified):
+        async for piece in self._body(request, verified)[0]:
             body += piece
             if len(body) > MAX_XML_BODY:
                 raise S3Error("InvalidRequest", "request body too large")
@@ -405,21 +408,22 @@ class S3Api:
 
     async def _receive(self, request: Request, verified: sigv4.Verified) -> Written:
         declared = self._declared_length(request, verified)
+        body, decoder = self._body(request, verified)
         written = await write_chunks(
-            self.cluster,
-            self._body(request, verified),
-            self.config.chunk_size,
-            self.config.max_object,
+            self.cluster, body, self.config.chunk_size, self.config.max_object
         )
         if declared is not None and written.size != declared:
             raise S3Error("IncompleteBody", "the body is shorter than its declared length")
         self._check_payload(verified, written.sha256)
-        self._check_digests(request, written)
+        self._check_digests(request.headers.get, written)
+        if decoder is not None:
+            self._check_digests(decoder.trailers.get, written)
         return written
 
     @staticmethod
-    def _check_digests(request: Request, written: Written) -> None:
-        md5 = request.headers.get("content-md5")
+    def _check_digests(header: Callable[[str], str | None], written: Written) -> None:
+        """Content-MD5 and x-amz-checksum-crc32, from the headers or aws-chunked trailers."""
+        md5 = header("content-md5")
         if md5 is not None:
             try:
                 ok = base64.b64decode(md5, validate=True).hex() == written.md5
@@ -427,7 +431,7 @@ class S3Api:
                 ok = False
             if not ok:
                 raise S3Error("BadDigest", "the Content-MD5 does not match the body")
-        crc = request.headers.get("x-amz-checksum-crc32")
+        crc = header("x-amz-checksum-crc32")
         if crc is not None:
             ours = base64.b64encode(written.crc32.to_bytes(4, "big")).decode()
             if crc != ours:
