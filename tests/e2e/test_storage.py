@@ -30,6 +30,8 @@ from edge.service import EdgeService
 from meshcast import sigv4
 from meshcast.config import EdgeConfig, StorageConfig
 from meshcast.keys import S3_KIND, KeyStore
+from meshcast.s3store import S3Location, S3Store, S3StoreError
+from meshcast.store import open_store
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e
@@ -541,3 +543,39 @@ async def test_aws_chunked_streaming_uploads(ring: Ring) -> None:
         wrong = chunked.encode(payload, 8192, {"x-amz-checksum-crc32": "AAAAAA=="})
         refused = await http.put(url, content=wrong, headers=h)
         assert refused.status_code == 400 and xml_error(refused)["Code"] == "BadDigest"
+
+
+async def test_segment_store_on_the_edges_s3(ring: Ring, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The transcoder's SegmentStore backed by our own S3 API (any S3 works the same)."""
+    s3 = ring.client(1)
+    await call(s3.create_bucket, Bucket="segments")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ring.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", ring.secret)
+    spec = f"s3://segments/origin-a?endpoint={ring.edges[0].url}/s3"
+    store = open_store(spec, Path("unused"))
+    assert isinstance(store, S3Store)
+    segment = os.urandom(300_000)
+
+    def write() -> None:
+        store.put("live/cam/360p/init.mp4", b"init")
+        store.put("live/cam/360p/1.m4s", segment)
+        store.put("live/cam/360p/index.m3u8", "#EXTM3U\n")
+        store.put("live/other/360p/1.m4s", b"keep me")
+        store.put("live/cam/360p/1.m4s", segment[::-1])  # overwrite: last writer wins
+
+    await asyncio.to_thread(write)
+    head = await call(s3.head_object, Bucket="segments", Key="origin-a/live/cam/360p/1.m4s")
+    assert head["ContentType"] == "video/iso.segment"
+    _, data = await get_body(s3, Bucket="segments", Key="origin-a/live/cam/360p/1.m4s")
+    assert data == segment[::-1]
+    assert await asyncio.to_thread(store.get, "live/cam/360p/index.m3u8") == b"#EXTM3U\n"
+    await asyncio.to_thread(store.delete, "live/cam/360p/init.mp4")
+    assert await asyncio.to_thread(store.get, "live/cam/360p/init.mp4") is None
+    await asyncio.to_thread(store.clear, "live/cam")
+    listed = await call(s3.list_objects_v2, Bucket="segments")
+    assert [c["Key"] for c in listed["Contents"]] == ["origin-a/live/other/360p/1.m4s"]
+    store.close()
+    bad = S3Store(S3Location.parse(spec), ring.access_key, "wrong-secret")
+    with pytest.raises(S3StoreError, match="403 SignatureDoesNotMatch"):
+        await asyncio.to_thread(bad.put, "x", b"y")
+    bad.close()
