@@ -83,34 +83,51 @@ class Hashes:
 
 
 async def write_chunks(
-    cluster: Cluster, body: AsyncIterator[bytes], chunk_size: int, limit: int
+    cluster: Cluster,
+    body: AsyncIterator[bytes],
+    chunk_size: int,
+    limit: int,
+    in_flight: int = 2,
 ) -> Written:
-    """Split a body into chunks, hash them (in a thread) and store each on its owners."""
+    """Split a body into chunks, hash them (in a thread) and store each on its owners.
+
+    Up to ``in_flight`` chunks are being replicated while the next one is received, so
+    memory stays bounded (in_flight + 1 chunks) and the network/disk overlap.
+    """
     hashes = Hashes(hashlib.md5(usedforsecurity=False), hashlib.sha256())
     chunks: list[tuple[str, int]] = []
+    pending: list[asyncio.Task[None]] = []
     buffer = bytearray()
     size = 0
 
     async def flush(data: bytes) -> None:
         def hash_chunk() -> str:
-            hashes.update(data)
+            hashes.update(data)  # in order: the whole-object digests chain across chunks
             return hashlib.sha256(data).hexdigest()
 
         digest = await asyncio.to_thread(hash_chunk)
-        await cluster.put_chunk(digest, data)
         chunks.append((digest, len(data)))
+        pending.append(asyncio.create_task(cluster.put_chunk(digest, data)))
+        while len(pending) > in_flight:
+            await pending.pop(0)
 
-    async for piece in body:
-        size += len(piece)
-        if size > limit:
-            raise S3Error("EntityTooLarge", f"objects are at most {limit} bytes here")
-        buffer += piece
-        while len(buffer) >= chunk_size:
-            data = bytes(buffer[:chunk_size])
-            del buffer[:chunk_size]
-            await flush(data)
-    if buffer:
-        await flush(bytes(buffer))
+    try:
+        async for piece in body:
+            size += len(piece)
+            if size > limit:
+                raise S3Error("EntityTooLarge", f"objects are at most {limit} bytes here")
+            buffer += piece
+            while len(buffer) >= chunk_size:
+                data = bytes(buffer[:chunk_size])
+                del buffer[:chunk_size]
+                await flush(data)
+        if buffer:
+            await flush(bytes(buffer))
+        while pending:
+            await pending.pop(0)
+    finally:
+        for task in pending:
+            task.cancel()
     return Written(chunks, size, hashes.md5.hexdigest(), hashes.sha256.hexdigest(), hashes.crc32)
 
 
