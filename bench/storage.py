@@ -57,9 +57,9 @@ def timed_get(client: httpx.Client, url: str) -> tuple[int, float]:
 
 def run(tmp: Path, procs: list[Proc]) -> dict[str, dict[str, float]]:
     data = tmp / "data"
+    keys = [sys.executable, "-m", "meshcast.cli", "keys", "create", "bench", "--kind", "s3"]
     out = subprocess.run(
-        [sys.executable, "-m", "meshcast.cli", "keys", "create", "bench", "--kind", "s3"]
-        + ["--data", str(data)],
+        [*keys, "--data", str(data)],
         check=True,
         capture_output=True,
         text=True,
