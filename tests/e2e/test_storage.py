@@ -9,6 +9,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -595,3 +599,61 @@ async def test_segment_store_on_the_edges_s3(ring: Ring, monkeypatch: pytest.Mon
     with pytest.raises(S3StoreError, match="403 SignatureDoesNotMatch"):
         await asyncio.to_thread(bad.put, "x", b"y")
     bad.close()
+
+
+def test_meshcast_up_with_storage_plugin_and_cli_keys(tmp_path: Path) -> None:
+    """The contract as users run it: `meshcast up --plugin storage`, a key from `meshcast
+    keys create --kind s3` made after start-up, boto3 against both edges."""
+    meshcast = [sys.executable, "-m", "meshcast.cli"]
+    http_port, rtmp_port = free_port(), free_port()
+    ports = ["--http-port", str(http_port), "--rtmp-port", str(rtmp_port)]
+    proc = subprocess.Popen(
+        [*meshcast, "up", "--data", str(tmp_path), *ports, "--edges", "2", "--plugin", "storage"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.stdout.readline().strip() != "ready":
+            pass
+        created = subprocess.run(
+            [*meshcast, "keys", "create", "s3user", "--kind", "s3", "--data", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        access_key, secret = created.stdout.split(" ")
+        secret = secret.rstrip("\n")
+        assert created.stdout == f"{access_key} {secret}\n"
+        clients = [
+            boto3.client(
+                "s3",
+                endpoint_url=f"http://127.0.0.1:{http_port + i}/s3",
+                aws_access_key_id=access_key,
+                aws_secret_access_key=secret,
+                region_name="us-east-1",
+                config=botocore.config.Config(s3={"addressing_style": "path"}),
+            )
+            for i in (1, 2)
+        ]
+        clients[0].create_bucket(Bucket="cli")
+        clients[0].put_object(Bucket="cli", Key="hello.txt", Body=b"hello from the CLI")
+        got = clients[1].get_object(Bucket="cli", Key="hello.txt")["Body"].read()
+        assert got == b"hello from the CLI"
+        url = clients[1].generate_presigned_url(
+            "get_object", Params={"Bucket": "cli", "Key": "hello.txt"}, ExpiresIn=60
+        )
+        assert httpx.get(url).content == b"hello from the CLI"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        proc.stderr.close()

@@ -126,8 +126,10 @@ async def write_chunks(
         while pending:
             await pending.pop(0)
     finally:
+        # A failed upload must not leave replication tasks (or their errors) behind.
         for task in pending:
             task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
     return Written(chunks, size, hashes.md5.hexdigest(), hashes.sha256.hexdigest(), hashes.crc32)
 
 
