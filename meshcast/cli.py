@@ -45,6 +45,13 @@ def _add_origin_args(p: argparse.ArgumentParser) -> None:
         help="rungs as HEIGHT:KBPS,... (default 1080:5000,720:2800,480:1400,360:800)",
     )
     p.add_argument(
+        "--store",
+        default="",
+        metavar="URL",
+        help="segment store: s3://BUCKET[/PREFIX]?endpoint=http://HOST:PORT/s3 (credentials "
+        "from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY); default: DATA/live on disk",
+    )
+    p.add_argument(
         "--ice-server",
         action="append",
         default=[],
@@ -133,11 +140,19 @@ def _add_edge_cache_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _origin_config(args: argparse.Namespace) -> cfg.OriginConfig:
+    if args.store:
+        from meshcast.s3store import S3Location
+
+        try:
+            S3Location.parse(args.store)
+        except ValueError as exc:
+            raise SystemExit(f"meshcast: --store: {exc}") from None
     transcode = cfg.TranscodeConfig(
         segment_duration=args.segment_duration,
         window_segments=args.dvr_window,
         encoder=args.encoder,
         source_rung=args.source_rung,
+        segment_store=args.store,
     )
     if args.ladder:
         ladder = tuple((spec.height, spec.video_kbps) for spec in args.ladder)

@@ -22,6 +22,9 @@ class TranscodeConfig:
     source_rung: bool = False
     # Packets queued for a stream's worker before the ingest side starts dropping.
     queue_packets: int = 2000
+    # Where segments and manifests go: "" = DATA/live on local disk; "s3://BUCKET[/PREFIX]
+    # ?endpoint=URL" = any S3 API (meshcast/s3store.py), read back by the origin from there.
+    segment_store: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,8 @@ from meshcast import sigv4
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
-class S3StoreError(Exception):
-    pass
+class S3StoreError(OSError):
+    """The store refused or failed a request (an I/O error to callers, like a full disk)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -33,11 +34,14 @@ from multiformats import CID, multihash
 from edge.plugins.storage import StoragePlugin, chunked
 from edge.service import EdgeService
 from meshcast import sigv4
-from meshcast.config import EdgeConfig, StorageConfig
+from meshcast.config import EdgeConfig, OriginConfig, StorageConfig, TranscodeConfig
 from meshcast.keys import S3_KIND, KeyStore
 from meshcast.s3store import S3Location, S3Store, S3StoreError
 from meshcast.store import open_store
-from tests.conftest import free_port
+from origin.service import OriginService
+from tests.conftest import free_port, rtmp_url, wait_for_state
+from tests.e2e.test_ladder import wait_for_url
+from tests.e2e.test_rtmp_ingest import ffmpeg_push
 
 pytestmark = pytest.mark.e2e
 
@@ -657,3 +661,56 @@ def test_meshcast_up_with_storage_plugin_and_cli_keys(tmp_path: Path) -> None:
         assert proc.stdout is not None and proc.stderr is not None
         proc.stdout.close()
         proc.stderr.close()
+
+
+async def test_live_segments_on_the_edges_s3_store(
+    tmp_path: Path, ffmpeg_cli: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--store s3://…`: the transcoder writes the live ladder into the edges' own S3 API,
+    the origin reads it back from there (nothing under DATA/live), edges serve it."""
+    origin_port = free_port()
+    ring = await start_ring(tmp_path, 2)
+    for edge in ring.edges:  # the ring's edges pull media from the origin started below
+        edge.edge.origin = f"http://127.0.0.1:{origin_port}"
+    origin: OriginService | None = None
+    try:
+        s3 = ring.client(0)
+        await call(s3.create_bucket, Bucket="live-media")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", ring.access_key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", ring.secret)
+        spec = f"s3://live-media/origin-1?endpoint={ring.edges[0].url}/s3"
+        origin = OriginService(
+            OriginConfig(
+                data_dir=tmp_path / "origin",
+                http_port=origin_port,
+                rtmp_port=0,
+                transcode=TranscodeConfig(ladder=((360, 800),), segment_store=spec),
+            )
+        )
+        await origin.start()
+        key = origin.keys.create("cam")
+        proc = await ffmpeg_push(ffmpeg_cli, rtmp_url(origin, key), 3.0)
+        await asyncio.wait_for(proc.communicate(), 60)
+        await wait_for_state(origin, "cam", "ended")
+        playlist = (
+            await wait_for_url(f"{origin.url}/live/cam/360p/index.m3u8", 60, "ENDLIST")
+        ).text
+        segments = re.findall(r"^(\d+\.m4s)$", playlist, re.M)
+        assert segments
+        listed = await call(s3.list_objects_v2, Bucket="live-media", Prefix="origin-1/live/cam/")
+        stored = {c["Key"] for c in listed["Contents"]}
+        assert f"origin-1/live/cam/360p/{segments[0]}" in stored
+        assert "origin-1/live/cam/master.m3u8" in stored
+        assert not list((tmp_path / "origin").glob("live/**/*.m4s"))
+        async with httpx.AsyncClient() as http:
+            via_edge = await http.get(f"{ring.edges[1].url}/live/cam/360p/{segments[0]}")
+        _, direct = await get_body(
+            s3, Bucket="live-media", Key=f"origin-1/live/cam/360p/{segments[0]}"
+        )
+        assert via_edge.status_code == 200 and via_edge.content == direct
+        assert via_edge.headers["content-type"] == "video/iso.segment"
+    finally:
+        if origin is not None:
+            await origin.close()
+        for edge in ring.edges:
+            await edge.close()
