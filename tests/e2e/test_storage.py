@@ -486,6 +486,19 @@ async def test_pinning_cids_match_multiformats(ring: Ring, tmp_path: Path) -> No
         )
         assert part.status_code == 206 and part.content == content[5:10]
 
+        # A multipart form upload (what `curl -F file=@x` sends), larger than one chunk.
+        form_content = os.urandom(300 * 1024)
+        form_cid = str(CID("base32", 1, "raw", multihash.digest(form_content, "sha2-256")))
+        by_form = await http.post(
+            f"{ring.edges[1].url}/api/pins",
+            files={"file": ("clip.mp4", form_content, "video/mp4")},
+            headers=auth,
+        )
+        assert by_form.status_code == 201, by_form.text
+        assert by_form.json()["cid"] == form_cid and by_form.json()["name"] == "clip.mp4"
+        served = await http.get(f"{ring.edges[0].url}/ipfs/{form_cid}")
+        assert served.content == form_content and served.headers["content-type"] == "video/mp4"
+
         # Pin an existing S3 object (multipart-free and multipart alike): same CID rule.
         s3 = ring.client(1)
         await call(s3.create_bucket, Bucket="pins")
@@ -497,7 +510,7 @@ async def test_pinning_cids_match_multiformats(ring: Ring, tmp_path: Path) -> No
         doc_cid = str(CID("base32", 1, "raw", multihash.digest(b"hello ipfs", "sha2-256")))
         assert by_ref.json()["cid"] == doc_cid
         listed = (await http.get(f"{ring.edges[1].url}/api/pins")).json()["pins"]
-        assert sorted(p["cid"] for p in listed) == sorted([expected, doc_cid])
+        assert sorted(p["cid"] for p in listed) == sorted([expected, doc_cid, form_cid])
 
         assert (await http.post(f"{ring.edges[0].url}/api/pins", content=b"x")).status_code == 401
         assert (await http.get(f"{ring.edges[0].url}/ipfs/bafyfake")).status_code == 400
@@ -515,7 +528,7 @@ async def test_pinning_cids_match_multiformats(ring: Ring, tmp_path: Path) -> No
         assert gone.status_code == 204
         assert (await http.get(f"{ring.edges[1].url}/api/pins/{doc_cid}")).status_code == 404
         listed = (await http.get(f"{ring.edges[0].url}/api/pins")).json()["pins"]
-        assert [p["cid"] for p in listed] == [expected]
+        assert sorted(p["cid"] for p in listed) == sorted([expected, form_cid])
 
 
 async def test_aws_chunked_streaming_uploads(ring: Ring) -> None:

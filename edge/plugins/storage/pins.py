@@ -1,5 +1,8 @@
 """Content-addressed pinning: ``POST /api/pins`` → CIDv1, ``GET /ipfs/CID`` through the cache.
 
+``POST /api/pins`` takes the content as the raw body, as a multipart form field ``file``
+(``curl -F file=@x``), or JSON ``{"bucket", "key"}`` naming an S3 object to pin in place.
+
 A CID here is CIDv1, codec raw (0x55), multihash sha2-256 of the whole content, multibase
 base32 lower ("b…"): exactly what ``multiformats`` (and ``ipfs add --raw-leaves
 --cid-version 1`` for content within one block) compute. Larger content keeps that single
@@ -19,6 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Final
 
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -58,6 +62,11 @@ def cid_digest(cid: str) -> bytes:
     if len(raw) != len(_CID_PREFIX) + 32 or not raw.startswith(_CID_PREFIX):
         raise BadCid("only raw (0x55) sha2-256 CIDv1 are stored here")
     return raw[len(_CID_PREFIX) :]
+
+
+async def _read_upload(upload: UploadFile, size: int) -> AsyncIterator[bytes]:
+    while piece := await upload.read(size):
+        yield piece
 
 
 class Pins:
@@ -116,10 +125,28 @@ class Pins:
         return JSONResponse(self._summary(manifest), 201)
 
     async def _pin_body(self, request: Request) -> Manifest:
-        written = await write_chunks(
-            self.cluster, request.stream(), self.config.chunk_size, self.config.max_object
-        )
+        """The body is the content, or a multipart form whose ``file`` field is."""
         name = request.query_params.get("name", "")
+        content_type = request.headers.get("content-type", "application/octet-stream")
+        form = None
+        body: AsyncIterator[bytes] = request.stream()
+        if content_type.startswith("multipart/form-data"):
+            # Starlette spools the upload to a temporary file past 1 MiB, never all in memory.
+            form = await request.form(max_files=1, max_fields=8, max_part_size=64 * 1024)
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                await form.close()
+                raise S3Error("InvalidArgument", "the form needs a 'file' field")
+            name = name or upload.filename or ""
+            content_type = upload.content_type or "application/octet-stream"
+            body = _read_upload(upload, self.config.chunk_size)
+        try:
+            written = await write_chunks(
+                self.cluster, body, self.config.chunk_size, self.config.max_object
+            )
+        finally:
+            if form is not None:
+                await form.close()
         return Manifest(
             NS_PIN,
             "",
@@ -128,7 +155,7 @@ class Pins:
             self.cluster.self_url,
             size=written.size,
             etag=written.md5,
-            content_type=request.headers.get("content-type", "application/octet-stream"),
+            content_type=content_type,
             chunks=written.chunks,
             meta={"name": name} if name else {},
             sha256=written.sha256,
