@@ -71,6 +71,8 @@ class StorageConfig:
     repair_interval: float = 10.0
     # How often each edge re-hashes every chunk it holds (bit rot, tampering).
     scrub_interval: float = 3600.0
+    # Memory for recently read, verified chunks (0: every read goes to disk and re-hashes).
+    chunk_cache: int = 64 * 1024 * 1024
     # Objects larger than this are streamed from /ipfs/ without entering the edge cache.
     ipfs_cache_max: int = 64 * 1024 * 1024
 

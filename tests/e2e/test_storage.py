@@ -32,6 +32,7 @@ from botocore.exceptions import ClientError
 from multiformats import CID, multihash
 
 from edge.plugins.storage import StoragePlugin, chunked
+from edge.plugins.storage.cluster import ChunkCache
 from edge.service import EdgeService
 from meshcast import sigv4
 from meshcast.config import EdgeConfig, OriginConfig, StorageConfig, TranscodeConfig
@@ -434,6 +435,9 @@ async def test_flipped_byte_is_detected_and_repaired(ring: Ring) -> None:
     fixed = store.chunk_path(digests[1]).read_bytes()
     assert hashlib.sha256(fixed).hexdigest() == digests[1]
 
+    # The reads above left verified copies in edge 0's chunk cache; drop them so the disk
+    # is read again.
+    ring.plugin(0).cluster.chunk_cache = ChunkCache(0)
     # Every replica corrupted: never served. The first chunk is checked before the status
     # line (a clean 503); a later one can only cut the body short, which the client sees.
     for i in (0, 1):

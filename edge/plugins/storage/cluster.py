@@ -18,6 +18,7 @@ import json
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
@@ -60,6 +61,35 @@ def peer_secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
+class ChunkCache:
+    """Byte-bounded LRU of verified chunks (hot objects skip the disk read and re-hash)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._entries: OrderedDict[str, bytes] = OrderedDict()
+
+    def get(self, digest: str) -> bytes | None:
+        data = self._entries.get(digest)
+        if data is not None:
+            self._entries.move_to_end(digest)
+        return data
+
+    def put(self, digest: str, data: bytes) -> None:
+        if len(data) > self.capacity or digest in self._entries:
+            return
+        self._entries[digest] = data
+        self.used += len(data)
+        while self.used > self.capacity:
+            _, old = self._entries.popitem(last=False)
+            self.used -= len(old)
+
+    def discard(self, digest: str) -> None:
+        data = self._entries.pop(digest, None)
+        if data is not None:
+            self.used -= len(data)
+
+
 class StorageMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.corrupt = Counter(
@@ -87,6 +117,7 @@ class Cluster:
         secret: str,
         replicas: int,
         metrics: StorageMetrics,
+        chunk_cache: int = 0,
     ) -> None:
         self.store = store
         self.ring = ring
@@ -95,6 +126,8 @@ class Cluster:
         self.replicas = replicas
         self.metrics = metrics
         self.self_url = ring.self_url
+        # Verified chunks recently read: content-addressed, so never stale.
+        self.chunk_cache = ChunkCache(chunk_cache)
 
     # ---- placement --------------------------------------------------------------------
 
@@ -145,6 +178,14 @@ class Cluster:
     async def get_chunk(self, digest: str) -> bytes:
         """The chunk, verified; a missing or corrupted local replica is refilled from a
         peer when this node is one of its owners."""
+        cached = self.chunk_cache.get(digest)
+        if cached is not None:
+            return cached
+        data = await self._get_chunk(digest)
+        self.chunk_cache.put(digest, data)
+        return data
+
+    async def _get_chunk(self, digest: str) -> bytes:
         try:
             data = await asyncio.to_thread(self.store.read_chunk, digest)
         except CorruptChunk as exc:
@@ -339,14 +380,25 @@ class Cluster:
             self.metrics.corrupt.inc()
             log.warning("storage %s: scrub found chunk %s corrupted", self.self_url, digest)
             try:
-                await self.get_chunk(digest)
+                await self._get_chunk(digest)  # not the cache: the disk copy must come back
             except Unavailable as exc:
                 log.error("storage %s: %s", self.self_url, exc)
         return bad
 
-    async def loop(self, every: float, job: Callable[[], Any]) -> None:
+    async def loop(
+        self, every: float, job: Callable[[], Any], on_membership_change: bool = False
+    ) -> None:
+        """Run ``job`` every ``every`` seconds; with ``on_membership_change`` also as soon as
+        the set of live peers changes (a node died or came back: owners moved)."""
+        members = set(self.ring.alive_peers())
         while True:
-            await asyncio.sleep(every)
+            deadline = time.monotonic() + every
+            while time.monotonic() < deadline:
+                await asyncio.sleep(min(0.5, every))
+                now_members = set(self.ring.alive_peers())
+                if on_membership_change and now_members != members:
+                    break
+            members = set(self.ring.alive_peers())
             started = time.monotonic()
             try:
                 await job()

@@ -32,6 +32,7 @@ class StoragePlugin:
             peer_secret(edge.config.data_dir),
             self.config.replicas,
             StorageMetrics(edge.metrics.registry),
+            self.config.chunk_cache,
         )
         self.s3 = S3Api(self.cluster, keys, self.config)
         self.pins = Pins(edge, self.cluster, keys, self.config)
@@ -43,7 +44,9 @@ class StoragePlugin:
     async def start(self) -> None:
         self._tasks = [
             asyncio.create_task(
-                self.cluster.loop(self.config.repair_interval, self.cluster.repair_once)
+                self.cluster.loop(
+                    self.config.repair_interval, self.cluster.repair_once, on_membership_change=True
+                )
             ),
             asyncio.create_task(
                 self.cluster.loop(self.config.scrub_interval, self.cluster.scrub_once)
