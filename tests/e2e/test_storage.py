@@ -731,3 +731,32 @@ async def test_live_segments_on_the_edges_s3_store(
             await origin.close()
         for edge in ring.edges:
             await edge.close()
+
+
+async def test_writes_during_an_outage_reach_the_returning_edge(tmp_path: Path) -> None:
+    """2-edge ring: B dies, A keeps acknowledging writes (every live owner has them), B comes
+    back empty-handed for those, and A's repair (triggered by B's return) restores k = 2."""
+    ring = await start_ring(tmp_path, 2, repair_interval=3600.0)  # only membership triggers
+    a, b = ring.edges
+    try:
+        s3 = ring.client(0)
+        await call(s3.create_bucket, Bucket="outage")
+        await b.close()
+        bodies = {f"during/{i}": os.urandom(200_000 + i) for i in range(4)}
+        for key, body in bodies.items():
+            await call(s3.put_object, Bucket="outage", Key=key, Body=body)
+        written = set(ring.plugin(0).store.chunks)
+        assert len(written) == 4
+        b = ring.edges[1] = EdgeService(b.config)  # same port and directory, restarted
+        await b.start()
+        deadline = asyncio.get_running_loop().time() + 20
+        while not written <= ring.plugin(1).store.chunks:
+            assert asyncio.get_running_loop().time() < deadline, "B never got the chunks"
+            await asyncio.sleep(0.2)
+        await a.close()  # now B alone must serve everything written while it was away
+        for key, body in bodies.items():
+            _, data = await get_body(ring.client(1), Bucket="outage", Key=key)
+            assert data == body
+    finally:
+        for edge in (a, b):
+            await edge.close()
