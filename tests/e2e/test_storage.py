@@ -760,3 +760,33 @@ async def test_writes_during_an_outage_reach_the_returning_edge(tmp_path: Path) 
     finally:
         for edge in (a, b):
             await edge.close()
+
+
+async def test_upload_cut_short_commits_nothing(ring: Ring) -> None:
+    s3 = ring.client(0)
+    await call(s3.create_bucket, Bucket="cut")
+    host = ring.edges[0].url.removeprefix("http://")
+    signed = sigv4.sign_headers(
+        "PUT",
+        "/s3/cut/partial",
+        "",
+        {"host": host},
+        ring.access_key,
+        ring.secret,
+        sigv4.UNSIGNED_PAYLOAD,
+        datetime.now(UTC),
+    )
+    head = "".join(f"{k}: {v}\r\n" for k, v in signed.items())
+    _, writer = await asyncio.open_connection(*host.split(":"))
+    request = f"PUT /s3/cut/partial HTTP/1.1\r\nhost: {host}\r\n{head}"
+    writer.write(f"{request}content-length: 1000000\r\n\r\n".encode() + os.urandom(300_000))
+    await writer.drain()
+    writer.close()  # gone after 300 kB of 1 MB
+    await writer.wait_closed()
+    await asyncio.sleep(0.3)
+    with pytest.raises(ClientError) as exc:
+        await call(s3.head_object, Bucket="cut", Key="partial")
+    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    # The edge still works.
+    await call(s3.put_object, Bucket="cut", Key="whole", Body=b"fine")
+    assert (await get_body(s3, Bucket="cut", Key="whole"))[1] == b"fine"

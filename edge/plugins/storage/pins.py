@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Final
 
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
@@ -119,6 +119,8 @@ class Pins:
                 manifest = await self._pin_body(request)
         except Unavailable as exc:
             return json_error(503, str(exc))
+        except ClientDisconnect:
+            return Response(status_code=400, headers={"Connection": "close"})
         except S3Error as exc:
             return json_error(exc.status, str(exc))
         await self.cluster.put_manifest(manifest)

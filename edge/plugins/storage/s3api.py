@@ -26,7 +26,7 @@ from typing import Any, Final
 from urllib.parse import quote, unquote
 from xml.etree import ElementTree as ET
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
@@ -183,6 +183,9 @@ class S3Api:
             return self._error(request, "SignatureDoesNotMatch", str(exc))
         except Unavailable as exc:
             return self._error(request, "ServiceUnavailable", str(exc))
+        except ClientDisconnect:
+            # Nothing was committed (manifests are written last); nobody reads the answer.
+            return Response(status_code=400, headers={"Connection": "close"})
 
     @staticmethod
     def _error(request: Request, code: str, message: str) -> Response:
