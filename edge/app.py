@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.accesslog import AccessLog
@@ -28,7 +28,7 @@ from edge.cache import CachedObject, TieredCache, read_range
 from edge.fill import Fill, FillError, Upstream
 from edge.http_semantics import RangeNotSatisfiable, etag_matches, freshness, parse_range
 from edge.ml_policy import DemandTracker, MlPolicy
-from edge.plugins import PluginHost
+from edge.plugins import EdgePlugin, PluginHooks, PluginOptions, check_options, find_plugin
 from edge.policies import EvictionPolicy
 from edge.prefetch import PrefetchConfig, Prefetcher
 from edge.ring import PeerRing
@@ -90,8 +90,11 @@ class Edge:
 
     def __init__(self, config: EdgeConfig, metrics: CollectorRegistry | None = None) -> None:
         self.config = config
-        # First: an unknown plugin fails before any file or connection is opened.
-        self.plugins = PluginHost(config.plugins, config.plugin_options)
+        # Resolved first: an unknown plugin or a bad option fails before any file or
+        # socket is opened.
+        plugin_factories = [find_plugin(name) for name in dict.fromkeys(config.plugins)]
+        self.plugin_options = PluginOptions.parse(config.plugin_options)
+        check_options(self.plugin_options, config.plugins)
         self.origin = config.origin.rstrip("/")
         self.self_url = (config.advertise or f"http://{config.host}:{config.port}").rstrip("/")
         policy: str | Callable[[int], EvictionPolicy] = config.cache_policy
@@ -135,6 +138,9 @@ class Edge:
         self._fills: dict[str, Fill] = {}
         # Set by EdgeService with --bus: plugins publish their events (moderation.flagged).
         self.bus: EventBus | None = None
+        # Last: plugins may use anything above (ring, cache, client, metrics).
+        self.plugins: list[EdgePlugin] = [factory(self) for factory in plugin_factories]
+        self.hooks = PluginHooks(self.plugins)
 
     # ---- entry point ------------------------------------------------------------------
 
@@ -147,8 +153,8 @@ class Edge:
             return json_error(404, "not found", path=path)
         from_peer = PEER_HEADER in request.headers
         key = path
-        if media is not None and self.plugins.plugins:
-            answer = self.plugins.check(path) or self.plugins.serve(path, from_peer)
+        if media is not None and self.plugins:
+            answer = self.hooks.check(path) or self.hooks.serve(path, from_peer)
             if answer is not None:
                 return answer
         now = time.time()
@@ -191,7 +197,7 @@ class Edge:
         if fill.error is not None or fill.status != 200:
             return None
         body = fill.body
-        return self.plugins.transform(key, body) if self.plugins.transforms(key) else body
+        return self.hooks.transform(key, body) if self.hooks.transforms(key) else body
 
     async def _prefetch_fill(self, key: str, refresh: bool) -> int | None:
         """Bring ``key`` into the cache (or refresh it) like a viewer's miss would."""
@@ -208,7 +214,7 @@ class Edge:
 
     def _upstreams(self, key: str, from_peer: bool) -> list[Upstream]:
         origin = Upstream(self.origin, False)
-        if (produced_by := self.plugins.upstream(key)) is not None:
+        if (produced_by := self.hooks.upstream(key)) is not None:
             # Objects a plugin produces exist only on the edge that made them.
             return [Upstream(produced_by, True)] if produced_by != self.self_url else []
         if from_peer:
@@ -257,8 +263,8 @@ class Edge:
         if not fresh.store:
             return
         body = fill.body
-        if self.plugins.transforms(fill.key):
-            body = self.plugins.transform(fill.key, body)
+        if self.hooks.transforms(fill.key):
+            body = self.hooks.transform(fill.key, body)
         now = time.time()
         self.cache.put(
             CachedObject(
@@ -295,7 +301,7 @@ class Edge:
                 return json_error(404, "not found", path=fill.key)
             return Response(fill.body, fill.status, headers=self._headers(fill.headers, label))
         wants_range = "range" in request.headers or "if-none-match" in request.headers
-        if self.plugins.transforms(fill.key):
+        if self.hooks.transforms(fill.key):
             # A rewritten manifest is served whole, as cached: same bytes on every path.
             try:
                 await fill.wait_done()
@@ -303,7 +309,7 @@ class Edge:
                 return self._stale_or_error(request, stale, exc)
             cached = self.cache.get(fill.key)
             if cached is None:
-                rewritten = self.plugins.transform(fill.key, fill.body)
+                rewritten = self.hooks.transform(fill.key, fill.body)
                 headers = self._headers(fill.headers, label)
                 headers["content-length"] = str(len(rewritten))
                 self.metrics.requests.labels(label).inc()
@@ -387,7 +393,6 @@ class Edge:
         return StreamingResponse(read_range(obj, start, end), status, headers=headers)
 
     async def close(self) -> None:
-        await self.plugins.close()
         if self.prefetcher is not None:
             await self.prefetcher.close()
         if self.trainer is not None:
@@ -409,13 +414,13 @@ class FastPath:
         self.app = app
         self._hits = edge.metrics.requests.labels("HIT")
         self._observing = edge.demand is not None or edge.prefetcher is not None
-        self._filters = edge.plugins.filters
+        self._filters = edge.hooks.filters
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             obj = self.edge.cache.memory.entries.get(scope["path"])
             if obj is not None and obj.body is not None and obj.expires_at is None:
-                if self._filters and (refused := self.edge.plugins.check(obj.key)) is not None:
+                if self._filters and (refused := self.edge.hooks.check(obj.key)) is not None:
                     await refused(scope, receive, send)
                     return
                 cors = peer = False
@@ -477,10 +482,10 @@ def create_app(edge: Edge) -> ASGIApp:
         )
 
     handler: Callable[[Request], Awaitable[Response]] = edge.handle
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/healthz", healthz),
         Route("/metrics", metrics_endpoint(edge.metrics.registry)),
-        *edge.plugins.routes(),
+        *(route for plugin in edge.plugins for route in plugin.routes()),
         Route("/{path:path}", handler, methods=["GET", "HEAD"]),
     ]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=[cors()])

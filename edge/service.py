@@ -44,7 +44,8 @@ class EdgeService:
         if self.edge.prefetcher is not None:
             self._prefetch = asyncio.create_task(self.edge.prefetcher.run())
         self.edge.bus = self.bus
-        await self.edge.plugins.start(self.edge)
+        for plugin in self.edge.plugins:
+            await plugin.start()
         log.info(
             "edge listening on %s (origin %s, peers %s, cache %d MiB memory + %d MiB disk, "
             "policy %s, prefetch %s, plugins %s)",
@@ -55,7 +56,7 @@ class EdgeService:
             self.config.cache_disk >> 20,
             self.config.cache_policy,
             f"{self.config.prefetch_budget >> 20} MiB/s" if self.config.prefetch_budget else "off",
-            ", ".join(self.config.plugins) or "none",
+            ", ".join(p.name for p in self.edge.plugins) or "none",
         )
 
     async def _announce(self, bus: NatsBus) -> None:
@@ -89,6 +90,8 @@ class EdgeService:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        for plugin in self.edge.plugins:
+            await plugin.close()
         await self.http.close()
         await self.edge.close()
         if self.bus is not None:

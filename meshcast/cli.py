@@ -11,7 +11,6 @@ from pathlib import Path
 
 import uvloop
 
-from edge.plugins import PluginOptionError, UnknownPlugin
 from meshcast import config as cfg
 from meshcast.logs import setup_logging
 from meshcast.paths import player_url, rtmp_publish_url
@@ -21,6 +20,13 @@ from transcoder.ladder import parse_ladder
 
 
 def _add_transcode_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        default="",
+        metavar="URL",
+        help="segment store: s3://BUCKET[/PREFIX]?endpoint=http://HOST:PORT/s3 (credentials "
+        "from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY); default: DATA/live on disk",
+    )
     p.add_argument(
         "--encoder",
         choices=["auto", "nvenc", "x264"],
@@ -100,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     edge.add_argument("--plugin", action="append", default=[], help="edge plugin to enable")
     edge.add_argument("--plugin-option", action="append", default=[], metavar="PLUGIN.KEY=VALUE")
+    edge.add_argument(
+        "--data", type=Path, default=Path("data"), help="data directory (S3 keys for storage)"
+    )
     edge.add_argument("--bus", default=None, metavar="URL", help="NATS event bus: peers, streams")
     edge.add_argument("--advertise", default=None, metavar="URL", help="URL peers reach us at")
 
@@ -141,7 +150,12 @@ def _parser() -> argparse.ArgumentParser:
             k.add_argument("name")
         k.add_argument("--data", type=Path, default=Path("data"))
         if name == "create":
-            k.add_argument("--kind", choices=["stream"], default="stream")
+            k.add_argument(
+                "--kind",
+                choices=["stream", "s3"],
+                default="stream",
+                help="stream key, or an S3 access key (prints ACCESS_KEY_ID SECRET_ACCESS_KEY)",
+            )
     return parser
 
 
@@ -158,11 +172,19 @@ def _add_edge_cache_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _transcode_config(args: argparse.Namespace) -> cfg.TranscodeConfig:
+    if args.store:
+        from meshcast.s3store import S3Location
+
+        try:
+            S3Location.parse(args.store)
+        except ValueError as exc:
+            raise SystemExit(f"meshcast: --store: {exc}") from None
     transcode = cfg.TranscodeConfig(
         segment_duration=args.segment_duration,
         window_segments=args.dvr_window,
         encoder=args.encoder,
         source_rung=args.source_rung,
+        segment_store=args.store,
     )
     if args.ladder:
         ladder = tuple((spec.height, spec.video_kbps) for spec in args.ladder)
@@ -265,6 +287,7 @@ async def _up(args: argparse.Namespace) -> None:
                 plugins=tuple(args.plugin),
                 plugin_options=tuple(args.plugin_option),
                 bus=args.bus,
+                data_dir=args.data,
             )
         )
         for port in edge_ports
@@ -314,6 +337,7 @@ async def _edge(args: argparse.Namespace) -> None:
             plugin_options=tuple(args.plugin_option),
             bus=args.bus,
             advertise=args.advertise,
+            data_dir=args.data,
         )
     )
     await run_services([edge], on_ready=lambda: f"edge ready: {edge.url}")
@@ -345,19 +369,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_keys(args)
     if args.command == "bench":
         return _cmd_bench_cache(args) if args.bench_command == "cache" else _cmd_gen_trace(args)
+    from edge.plugins import PluginOptionError, UnknownPlugin
+
     runner = {"up": _up, "origin": _origin, "edge": _edge, "transcoder": _transcoder}[args.command]
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
             loop_runner.run(runner(args))
-    except (OSError, EncoderUnavailable) as exc:
+    except (OSError, EncoderUnavailable, UnknownPlugin, PluginOptionError) as exc:
         print(f"meshcast: {exc}", file=sys.stderr)
         return 1
     except TimeoutError as exc:
         print(f"meshcast: {exc}", file=sys.stderr)
         return 1
-    except (UnknownPlugin, PluginOptionError) as exc:
-        print(f"meshcast: {exc}", file=sys.stderr)
-        return 2
     return 0
 
 

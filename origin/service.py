@@ -15,6 +15,7 @@ from meshcast.http import HttpService
 from meshcast.ingest import PacketSink
 from meshcast.keys import KeyStore
 from meshcast.nats_bus import make_bus
+from meshcast.s3store import S3Location, S3Store
 from origin.demo import DemoSettings, DemoSource
 from origin.http_app import create_app
 from origin.registry import LiveStream, PublishRefused, StreamRegistry
@@ -49,12 +50,19 @@ class OriginService:
         self.transcoders = TranscoderDirectory(self.bus)
         self.registry.add_sink_factory(self._start_transcoder)
         self.whip = WhipServer(config.whip, self.registry, self.keys, self.metrics)
+        # Live files are read back from S3 when the transcoders write there (--store).
+        self.segment_store = (
+            S3Store(S3Location.parse(config.transcode.segment_store))
+            if config.transcode.segment_store
+            else None
+        )
         self.app = create_app(
             self.registry,
             self.bus,
             self.metrics,
             config.data_dir,
             extra_routes=whip_routes(self.whip),
+            segment_store=self.segment_store,
         )
         self.http = HttpService(self.app, config.host, config.http_port, "origin")
         self.demo = DemoSource(self.registry, demo_settings) if config.demo else None
@@ -120,3 +128,5 @@ class OriginService:
         await self.transcoders.close()
         await self.http.close()
         await self.bus.close()
+        if self.segment_store is not None:
+            self.segment_store.close()

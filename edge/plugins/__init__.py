@@ -1,8 +1,12 @@
-"""Edge plugins: code that runs in the layer that delivers the video (captions, moderation,
-storage), enabled per edge with ``--plugin NAME``.
+"""Edge plugins: extra routes and background work hosted on every edge (storage, captions,
+moderation…).
 
-A plugin is any object with the :class:`EdgePlugin` shape. Optional hooks, looked up by
-name so a plugin only defines what it needs:
+A plugin is found by name in the ``meshcast.plugins`` entry-point group; plugins shipped in
+this repository are also found through a built-in table, so a source checkout that was not
+(re)installed still runs them. An unknown name fails the edge at start-up.
+
+Optional hooks on the request path, looked up by name so a plugin defines only what it
+needs (collected by :class:`PluginHooks`):
 
 - ``check(path) -> Response | None``: a request filter run before the cache *and* on the
   FastPath (a moderation ``block`` answers 451 here). Must be cheap: it runs per request.
@@ -14,20 +18,13 @@ name so a plugin only defines what it needs:
   (captions add their track to ``master.m3u8`` and the MPD). Must be idempotent: a peer
   may hand us a copy it already rewrote.
 
-Plugins are found through the ``meshcast.plugins`` entry-point group, with a built-in table
-for the plugins shipped here (an installed copy of meshcast elsewhere may carry stale entry
-points). Unknown names fail at startup with :class:`UnknownPlugin`.
-
-Options come from ``--plugin-option PLUGIN.KEY=VALUE`` (repeatable; a repeated key keeps
-every value), parsed once into :class:`PluginOptions`.
+Options: ``--plugin-option PLUGIN.KEY=VALUE`` (repeatable; a repeated key keeps every
+value), parsed once into :class:`PluginOptions` on the edge (``edge.plugin_options``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import importlib
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -39,16 +36,12 @@ from starlette.routing import BaseRoute
 if TYPE_CHECKING:
     from edge.app import Edge
 
-log = logging.getLogger(__name__)
-
 ENTRY_POINT_GROUP: Final = "meshcast.plugins"
-# Plugins shipped in this repository (also declared as entry points in pyproject.toml).
-BUILTIN: Final[dict[str, str]] = {
+BUILTIN: Final = {
+    "storage": "edge.plugins.storage:StoragePlugin",
     "captions": "edge.plugins.captions:CaptionsPlugin",
     "moderation": "edge.plugins.moderation:ModerationPlugin",
 }
-# Registered at run time (tests register their deliberately slow plugin here).
-_REGISTERED: dict[str, Callable[[PluginContext], EdgePlugin]] = {}
 
 
 class UnknownPlugin(Exception):
@@ -61,13 +54,52 @@ class PluginOptionError(ValueError):
 
 @runtime_checkable
 class EdgePlugin(Protocol):
+    """Constructed with the edge (before its app is built); ``routes()`` are mounted ahead
+    of the media catch-all; ``start``/``close`` run with the edge's HTTP service. Metrics go
+    on ``edge.metrics.registry``."""
+
     name: str
 
     def routes(self) -> list[BaseRoute]: ...
 
-    async def start(self, edge: Edge) -> None: ...
+    async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class PluginFactory(Protocol):
+    def __call__(self, edge: Edge) -> EdgePlugin: ...
+
+
+# Registered at run time: tests register their deliberately slow plugin here.
+_REGISTERED: dict[str, PluginFactory] = {}
+
+
+def register(name: str, factory: PluginFactory) -> None:
+    _REGISTERED[name] = factory
+
+
+def unregister(name: str) -> None:
+    _REGISTERED.pop(name, None)
+
+
+def find_plugin(name: str) -> PluginFactory:
+    if (registered := _REGISTERED.get(name)) is not None:
+        return registered
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            factory: PluginFactory = ep.load()
+            return factory
+    target = BUILTIN.get(name)
+    if target is None:
+        known = sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)} | set(BUILTIN))
+        raise UnknownPlugin(f"unknown edge plugin {name!r} (known: {', '.join(known)})")
+    module, _, attr = target.partition(":")
+    loaded: PluginFactory = getattr(importlib.import_module(module), attr)
+    return loaded
+
+
+# ---- options ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +119,19 @@ class PluginOptions:
             values.setdefault(plugin, {}).setdefault(key, []).append(value)
         return cls(values)
 
-    def for_plugin(self, plugin: str) -> dict[str, list[str]]:
-        return self.values.get(plugin, {})
+    def context(self, plugin: str) -> PluginContext:
+        return PluginContext(self.values.get(plugin, {}))
+
+
+def check_options(options: PluginOptions, enabled: Sequence[str]) -> None:
+    unused = set(options.values) - set(enabled)
+    if unused:
+        raise PluginOptionError(f"options for plugins not enabled: {', '.join(sorted(unused))}")
 
 
 @dataclass(frozen=True, slots=True)
 class PluginContext:
-    """What a plugin gets at construction (before the edge exists)."""
+    """One plugin's options."""
 
     options: dict[str, list[str]]
 
@@ -114,63 +152,17 @@ class PluginContext:
         return list(self.options.get(key, ()))
 
 
-def register(name: str, factory: Callable[[PluginContext], EdgePlugin]) -> None:
-    _REGISTERED[name] = factory
+# ---- request-path hooks -------------------------------------------------------------------
 
 
-def unregister(name: str) -> None:
-    _REGISTERED.pop(name, None)
+class PluginHooks:
+    """The optional hooks of an edge's plugins, called by the request path."""
 
-
-def available() -> dict[str, str]:
-    """Plugin name -> "module:Class" (entry points override the built-in table)."""
-    found = dict(BUILTIN)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = ep.value
-    return found
-
-
-def load(name: str, context: PluginContext) -> EdgePlugin:
-    factory = _REGISTERED.get(name)
-    if factory is None:
-        target = available().get(name)
-        if target is None:
-            known = ", ".join(sorted({*available(), *_REGISTERED}))
-            raise UnknownPlugin(f"unknown edge plugin {name!r} (available: {known})")
-        module_name, _, attr = target.partition(":")
-        factory = getattr(importlib.import_module(module_name), attr)
-    plugin = factory(context)
-    if not isinstance(plugin, EdgePlugin):
-        raise UnknownPlugin(f"edge plugin {name!r} does not have the EdgePlugin shape")
-    return plugin
-
-
-class PluginHost:
-    """The plugins of one edge and the hooks the request path calls."""
-
-    def __init__(self, names: Sequence[str], options: Sequence[str] = ()) -> None:
-        parsed = PluginOptions.parse(options)
-        unused = set(parsed.values) - set(names)
-        if unused:
-            raise PluginOptionError(f"options for plugins not enabled: {', '.join(sorted(unused))}")
-        self.plugins: list[EdgePlugin] = [
-            load(name, PluginContext(parsed.for_plugin(name))) for name in dict.fromkeys(names)
-        ]
-        self.filters: list[Callable[[str], Response | None]] = self._hooks("check")
-        self._servers: list[Callable[[str, bool], Response | None]] = self._hooks("serve")
-        self._upstreams: list[Callable[[str], str | None]] = self._hooks("upstream")
-        self._transforms: list[Callable[[str, bytes], bytes]] = self._hooks("transform")
-        self.live: frozenset[str] = frozenset()  # live stream names, from the origin
-        self._edge: Edge | None = None
-        self._poll: asyncio.Task[None] | None = None
-
-    def _hooks(self, name: str) -> list[Any]:
-        return [getattr(p, name) for p in self.plugins if callable(getattr(p, name, None))]
-
-    def routes(self) -> list[BaseRoute]:
-        return [route for plugin in self.plugins for route in plugin.routes()]
-
-    # ---- hooks on the request path ------------------------------------------------------
+    def __init__(self, plugins: Sequence[EdgePlugin]) -> None:
+        self.filters: list[Callable[[str], Response | None]] = _hooks(plugins, "check")
+        self._servers: list[Callable[[str, bool], Response | None]] = _hooks(plugins, "serve")
+        self._upstreams: list[Callable[[str], str | None]] = _hooks(plugins, "upstream")
+        self._transforms: list[Callable[[str, bytes], bytes]] = _hooks(plugins, "transform")
 
     def check(self, path: str) -> Response | None:
         for hook in self.filters:
@@ -198,36 +190,6 @@ class PluginHost:
             body = hook(path, body)
         return body
 
-    # ---- lifecycle ----------------------------------------------------------------------
 
-    async def start(self, edge: Edge, poll_s: float = 1.0) -> None:
-        self._edge = edge
-        if self.plugins:
-            self._poll = asyncio.create_task(self._poll_streams(edge, poll_s))
-        for plugin in self.plugins:
-            await plugin.start(edge)
-
-    async def _poll_streams(self, edge: Edge, poll_s: float) -> None:
-        """Which streams are live: the origin's listing (works with or without a bus)."""
-        while True:
-            try:
-                response = await edge.client.get(f"{edge.origin}/api/streams", timeout=2.0)
-                if response.status_code == 200:
-                    streams = response.json().get("streams", [])
-                    self.live = frozenset(
-                        s["name"] for s in streams if s.get("state") == "live" and "name" in s
-                    )
-            except Exception as exc:  # an origin restart must not end the plugins
-                log.debug("edge plugins: stream listing failed: %s", exc)
-            await asyncio.sleep(poll_s)
-
-    async def close(self) -> None:
-        if self._poll is not None:
-            self._poll.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poll
-        for plugin in reversed(self.plugins):
-            try:
-                await plugin.close()
-            except Exception:
-                log.exception("edge plugin %s failed to close", plugin.name)
+def _hooks(plugins: Sequence[EdgePlugin], name: str) -> list[Any]:
+    return [getattr(p, name) for p in plugins if callable(getattr(p, name, None))]

@@ -137,10 +137,10 @@ def _wallclock(pdt: str | None) -> float | None:
 class CaptionsPlugin:
     name = "captions"
 
-    def __init__(self, context: PluginContext) -> None:
-        self.config = CaptionsConfig.from_context(context)
+    def __init__(self, edge: Edge) -> None:
+        self.config = CaptionsConfig.from_context(edge.plugin_options.context(self.name))
         self.streams: dict[str, StreamCaptions] = {}
-        self._edge: Edge | None = None
+        self._edge = edge
         self._pool: InferencePool | None = None
         self._owned: OwnedStreams | None = None
         self._task: asyncio.Task[None] | None = None
@@ -148,8 +148,8 @@ class CaptionsPlugin:
 
     # ---- lifecycle ----------------------------------------------------------------------
 
-    async def start(self, edge: Edge) -> None:
-        self._edge = edge
+    async def start(self) -> None:
+        edge = self._edge
         registry = edge.metrics.registry
         self._pool = InferencePool(
             self.name,
@@ -165,7 +165,7 @@ class CaptionsPlugin:
             buckets=(0.25, 0.5, 1, 2, 3, 4, 6, 8, 12),
             registry=registry,
         )
-        self._owned = OwnedStreams(edge, lambda: edge.plugins.live, self._caption, self.name)
+        self._owned = OwnedStreams(edge, self._caption, self.name)
         self._task = asyncio.create_task(self._owned.run())
 
     async def close(self) -> None:

@@ -65,17 +65,14 @@ def parse_media_playlist(text: str) -> Playlist:
 
 
 class OwnedStreams:
-    """Runs ``work(name)`` for every live stream this edge owns, one task per stream."""
+    """Runs ``work(name)`` for every live stream this edge owns, one task per stream.
 
-    def __init__(
-        self,
-        edge: Edge,
-        live: Callable[[], frozenset[str]],
-        work: Callable[[str], Awaitable[None]],
-        label: str,
-    ) -> None:
+    Which streams are live comes from the origin's ``/api/streams`` (works with and without
+    a bus)."""
+
+    def __init__(self, edge: Edge, work: Callable[[str], Awaitable[None]], label: str) -> None:
         self.edge = edge
-        self._live = live
+        self.live: frozenset[str] = frozenset()
         self._work = work
         self._label = label
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -84,8 +81,19 @@ class OwnedStreams:
     def owns(self, name: str) -> bool:
         return self.edge.ring.owner(stream_key(name)) == self.edge.self_url
 
+    async def refresh(self) -> None:
+        try:
+            response = await self.edge.client.get(f"{self.edge.origin}/api/streams", timeout=2.0)
+            if response.status_code == 200:
+                streams = response.json().get("streams", [])
+                self.live = frozenset(
+                    s["name"] for s in streams if s.get("state") == "live" and "name" in s
+                )
+        except Exception as exc:  # an origin restart must not end the plugin
+            log.debug("edge %s: stream listing failed: %s", self.edge.self_url, exc)
+
     def sync(self) -> None:
-        live = self._live()
+        live = self.live
         # A finished task (its playlist ended) is not restarted while the origin still
         # lists the stream as live; a new publication shows up after a non-live listing.
         self._finished &= live
@@ -115,8 +123,9 @@ class OwnedStreams:
         except Exception:
             log.exception("edge %s: %s of %s failed", self.edge.self_url, self._label, name)
 
-    async def run(self, every: float = 0.5) -> None:
+    async def run(self, every: float = 1.0) -> None:
         while True:
+            await self.refresh()
             self.sync()
             await asyncio.sleep(every)
 

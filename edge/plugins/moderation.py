@@ -127,19 +127,19 @@ def lowest_rendition(master: str) -> str | None:
 class ModerationPlugin:
     name = "moderation"
 
-    def __init__(self, context: PluginContext) -> None:
-        self.config = ModerationConfig.from_context(context)
+    def __init__(self, edge: Edge) -> None:
+        self.config = ModerationConfig.from_context(edge.plugin_options.context(self.name))
         self.streams: dict[str, StreamModeration] = {}
         self.blocked: dict[str, list[dict[str, Any]]] = {}  # stream -> the flagging detections
-        self._edge: Edge | None = None
+        self._edge = edge
         self._pool: InferencePool | None = None
         self._owned: OwnedStreams | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     # ---- lifecycle ----------------------------------------------------------------------
 
-    async def start(self, edge: Edge) -> None:
-        self._edge = edge
+    async def start(self) -> None:
+        edge = self._edge
         self._pool = InferencePool(
             self.name,
             plugin_metrics(edge.metrics.registry),
@@ -147,7 +147,7 @@ class ModerationPlugin:
             initializer=nsfw.load_detector,
         )
         self._pool.warm()
-        self._owned = OwnedStreams(edge, lambda: edge.plugins.live, self._moderate, self.name)
+        self._owned = OwnedStreams(edge, self._moderate, self.name)
         self._tasks = [asyncio.create_task(self._owned.run())]
         if any(
             p == "block" for p in (self.config.default_policy, *dict(self.config.policies).values())
@@ -318,7 +318,7 @@ class ModerationPlugin:
         try:
             while True:
                 await asyncio.sleep(max(self.config.poll_s, 1.0))
-                for name in edge.plugins.live:
+                for name in self._owned.live if self._owned else ():
                     owner = edge.ring.owner(stream_key(name))
                     if name in self.blocked or owner == edge.self_url:
                         continue

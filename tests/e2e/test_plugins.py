@@ -24,7 +24,7 @@ from nudenet import NudeDetector
 from starlette.routing import BaseRoute
 
 from edge.app import Edge
-from edge.plugins import PluginContext, asr, nsfw, register, unregister
+from edge.plugins import asr, nsfw, register, unregister
 from edge.plugins.live import OwnedStreams, follow
 from edge.plugins.moderation import ModerationPlugin
 from edge.plugins.webvtt import parse_vtt
@@ -317,28 +317,26 @@ class SlowPlugin:
 
     name = "slow"
 
-    def __init__(self, context: PluginContext) -> None:
+    def __init__(self, edge: Edge) -> None:
+        context = edge.plugin_options.context(self.name)
         self.seconds = context.number("seconds", 2.5)
         self.queue = int(context.number("queue", 1))
-        self.submitted = 0
+        self.edge = edge
         self.tasks: list[asyncio.Task[None]] = []
 
     def routes(self) -> list[BaseRoute]:
         return []
 
-    async def start(self, edge: Edge) -> None:
-        self.pool = InferencePool(
-            self.name, plugin_metrics(edge.metrics.registry), queue=self.queue
-        )
-        self.edge = edge
-        self.owned = OwnedStreams(edge, lambda: edge.plugins.live, self.work, self.name)
-        self.tasks.append(asyncio.create_task(self.owned.run()))
+    async def start(self) -> None:
+        registry = self.edge.metrics.registry
+        self.pool = InferencePool(self.name, plugin_metrics(registry), queue=self.queue)
+        self.owned = OwnedStreams(self.edge, self.work, self.name)
+        self.tasks.append(asyncio.create_task(self.owned.run(0.5)))
 
     async def work(self, name: str) -> None:
         async def rendition(directory: str) -> None:
             async for _entry, _ in follow(self.edge, directory, 0.2, backlog=0):
                 for _ in range(4):
-                    self.submitted += 1
                     self.pool.submit(time.sleep, self.seconds)
 
         await asyncio.gather(*(rendition(f"/live/{name}/{r}/") for r in ("360p", "audio")))
@@ -441,7 +439,7 @@ async def test_stream_owner_failure_moves_inference_to_a_survivor(
             api = f"{survivor.url}/api/moderation/move"
             before = await wait_json(client, api, lambda b: len(b["findings"]) >= 2, 40)
             assert before["owner"] == owner_url  # answered by the owner, through the survivor
-            plugin = survivor.edge.plugins.plugins[0]
+            plugin = survivor.edge.plugins[0]
             assert isinstance(plugin, ModerationPlugin) and "move" not in plugin.streams
             await owner.close()
             edges.remove(owner)

@@ -9,15 +9,15 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.app import Edge
 from edge.plugins import (
     BUILTIN,
     ENTRY_POINT_GROUP,
     PluginContext,
-    PluginHost,
     PluginOptionError,
     PluginOptions,
     UnknownPlugin,
-    load,
+    find_plugin,
     nsfw,
 )
 from edge.plugins.captions import CaptionsPlugin
@@ -34,6 +34,7 @@ from edge.plugins.webvtt import (
     vtt_segment,
 )
 from meshcast.cli import main
+from meshcast.config import EdgeConfig
 from transcoder import dash, hls
 from transcoder.fmp4 import TrackSpec
 from transcoder.segments import RenditionState
@@ -41,38 +42,56 @@ from transcoder.segments import RenditionState
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_pyproject_declares_every_shipped_plugin_and_they_load() -> None:
+def edge_with(tmp_path: Path, *plugins: str, options: tuple[str, ...] = ()) -> Edge:
+    return Edge(
+        EdgeConfig(
+            origin="http://127.0.0.1:9",
+            cache_dir=tmp_path / "edge",
+            plugins=plugins,
+            plugin_options=options,
+        )
+    )
+
+
+async def test_pyproject_declares_every_shipped_plugin_and_they_load(tmp_path: Path) -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = project["entry-points"][ENTRY_POINT_GROUP]
     assert declared == BUILTIN
-    for name, target in declared.items():
-        module = target.partition(":")[0]
-        assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), target
-        plugin = load(name, PluginContext({}))
-        assert plugin.name == name
-    assert isinstance(load("captions", PluginContext({})), CaptionsPlugin)
-    assert isinstance(load("moderation", PluginContext({})), ModerationPlugin)
+    for target in declared.values():
+        module = target.partition(":")[0].replace(".", "/")
+        assert (ROOT / f"{module}.py").is_file() or (ROOT / module / "__init__.py").is_file()
+    for name in ("captions", "moderation"):
+        assert find_plugin(name) is not None
+    edge = edge_with(tmp_path, "captions", "moderation", options=("captions.context=1",))
+    try:
+        captions, moderation = edge.plugins
+        assert isinstance(captions, CaptionsPlugin) and captions.config.context == 1
+        assert isinstance(moderation, ModerationPlugin)
+        assert edge.hooks.filters and edge.hooks.transforms("/live/a/master.m3u8")
+    finally:
+        await edge.close()
 
 
 def test_unknown_plugin_and_bad_options_fail_clearly(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     with pytest.raises(UnknownPlugin, match=r"unknown edge plugin 'nope'.*captions"):
-        PluginHost(["nope"])
+        edge_with(tmp_path, "nope")
     with pytest.raises(PluginOptionError, match=r"not PLUGIN\.KEY=VALUE"):
         PluginOptions.parse(["captions=1"])
     with pytest.raises(PluginOptionError, match="not enabled: moderation"):
-        PluginHost(["captions"], ["moderation.policy=a:block"])
+        edge_with(tmp_path, "captions", options=("moderation.policy=a:block",))
     with pytest.raises(PluginOptionError, match="policy 'ban'"):
         ModerationConfig.from_context(PluginContext({"policy": ["a:ban"]}))
-    # The CLI turns it into one line on stderr and a usage exit code.
+    assert not (tmp_path / "edge").exists()  # refused before touching anything
+    # The CLI turns it into one line on stderr and a non-zero exit.
     code = main(
         ["edge", "--origin", "http://127.0.0.1:9", "--port", "0", "--plugin", "nope",
          "--cache-dir", str(tmp_path / "edge")]
     )  # fmt: skip
-    assert code == 2
+    assert code == 1
     assert "unknown edge plugin 'nope'" in capsys.readouterr().err
-    assert not (tmp_path / "edge").exists()  # refused before touching anything
+    assert not (tmp_path / "edge").exists()
 
 
 def test_moderation_policies_per_stream() -> None:
@@ -84,20 +103,25 @@ def test_moderation_policies_per_stream() -> None:
             "moderation.labels=X,Y",
         ]
     )
-    config = ModerationConfig.from_context(PluginContext(options.for_plugin("moderation")))
+    config = ModerationConfig.from_context(options.context("moderation"))
     assert config.policy("a") == "block" and config.policy("b.c") == "blur-poster"
     assert config.policy("other") == "log" and config.labels == ("X", "Y")
 
 
-def test_block_answers_451_only_for_the_blocked_stream() -> None:
-    plugin = ModerationPlugin(PluginContext({}))
-    assert plugin.check("/live/a/360p/1.m4s") is None
-    plugin.block("a", [{"class": "FEMALE_BREAST_EXPOSED", "score": 0.9, "box": [0, 0, 1, 1]}])
-    refused = plugin.check("/live/a/360p/1.m4s")
-    assert refused is not None and refused.status_code == 451
-    assert b'"unavailable for legal reasons"' in bytes(refused.body)
-    assert plugin.check("/live/ab/360p/1.m4s") is None
-    assert plugin.check("/live/b/master.m3u8") is None
+async def test_block_answers_451_only_for_the_blocked_stream(tmp_path: Path) -> None:
+    edge = edge_with(tmp_path, "moderation")
+    try:
+        plugin = edge.plugins[0]
+        assert isinstance(plugin, ModerationPlugin)
+        assert edge.hooks.check("/live/a/360p/1.m4s") is None
+        plugin.block("a", [{"class": "FEMALE_BREAST_EXPOSED", "score": 0.9, "box": [0, 0, 1, 1]}])
+        refused = edge.hooks.check("/live/a/360p/1.m4s")
+        assert refused is not None and refused.status_code == 451
+        assert b'"unavailable for legal reasons"' in bytes(refused.body)
+        assert edge.hooks.check("/live/ab/360p/1.m4s") is None
+        assert edge.hooks.check("/live/b/master.m3u8") is None
+    finally:
+        await edge.close()
 
 
 def test_committed_words_partition_overlapping_windows() -> None:
