@@ -450,6 +450,8 @@ async def test_stream_owner_failure_moves_inference_to_a_survivor(
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
+    # The survivor starts at the live edge (it may resample the owner's last segment), not
+    # at the start of the stream's window.
     last_before = max(f["number"] for f in before["findings"])
-    assert min(f["number"] for f in after["findings"]) > last_before
+    assert min(f["number"] for f in after["findings"]) >= last_before
     assert all(not f["flagged"] for f in after["findings"])  # the benign pattern
