@@ -310,9 +310,9 @@ async def test_moderation_findings_are_the_detectors_and_block_answers_451(
 
 
 class SlowPlugin:
-    """Test-only plugin: every segment of every rendition of the streams it owns is a job
-    that sleeps ``seconds`` in its worker process, behind a queue of ``queue``: far more
-    work than it can do. A sleep, not a CPU burn: the claim under test is that delivery
+    """Test-only plugin: jobs that sleep ``seconds`` in its worker process, offered on
+    every segment and every 50 ms, behind a queue of ``queue``: far more work than it can
+    do. A sleep, not a CPU burn: the claim under test is that delivery
     never waits on a plugin, not that two busy cores are as fast as two idle ones."""
 
     name = "slow"
@@ -334,12 +334,18 @@ class SlowPlugin:
         self.tasks.append(asyncio.create_task(self.owned.run(0.5)))
 
     async def work(self, name: str) -> None:
+        # Offers a job on every new segment of two renditions, and every 50 ms besides:
+        # the worker is never idle for long and nearly every offer is skipped.
         async def rendition(directory: str) -> None:
             async for _entry, _ in follow(self.edge, directory, 0.2, backlog=0):
-                for _ in range(4):
-                    self.pool.submit(time.sleep, self.seconds)
+                self.pool.submit(time.sleep, self.seconds)
 
-        await asyncio.gather(*(rendition(f"/live/{name}/{r}/") for r in ("360p", "audio")))
+        async def storm() -> None:
+            while True:
+                self.pool.submit(time.sleep, self.seconds)
+                await asyncio.sleep(0.05)
+
+        await asyncio.gather(storm(), *(rendition(f"/live/{name}/{r}/") for r in ("360p", "audio")))
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -391,8 +397,11 @@ async def test_saturated_plugin_never_delays_delivery(tmp_path: Path, ffmpeg_cli
                         continue
                     seen.add(number)
                     path = f"/live/busy/360p/{number}.m4s"
+                    # Alternate which edge asks first: the first also warms the origin's
+                    # page cache for the second.
+                    order = ("loaded", "plain") if len(seen) % 2 else ("plain", "loaded")
                     for _ in range(5):  # the first GET fills (MISS), the rest are HITs
-                        for which in ("loaded", "plain"):
+                        for which in order:
                             t0 = time.perf_counter()
                             response = await client.get(urls[which] + path)
                             times[which].append(time.perf_counter() - t0)
@@ -413,13 +422,12 @@ async def test_saturated_plugin_never_delays_delivery(tmp_path: Path, ffmpeg_cli
     print(f"GET p95: baseline {base * 1000:.1f} ms, saturated plugin {busy * 1000:.1f} ms "
           f"(max {max(times['loaded']) * 1000:.1f} ms, n={len(times['loaded'])})")  # fmt: skip
     assert len(seen) >= 5
-    # Saturated: a job running in most samples (the worker idles only between the end of
-    # a job and the next segment), most submissions skipped.
+    # Saturated: a job running in nearly every sample, nearly every offer skipped.
     busy_samples = depth[4:]
-    assert busy_samples and sum(busy_samples) >= 0.6 * len(busy_samples), depth
+    assert busy_samples and sum(busy_samples) >= 0.8 * len(busy_samples), depth
     skipped = metric(text, "meshcast_edge_plugin_skipped_total", '{plugin="slow"}')
     done = metric(text, "meshcast_edge_plugin_jobs_total", '{plugin="slow"}')
-    assert done >= 2 and skipped >= 4 * done, (done, skipped)
+    assert done >= 2 and skipped >= 20 * done, (done, skipped)
     # ... and delivery as fast as the plugin-free edge, never a job's length late.
     assert busy <= max(3 * base, base + 0.05), (base, busy)
     assert max(times["loaded"]) < 1.0
