@@ -90,6 +90,22 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--arrivals", type=float, default=2.0, help="viewer arrivals per second")
     gen.add_argument("--vod-share", type=float, default=0.5, help="share of VOD sessions")
 
+    vod = sub.add_parser("vod", help="on-demand assets")
+    vsub = vod.add_subparsers(dest="vod_command", required=True)
+    vadd = vsub.add_parser(
+        "add", help="upload a video file (tus, resumable), wait for the transcode, print URLs"
+    )
+    vadd.add_argument("file", type=Path)
+    vadd.add_argument("--origin", default=f"http://127.0.0.1:{cfg.DEFAULT_HTTP_PORT}")
+    vadd.add_argument(
+        "--key",
+        default=None,
+        help="API key (a stream key from `meshcast keys create`); default $MESHCAST_API_KEY",
+    )
+    vadd.add_argument("--resume", default=None, help="upload URL to resume (else remembered)")
+    vadd.add_argument("--chunk-size", type=parse_size, default=8 * 1024**2, help="bytes per PATCH")
+    vadd.add_argument("--no-wait", action="store_true", help="print the id after the upload")
+
     keys = sub.add_parser("keys", help="stream keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     for name, help_text in (
@@ -144,6 +160,29 @@ def _cmd_keys(args: argparse.Namespace) -> int:
         print(f"meshcast: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _cmd_vod(args: argparse.Namespace) -> int:
+    import os
+
+    from meshcast.vod_client import AddOptions, add
+
+    key = args.key or os.environ.get("MESHCAST_API_KEY")
+    if not key:
+        print("meshcast: no API key: pass --key or set MESHCAST_API_KEY", file=sys.stderr)
+        return 2
+    if not args.file.is_file():
+        print(f"meshcast: {args.file}: no such file", file=sys.stderr)
+        return 2
+    options = AddOptions(
+        file=args.file,
+        origin=args.origin,
+        key=key,
+        resume=args.resume,
+        chunk_size=args.chunk_size,
+        wait=not args.no_wait,
+    )
+    return add(options)
 
 
 def _cmd_gen_trace(args: argparse.Namespace) -> int:
@@ -256,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     if args.command == "keys":
         return _cmd_keys(args)
+    if args.command == "vod":
+        return _cmd_vod(args)
     if args.command == "bench":
         return _cmd_bench_cache(args) if args.bench_command == "cache" else _cmd_gen_trace(args)
     runner = {"up": _up, "origin": _origin, "edge": _edge}[args.command]

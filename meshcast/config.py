@@ -25,6 +25,16 @@ class TranscodeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class VodConfig:
+    # Uploads above this many bytes are refused (413) before a byte is stored.
+    max_upload: int = 20 * 1024**3
+    # Chunk-transcode processes; 0 = one per CPU core.
+    workers: int = 0
+    # Segments per chunk: 5 x 2 s = 10 s of video per chunk job.
+    chunk_segments: int = 5
+
+
+@dataclass(frozen=True, slots=True)
 class OriginConfig:
     data_dir: Path = Path("data")
     host: str = "127.0.0.1"
@@ -39,6 +49,7 @@ class OriginConfig:
     # A stream that ended stays listed (state "ended") for this long.
     ended_stream_ttl: float = 300.0
     transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
+    vod: VodConfig = field(default_factory=VodConfig)
 
 
 @dataclass(frozen=True, slots=True)

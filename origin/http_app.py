@@ -1,11 +1,12 @@
-"""Origin HTTP app: health, metrics, stream API and the event stream (SSE)."""
+"""Origin HTTP app: health, metrics, stream and VOD API, the event stream (SSE), and the
+media files (live and VOD) from the segment store."""
 
 from __future__ import annotations
 
 import asyncio
 import html
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -18,12 +19,13 @@ from starlette.responses import (
     Response,
     StreamingResponse,
 )
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from meshcast.events import EventBus
 from meshcast.http import EXCEPTION_HANDLERS, cors, json_error
 from meshcast.metrics import metrics_endpoint
 from meshcast.paths import IMMUTABLE, parse_media_path
+from meshcast.store import LocalStore
 from origin.registry import LiveStream, StreamRegistry
 
 SSE_HEARTBEAT_S = 15.0
@@ -73,14 +75,27 @@ def create_app(
     metrics: CollectorRegistry,
     data_dir: Path,
     player_dir: Path = PLAYER_DIR,
+    extra_routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
-    live_root = data_dir / "live"
+    store = LocalStore(data_dir)
+
+    async def vod_file(request: Request) -> Response:
+        media = parse_media_path(request.url.path)
+        if media is None or media.kind != "vod":
+            return json_error(404, "not found", path=request.url.path)
+        path = store.path(f"vod/{media.name}/{media.relative}")
+        if not path.is_file():
+            return json_error(404, "no such VOD file (yet)", path=request.url.path)
+        # An asset never changes once its master playlist exists (ids are never reused);
+        # manifests get a shorter life only so a deleted asset disappears from caches.
+        cache = "public, max-age=3600" if media.is_manifest else IMMUTABLE
+        return FileResponse(path, media_type=media.content_type, headers={"Cache-Control": cache})
 
     async def live_file(request: Request) -> Response:
         media = parse_media_path(request.url.path)
         if media is None or media.kind != "live":
             return json_error(404, "not found", path=request.url.path)
-        path = live_root / media.name / media.relative
+        path = store.path(f"live/{media.name}/{media.relative}")
         if not path.is_file():
             stream = registry.get(media.name)
             reason = "stream not live" if stream is None else "not available (yet)"
@@ -157,5 +172,7 @@ def create_app(
         Route("/api/streams/{name}", get_stream),
         Route("/api/events", event_stream),
         Route("/live/{path:path}", live_file, methods=["GET", "HEAD"]),
+        Route("/vod/{path:path}", vod_file, methods=["GET", "HEAD"]),
+        *extra_routes,
     ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=[cors()])

@@ -16,6 +16,7 @@ from origin.demo import DemoSettings, DemoSource
 from origin.http_app import create_app
 from origin.registry import LiveStream, StreamRegistry
 from origin.rtmp_server import RtmpMetrics, RtmpServer
+from origin.vod import VodService
 from transcoder.encoders import EncoderSettings, select_backend
 from transcoder.ladder import plan_ladder
 from transcoder.worker import WorkerSink
@@ -41,7 +42,10 @@ class OriginService:
         ).set_function(lambda: len(self.registry.live_streams()))
         self._workers: set[WorkerSink] = set()
         self.registry.add_sink_factory(self._start_transcoder)
-        self.app = create_app(self.registry, self.bus, self.metrics, config.data_dir)
+        self.vod = VodService(config, self.keys, self.bus)
+        self.app = create_app(
+            self.registry, self.bus, self.metrics, config.data_dir, extra_routes=self.vod.routes()
+        )
         self.http = HttpService(self.app, config.host, config.http_port, "origin")
         self.demo = DemoSource(self.registry, demo_settings) if config.demo else None
 
@@ -74,6 +78,7 @@ class OriginService:
         self.check_encoder()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         await self.rtmp.start()
+        await self.vod.start()
         await self.http.start()
         log.info("origin HTTP on %s", self.url)
         if self.demo is not None:
@@ -88,3 +93,4 @@ class OriginService:
         for worker in list(self._workers):
             await asyncio.to_thread(worker.join, 15)
         await self.http.close()
+        await self.vod.close()
