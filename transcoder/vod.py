@@ -163,7 +163,12 @@ def probe(path: Path) -> SourceInfo:
         video = container.streams.video[0]
         video.thread_type = "AUTO"
         time_base = video.time_base or Fraction(1, 90_000)
-        rate = video.average_rate or video.guessed_rate or video.base_rate or Fraction(30)
+        # The stream's base rate (FFmpeg's r_frame_rate) is the nominal rate of a
+        # variable-frame-rate file (its average would be a fraction of it); some
+        # containers report a time base there, so above 60 fall back to the average.
+        rate = video.base_rate
+        if not rate or rate > MAX_FPS:
+            rate = video.average_rate or video.guessed_rate or Fraction(30)
         fps = min(Fraction(rate).limit_denominator(1001), MAX_FPS)
         first: int | None = None
         last: int | None = None
