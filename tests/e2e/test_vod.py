@@ -400,7 +400,7 @@ async def test_cli_remembers_an_unfinished_upload(
     small_origin: OriginService, tmp_path: Path
 ) -> None:
     """A killed `vod add` is re-run with the same file: it finds its upload and resumes."""
-    source = await make_clip(tmp_path / "src.mp4", 2)
+    source = await make_clip(tmp_path / "src.mp4", 8, "640x360")
     key = small_origin.keys.create("creator")
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
     proc = await asyncio.create_subprocess_exec(
@@ -410,13 +410,19 @@ async def test_cli_remembers_an_unfinished_upload(
         env={**os.environ, **env},
     )  # fmt: skip
     cache = tmp_path / "cache" / "meshcast" / "uploads.json"
-    for _ in range(200):
-        if cache.exists() and json.loads(cache.read_text()):
-            break
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.3)
+    offset = 0
+    async with httpx.AsyncClient() as client:
+        for _ in range(500):
+            entries = json.loads(cache.read_text()) if cache.exists() else {}
+            if entries:
+                head = await client.head(next(iter(entries.values())), headers=auth(key))
+                offset = int(head.headers["upload-offset"])
+                if offset > 0:
+                    break
+            await asyncio.sleep(0.01)
     proc.kill()
     await proc.wait()
+    assert 0 < offset < source.stat().st_size
     location = next(iter(json.loads(cache.read_text()).values()))
     rc, out, err = await run_cli(
         "vod", "add", str(source), "--origin", small_origin.url, "--key", key, env=env
