@@ -13,6 +13,14 @@
   const base = `/${vod ? "vod" : "live"}/${encodeURIComponent(name)}`;
   const src = params.get("src") || `${base}/${format === "dash" ? "manifest.mpd" : "master.m3u8"}`;
   const video = $("video");
+  if (vod) {
+    // VOD assets have a poster and a WebVTT thumbnails track (thumbnails.jpg#xywh=...)
+    // for seek-bar previews; the track is metadata, so it never renders as captions.
+    video.poster = `${base}/poster.jpg`;
+    const thumbs = document.createElement("track");
+    Object.assign(thumbs, { kind: "metadata", label: "thumbnails", src: `${base}/thumbnails.vtt` });
+    video.appendChild(thumbs);
+  }
   const RETRY_MS = 3000;
   let engine = null;
   let retryTimer = null;
