@@ -20,14 +20,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.accesslog import AccessLog
 from edge.cache import CachedObject, TieredCache, read_range
 from edge.fill import Fill, FillError, Upstream
 from edge.http_semantics import RangeNotSatisfiable, etag_matches, freshness, parse_range
+from edge.ml_policy import DemandTracker, MlPolicy
+from edge.plugins import EdgePlugin, find_plugin
+from edge.policies import EvictionPolicy
+from edge.prefetch import PrefetchConfig, Prefetcher
 from edge.ring import PeerRing
+from edge.trainer import BackgroundTrainer
 from meshcast.config import EdgeConfig
 from meshcast.http import EXCEPTION_HANDLERS, cors, json_error
 from meshcast.metrics import metrics_endpoint
@@ -48,6 +53,7 @@ class EdgeMetrics:
     origin_fetches: Counter = field(init=False)
     peer_fetches: Counter = field(init=False)
     bytes_served: Counter = field(init=False)
+    upstream_bytes: Counter = field(init=False)
     fill_seconds: Histogram = field(init=False)
 
     def __post_init__(self) -> None:
@@ -64,6 +70,12 @@ class EdgeMetrics:
         self.bytes_served = Counter(
             "meshcast_edge_served_bytes", "Body bytes sent to viewers", registry=r
         )
+        self.upstream_bytes = Counter(
+            "meshcast_edge_upstream_bytes",
+            "Body bytes fetched upstream (prefetches included)",
+            ["source"],
+            registry=r,
+        )
         self.fill_seconds = Histogram(
             "meshcast_edge_fill_seconds",
             "Time to fill an object from upstream",
@@ -77,13 +89,35 @@ class Edge:
 
     def __init__(self, config: EdgeConfig, metrics: CollectorRegistry | None = None) -> None:
         self.config = config
+        # Resolved first: an unknown plugin fails before any file or socket is opened.
+        plugin_factories = [find_plugin(name) for name in dict.fromkeys(config.plugins)]
         self.origin = config.origin.rstrip("/")
-        self.self_url = f"http://{config.host}:{config.port}"
+        self.self_url = (config.advertise or f"http://{config.host}:{config.port}").rstrip("/")
+        policy: str | Callable[[int], EvictionPolicy] = config.cache_policy
+        self.demand: DemandTracker | None = None
+        if config.cache_policy == "ml":
+            # One demand model for both tiers, fed with every request (hits included).
+            demand = self.demand = DemandTracker(retrain_every=config.ml_retrain_every)
+            policy = lambda capacity: MlPolicy(capacity, demand)  # noqa: E731
         self.cache = TieredCache(
-            config.cache_mem, config.cache_disk, config.cache_dir / "objects", config.cache_policy
+            config.cache_mem, config.cache_disk, config.cache_dir / "objects", policy
         )
         self.ring = PeerRing(self.self_url, config.peers)
         self.metrics = EdgeMetrics(metrics or CollectorRegistry())
+        self.trainer: BackgroundTrainer | None = None
+        if self.demand is not None:
+            self.trainer = BackgroundTrainer(
+                self.demand, config.cache_dir / "models", self.metrics.registry
+            )
+        self.prefetcher: Prefetcher | None = None
+        if config.prefetch_budget > 0:
+            self.prefetcher = Prefetcher(
+                PrefetchConfig(budget=config.prefetch_budget),
+                self._prefetch_fill,
+                lambda key: key in self._fills or self.cache.peek(key) is not None,
+                lambda: len(self._fills),
+                self.metrics.registry,
+            )
         cache_bytes = Gauge(
             "meshcast_edge_cache_bytes",
             "Bytes held per cache tier",
@@ -98,6 +132,8 @@ class Edge:
         )
         self.access_log = AccessLog(config.cache_dir / "access.csv")
         self._fills: dict[str, Fill] = {}
+        # Last: plugins may use anything above (ring, cache, client, metrics).
+        self.plugins: list[EdgePlugin] = [factory(self) for factory in plugin_factories]
 
     # ---- entry point ------------------------------------------------------------------
 
@@ -112,6 +148,8 @@ class Edge:
         key = path
         now = time.time()
         cached = self.cache.get(key)
+        if media is not None:
+            self.observe(key, cached.size if cached is not None else 0, from_peer)
         if cached is not None and cached.fresh(now):
             return self._respond(request, cached, "HIT")
         fill = self._fills.get(key)
@@ -120,6 +158,31 @@ class Edge:
             fill = self._start_fill(key, from_peer)
             label = ""
         return await self._from_fill(request, fill, label, cached)
+
+    def forget_manifests(self, prefix: str) -> None:
+        for tier in (self.cache.memory, self.cache.disk):
+            for key in [k for k in tier.entries if k.startswith(prefix)]:
+                media = parse_media_path(key)
+                if media is not None and media.is_manifest:
+                    self.cache.invalidate(key)
+
+    def observe(self, key: str, size: int, from_peer: bool) -> None:
+        """A request for a media object: demand model input and prefetch trigger."""
+        if self.demand is not None:
+            self.demand.observe(key, size, time.time())
+        if self.prefetcher is not None and not from_peer:
+            self.prefetcher.on_request(key, size)
+
+    async def _prefetch_fill(self, key: str, refresh: bool) -> int | None:
+        """Bring ``key`` into the cache (or refresh it) like a viewer's miss would."""
+        cached = self.cache.peek(key)
+        if cached is not None and cached.fresh(time.time()) and not refresh:
+            return cached.size
+        fill = self._fills.get(key) or self._start_fill(key, from_peer=False)
+        await fill.wait_done_quietly()
+        if fill.error is not None or fill.status != 200:
+            return None
+        return fill.received
 
     # ---- fills ------------------------------------------------------------------------
 
@@ -159,6 +222,9 @@ class Edge:
         if fill.error is not None or fill.status != 200 or fill.source is None:
             return
         (self.metrics.peer_fetches if fill.source.is_peer else self.metrics.origin_fetches).inc()
+        self.metrics.upstream_bytes.labels("peer" if fill.source.is_peer else "origin").inc(
+            fill.received
+        )
         media = parse_media_path(fill.key)
         fresh = freshness(
             fill.headers.get("cache-control"),
@@ -180,6 +246,8 @@ class Edge:
                 body=fill.body,
             )
         )
+        if self.prefetcher is not None and fill.key.endswith("/index.m3u8"):
+            self.prefetcher.on_playlist(fill.key, fill.body)
 
     async def _from_fill(
         self, request: Request, fill: Fill, label: str, stale: CachedObject | None
@@ -279,6 +347,10 @@ class Edge:
         return StreamingResponse(read_range(obj, start, end), status, headers=headers)
 
     async def close(self) -> None:
+        if self.prefetcher is not None:
+            await self.prefetcher.close()
+        if self.trainer is not None:
+            await self.trainer.close()
         for fill in list(self._fills.values()):
             if fill.task is not None:
                 fill.task.cancel()
@@ -295,19 +367,24 @@ class FastPath:
         self.edge = edge
         self.app = app
         self._hits = edge.metrics.requests.labels("HIT")
+        self._observing = edge.demand is not None or edge.prefetcher is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             obj = self.edge.cache.memory.entries.get(scope["path"])
             if obj is not None and obj.body is not None and obj.expires_at is None:
-                cors = False
+                cors = peer = False
                 for name, _ in scope["headers"]:
                     if name in (b"range", b"if-none-match", b"if-range"):
                         break  # validators and ranges take the full path
                     if name == b"origin":
                         cors = True
+                    elif name == _PEER_HEADER_RAW:
+                        peer = True
                 else:
                     await self._hit(scope, send, obj, cors)
+                    if self._observing:
+                        self.edge.observe(obj.key, obj.size, peer)
                     return
         await self.app(scope, receive, send)
 
@@ -336,6 +413,7 @@ class FastPath:
         self.edge.access_log.write(client[0] if client else "-", scope["path"], len(body))
 
 
+_PEER_HEADER_RAW: Final = PEER_HEADER.lower().encode()
 _CORS_HEADERS: Final = [
     (b"access-control-allow-origin", b"*"),
     (b"access-control-expose-headers", b"X-Cache, Age, Content-Length, Content-Range, ETag"),
@@ -354,9 +432,10 @@ def create_app(edge: Edge) -> ASGIApp:
         )
 
     handler: Callable[[Request], Awaitable[Response]] = edge.handle
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/healthz", healthz),
         Route("/metrics", metrics_endpoint(edge.metrics.registry)),
+        *(route for plugin in edge.plugins for route in plugin.routes()),
         Route("/{path:path}", handler, methods=["GET", "HEAD"]),
     ]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=[cors()])

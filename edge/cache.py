@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,11 +82,11 @@ class TieredCache:
         mem_bytes: int,
         disk_bytes: int = 0,
         disk_dir: Path | None = None,
-        policy: str = "lru",
+        policy: str | Callable[[int], EvictionPolicy] = "lru",
     ) -> None:
         if disk_bytes and disk_dir is None:
             raise ValueError("a disk tier needs a directory")
-        make = POLICIES[policy]
+        make = POLICIES[policy] if isinstance(policy, str) else policy
         self.memory = Tier("memory", mem_bytes, make(mem_bytes))
         self.disk = Tier("disk", disk_bytes, make(disk_bytes))
         self.disk_dir = disk_dir
@@ -106,6 +106,11 @@ class TieredCache:
         if obj is not None:
             self.disk.policy.accessed(key)
         return obj
+
+    def peek(self, key: str) -> CachedObject | None:
+        """The cached object without counting an access (the policies must see only
+        viewers' requests)."""
+        return self.memory.entries.get(key) or self.disk.entries.get(key)
 
     def cacheable_size(self, size: int) -> bool:
         return 0 < size <= self.max_object

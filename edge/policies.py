@@ -57,6 +57,9 @@ class S3FifoPolicy:
         # Optional second opinion for objects leaving the small queue unaccessed: True
         # promotes them to main (the learned policy plugs in here).
         self.promote_hint: Callable[[str], bool] | None = None
+        # The same for unaccessed objects at the head of main: True reinserts them once.
+        self.retain_hint: Callable[[str], bool] | None = None
+        self._spared: set[str] = set()
         self._small: collections.OrderedDict[str, int] = collections.OrderedDict()  # key -> size
         self._main: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._freq: dict[str, int] = {}
@@ -79,6 +82,7 @@ class S3FifoPolicy:
 
     def removed(self, key: str) -> None:
         self._freq.pop(key, None)
+        self._spared.discard(key)
         if key in self._small:
             self._small_bytes -= self._small.pop(key)
         self._main.pop(key, None)
@@ -106,10 +110,16 @@ class S3FifoPolicy:
                 self._freq[key] -= 1
                 self._main[key] = size  # reinsert at the tail
                 continue
+            retain = self.retain_hint
+            if retain is not None and key not in self._spared and retain(key):
+                self._spared.add(key)  # once per stay: the loop must end
+                self._main[key] = size
+                continue
             return self._forget(key)
 
     def _forget(self, key: str) -> str:
         self._freq.pop(key, None)
+        self._spared.discard(key)
         return key
 
 

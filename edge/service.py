@@ -1,4 +1,5 @@
-"""Runs one edge: its HTTP app and the peer health checks."""
+"""Runs one edge: its HTTP app, the peer health checks and, with ``--bus``, its membership
+in the ring over NATS (heartbeats out, peers and stream events in)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import contextlib
 import logging
 
 from edge.app import Edge, create_app
+from meshcast import events
 from meshcast.config import EdgeConfig
 from meshcast.http import HttpService
+from meshcast.nats_bus import NatsBus
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +23,9 @@ class EdgeService:
         self.app = create_app(self.edge)
         self.http = HttpService(self.app, config.host, config.port, f"edge:{config.port}")
         self._health: asyncio.Task[None] | None = None
+        self._prefetch: asyncio.Task[None] | None = None
+        self._bus_tasks: list[asyncio.Task[None]] = []
+        self.bus = NatsBus(config.bus, f"edge@{self.edge.self_url}") if config.bus else None
 
     @property
     def url(self) -> str:
@@ -27,21 +33,65 @@ class EdgeService:
 
     async def start(self) -> None:
         await self.http.start()
-        if self.edge.ring.peers:
+        if self.edge.ring.peers or self.bus is not None:
             self._health = asyncio.create_task(self.edge.ring.health_loop(self.edge.client))
+        if self.bus is not None:
+            await self.bus.start()
+            self._bus_tasks = [
+                asyncio.create_task(self._announce(self.bus)),
+                asyncio.create_task(self._listen(self.bus)),
+            ]
+        if self.edge.prefetcher is not None:
+            self._prefetch = asyncio.create_task(self.edge.prefetcher.run())
+        for plugin in self.edge.plugins:
+            await plugin.start()
         log.info(
-            "edge listening on %s (origin %s, peers %s, cache %d MiB memory + %d MiB disk)",
+            "edge listening on %s (origin %s, peers %s, cache %d MiB memory + %d MiB disk, "
+            "policy %s, prefetch %s, plugins %s)",
             self.url,
             self.config.origin,
             ", ".join(self.edge.ring.peers) or "none",
             self.config.cache_mem >> 20,
             self.config.cache_disk >> 20,
+            self.config.cache_policy,
+            f"{self.config.prefetch_budget >> 20} MiB/s" if self.config.prefetch_budget else "off",
+            ", ".join(p.name for p in self.edge.plugins) or "none",
         )
 
+    async def _announce(self, bus: NatsBus) -> None:
+        every = self.config.heartbeat
+        while True:
+            bus.publish(events.NODE_HEARTBEAT, role="edge", url=self.edge.self_url)
+            self.edge.ring.expire(4 * every)
+            await asyncio.sleep(every)
+
+    async def _listen(self, bus: NatsBus) -> None:
+        types = [events.NODE_HEARTBEAT, events.NODE_LEFT, events.STREAM_PUBLISHED,
+                 events.STREAM_ENDED]  # fmt: skip
+        with bus.subscribe(types) as sub:
+            async for event in sub:
+                url, name = event.data.get("url"), event.data.get("name")
+                if event.type == events.NODE_HEARTBEAT and event.data.get("role") == "edge":
+                    if isinstance(url, str):
+                        self.edge.ring.heard(url)
+                elif event.type == events.NODE_LEFT and isinstance(url, str):
+                    self.edge.ring.left(url, "shut down")
+                elif isinstance(name, str):
+                    # A new publication or its end changes the playlists: drop cached
+                    # copies now instead of serving them until they expire.
+                    self.edge.forget_manifests(f"/live/{name}/")
+
     async def close(self) -> None:
-        if self._health is not None:
-            self._health.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health
+        if self.bus is not None:
+            self.bus.publish(events.NODE_LEFT, role="edge", url=self.edge.self_url)
+        for task in (*self._bus_tasks, self._health, self._prefetch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for plugin in self.edge.plugins:
+            await plugin.close()
         await self.http.close()
         await self.edge.close()
+        if self.bus is not None:
+            await self.bus.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.cache import CachedObject, Tier
-from edge.ml_policy import MlPolicy
+from edge.ml_policy import DemandTracker, MlPolicy
 from edge.policies import POLICIES, EvictionPolicy
 
 TRACE_HEADER = ["ts", "client", "path", "bytes"]
@@ -121,7 +121,9 @@ def simulate(trace: Path, policy: str, capacity: int, hits_out: list[bool] | Non
     """Replay ``trace``. ``prefetch`` is LRU that, on every segment request, also fetches
     the next segment of the same rendition (if that object exists in the trace); prefetched
     bytes count as origin bytes, and a prefetched object requested later is a hit."""
-    ml = MlPolicy(capacity) if policy == "ml" else None
+    tracker = DemandTracker() if policy == "ml" else None
+    now = 0.0
+    ml = MlPolicy(capacity, tracker, clock=lambda: now) if tracker is not None else None
     prefetch = policy == "prefetch"
     sizes = object_sizes(trace) if prefetch else {}
     prefetched: dict[str, int] = {}  # prefetched, not yet requested
@@ -132,9 +134,10 @@ def simulate(trace: Path, policy: str, capacity: int, hits_out: list[bool] | Non
     rng = random.Random(0)
     clock = time.perf_counter_ns
     for access in read_trace(trace):
-        if ml is not None:
-            ml.now = access.ts  # the model's features follow trace time
+        now = access.ts  # the model's features follow trace time
         start = clock()
+        if tracker is not None:
+            tracker.observe(access.path, access.size, now)
         hit = access.path in tier.entries
         if hit:
             tier.policy.accessed(access.path)

@@ -19,12 +19,14 @@ from transcoder.encoders import EncoderUnavailable
 from transcoder.ladder import parse_ladder
 
 
-def _add_origin_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, default=Path("data"), help="data directory (keys, media)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--http-port", type=int, default=cfg.DEFAULT_HTTP_PORT)
-    p.add_argument("--rtmp-port", type=int, default=cfg.DEFAULT_RTMP_PORT)
-    p.add_argument("--demo", action="store_true", help="publish the synthetic stream 'demo'")
+def _add_transcode_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        default="",
+        metavar="URL",
+        help="segment store: s3://BUCKET[/PREFIX]?endpoint=http://HOST:PORT/s3 (credentials "
+        "from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY); default: DATA/live on disk",
+    )
     p.add_argument(
         "--encoder",
         choices=["auto", "nvenc", "x264"],
@@ -46,6 +48,30 @@ def _add_origin_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_origin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=Path("data"), help="data directory (keys, media)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--http-port", type=int, default=cfg.DEFAULT_HTTP_PORT)
+    p.add_argument("--rtmp-port", type=int, default=cfg.DEFAULT_RTMP_PORT)
+    p.add_argument("--demo", action="store_true", help="publish the synthetic stream 'demo'")
+    p.add_argument("--bus", default=None, metavar="URL", help="NATS event bus, nats://HOST:4222")
+    _add_transcode_args(p)
+    p.add_argument(
+        "--transcoders",
+        choices=["auto", "local", "remote"],
+        default="auto",
+        help="transcode in local workers, on transcoder nodes found on --bus, or auto",
+    )
+    p.add_argument("--transcoder-secret", default="", help="shared with `meshcast transcoder`")
+    p.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="STUN/TURN URL offered to WHIP publishers (repeatable), e.g. stun:stun.example:3478",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshcast", description=__doc__)
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
@@ -55,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_origin_args(up)
     up.add_argument("--edges", type=int, default=2, help="edges on http-port+1 ... +N")
     up.add_argument("--plugin", action="append", default=[], help="edge plugin to enable")
+    _add_edge_cache_args(up)
 
     origin = sub.add_parser("origin", help="origin only (HTTP + RTMP)")
     _add_origin_args(origin)
@@ -66,13 +93,26 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--peer", action="append", default=[], help="peer edge base URL")
     edge.add_argument("--cache-mem", type=parse_size, default=256 * 1024**2)
     edge.add_argument("--cache-disk", type=parse_size, default=0)
-    edge.add_argument(
-        "--cache-policy", choices=["lru", "s3fifo", "sieve"], default="lru", help="eviction"
-    )
+    _add_edge_cache_args(edge)
     edge.add_argument(
         "--cache-dir", type=Path, default=None, help="disk tier and access log (data/edge-PORT)"
     )
-    edge.add_argument("--plugin", action="append", default=[])
+    edge.add_argument("--plugin", action="append", default=[], help="edge plugin to enable")
+    edge.add_argument(
+        "--data", type=Path, default=Path("data"), help="data directory (S3 keys for storage)"
+    )
+    edge.add_argument("--bus", default=None, metavar="URL", help="NATS event bus: peers, streams")
+    edge.add_argument("--advertise", default=None, metavar="URL", help="URL peers reach us at")
+
+    tr = sub.add_parser("transcoder", help="a transcoder node: takes live streams from origins")
+    tr.add_argument("--bus", required=True, metavar="URL", help="NATS event bus")
+    tr.add_argument("--data", type=Path, default=Path("data"), help="segment store directory")
+    tr.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    tr.add_argument("--port", type=int, default=7000, help="port origins connect to")
+    tr.add_argument("--http-port", type=int, default=7001, help="/healthz and /metrics")
+    tr.add_argument("--advertise", default=None, metavar="URL", help="tcp://HOST:PORT for origins")
+    tr.add_argument("--secret", default="", help="shared with the origins' --transcoder-secret")
+    _add_transcode_args(tr)
 
     bench = sub.add_parser("bench", help="offline benchmarks")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
@@ -118,20 +158,50 @@ def _parser() -> argparse.ArgumentParser:
             k.add_argument("name")
         k.add_argument("--data", type=Path, default=Path("data"))
         if name == "create":
-            k.add_argument("--kind", choices=["stream"], default="stream")
+            k.add_argument(
+                "--kind",
+                choices=["stream", "s3"],
+                default="stream",
+                help="stream key, or an S3 access key (prints ACCESS_KEY_ID SECRET_ACCESS_KEY)",
+            )
     return parser
 
 
-def _origin_config(args: argparse.Namespace) -> cfg.OriginConfig:
+def _add_edge_cache_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-policy", choices=["lru", "s3fifo", "sieve", "ml"], default="lru", help="eviction"
+    )
+    parser.add_argument(
+        "--prefetch-budget",
+        type=parse_size,
+        default=0,
+        help="prefetch next segments, at most SIZE bytes per second (0: off)",
+    )
+
+
+def _transcode_config(args: argparse.Namespace) -> cfg.TranscodeConfig:
+    if args.store:
+        from meshcast.s3store import S3Location
+
+        try:
+            S3Location.parse(args.store)
+        except ValueError as exc:
+            raise SystemExit(f"meshcast: --store: {exc}") from None
     transcode = cfg.TranscodeConfig(
         segment_duration=args.segment_duration,
         window_segments=args.dvr_window,
         encoder=args.encoder,
         source_rung=args.source_rung,
+        segment_store=args.store,
     )
     if args.ladder:
         ladder = tuple((spec.height, spec.video_kbps) for spec in args.ladder)
         transcode = dataclasses.replace(transcode, ladder=ladder)
+    return transcode
+
+
+def _origin_config(args: argparse.Namespace) -> cfg.OriginConfig:
+    transcode = _transcode_config(args)
     return cfg.OriginConfig(
         data_dir=args.data,
         host=args.host,
@@ -139,6 +209,10 @@ def _origin_config(args: argparse.Namespace) -> cfg.OriginConfig:
         rtmp_port=args.rtmp_port,
         demo=args.demo,
         transcode=transcode,
+        whip=cfg.WhipConfig(ice_servers=tuple(args.ice_server)),
+        bus=args.bus,
+        transcoders=args.transcoders,
+        transcoder_secret=args.transcoder_secret,
     )
 
 
@@ -239,7 +313,11 @@ async def _up(args: argparse.Namespace) -> None:
                 # every edge knows the others: one ring
                 peers=tuple(f"http://{args.host}:{p}" for p in edge_ports if p != port),
                 cache_dir=args.data / f"edge-{port}",
+                cache_policy=args.cache_policy,
+                prefetch_budget=args.prefetch_budget,
                 plugins=tuple(args.plugin),
+                bus=args.bus,
+                data_dir=args.data,
             )
         )
         for port in edge_ports
@@ -284,10 +362,33 @@ async def _edge(args: argparse.Namespace) -> None:
             cache_disk=args.cache_disk,
             cache_dir=args.cache_dir or Path("data") / f"edge-{args.port}",
             cache_policy=args.cache_policy,
+            prefetch_budget=args.prefetch_budget,
             plugins=tuple(args.plugin),
+            bus=args.bus,
+            advertise=args.advertise,
+            data_dir=args.data,
         )
     )
     await run_services([edge], on_ready=lambda: f"edge ready: {edge.url}")
+
+
+async def _transcoder(args: argparse.Namespace) -> None:
+    from meshcast.supervisor import run_services
+    from transcoder.node import TranscoderNode, TranscoderNodeConfig
+
+    node = TranscoderNode(
+        TranscoderNodeConfig(
+            bus=args.bus,
+            data_dir=args.data,
+            host=args.host,
+            port=args.port,
+            http_port=args.http_port,
+            advertise=args.advertise,
+            secret=args.secret,
+            transcode=_transcode_config(args),
+        )
+    )
+    await run_services([node], on_ready=lambda: f"transcoder ready: {node.ingest_url}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -299,11 +400,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_vod(args)
     if args.command == "bench":
         return _cmd_bench_cache(args) if args.bench_command == "cache" else _cmd_gen_trace(args)
-    runner = {"up": _up, "origin": _origin, "edge": _edge}[args.command]
+    from edge.plugins import UnknownPlugin
+
+    runner = {"up": _up, "origin": _origin, "edge": _edge, "transcoder": _transcoder}[args.command]
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
             loop_runner.run(runner(args))
-    except (OSError, EncoderUnavailable) as exc:
+    except (OSError, EncoderUnavailable, UnknownPlugin) as exc:
         print(f"meshcast: {exc}", file=sys.stderr)
         return 1
     except TimeoutError as exc:

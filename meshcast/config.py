@@ -22,6 +22,23 @@ class TranscodeConfig:
     source_rung: bool = False
     # Packets queued for a stream's worker before the ingest side starts dropping.
     queue_packets: int = 2000
+    # Where segments and manifests go: "" = DATA/live on local disk; "s3://BUCKET[/PREFIX]
+    # ?endpoint=URL" = any S3 API (meshcast/s3store.py), read back by the origin from there.
+    segment_store: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WhipConfig:
+    # A WHIP session without any media for this long (ICE never completed, the publisher
+    # vanished without DELETE) is closed and its stream ended, like the RTMP idle timeout.
+    idle_timeout: float = 15.0
+    # No video frame for this long is logged as a freeze (and a keyframe is requested).
+    freeze_after: float = 1.0
+    max_offer_bytes: int = 64 * 1024
+    max_sessions: int = 64
+    # STUN/TURN URLs advertised to publishers (Link rel="ice-server") and used by our own
+    # ICE agent; none by default (loopback and LAN need none).
+    ice_servers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +65,34 @@ class OriginConfig:
     max_rtmp_connections: int = 256
     # A stream that ended stays listed (state "ended") for this long.
     ended_stream_ttl: float = 300.0
+    whip: WhipConfig = field(default_factory=WhipConfig)
     transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
     vod: VodConfig = field(default_factory=VodConfig)
+    # Event bus: None = in-process; "nats://host:4222" = NATS (meshcast/nats_bus.py).
+    bus: str | None = None
+    # Where live streams are transcoded: "local" worker processes, "remote" transcoder
+    # nodes found on the bus (refuse to publish when none is alive), or "auto" (remote
+    # when one is alive, else local).
+    transcoders: str = "auto"
+    transcoder_secret: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """The edge plugin ``storage`` (S3 API, pinning): see README, Storage."""
+
+    # Copies of every chunk and manifest, on the first k nodes by rendezvous hashing.
+    replicas: int = 2
+    chunk_size: int = 4 * 1024 * 1024
+    max_object: int = 5 * 1024**3
+    # How often each edge pushes what it holds to the owners that lack it.
+    repair_interval: float = 10.0
+    # How often each edge re-hashes every chunk it holds (bit rot, tampering).
+    scrub_interval: float = 3600.0
+    # Memory for recently read, verified chunks (0: every read goes to disk and re-hashes).
+    chunk_cache: int = 64 * 1024 * 1024
+    # Objects larger than this are streamed from /ipfs/ without entering the edge cache.
+    ipfs_cache_max: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +105,22 @@ class EdgeConfig:
     cache_disk: int = 0
     # Disk tier objects and the access log (access.csv, rotated).
     cache_dir: Path = Path("data/edge")
-    cache_policy: str = "lru"  # lru | s3fifo | sieve (edge/policies.py)
+    cache_policy: str = "lru"  # lru | s3fifo | sieve | ml (edge/policies.py, ml_policy.py)
+    # Byte budget per second of the prefetcher (edge/prefetch.py); 0 turns it off.
+    prefetch_budget: int = 0
+    # Viewer requests between refits of the ml policy's demand model.
+    ml_retrain_every: int = 20_000
     # A cached manifest may be served STALE this long after it expired, while the
     # upstream fails; immutable segments are served until evicted.
     stale_grace: float = 60.0
     max_url: int = 2048
     plugins: tuple[str, ...] = field(default_factory=tuple)
+    # NATS URL: the edge announces itself and learns its peers and streams from the bus.
+    bus: str | None = None
+    # The URL other nodes reach this edge at (default http://HOST:PORT).
+    advertise: str | None = None
+    # Seconds between membership heartbeats; a peer silent for 4 of them leaves the ring.
+    heartbeat: float = 2.0
+    # Shared data directory: S3 access keys (keys.json) and the peers' storage secret.
+    data_dir: Path = Path("data")
+    storage: StorageConfig = field(default_factory=StorageConfig)

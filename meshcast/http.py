@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import uvicorn
@@ -31,15 +31,16 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS: dict[Any, Any] = {HTTPException: http_exception_handler}
 
 
-def cors() -> Middleware:
+def cors(extra_methods: Sequence[str] = (), extra_expose: Sequence[str] = ()) -> Middleware:
     """Players and dApps fetch media from other origins: allow reads from anywhere and
-    let them see our cache and range headers."""
+    let them see our cache and range headers. The origin adds WHIP's methods and headers
+    (browsers publish from other origins too)."""
     return Middleware(
         CORSMiddleware,
         allow_origins=["*"],
-        allow_methods=["GET", "HEAD", "OPTIONS"],
+        allow_methods=["GET", "HEAD", "OPTIONS", *extra_methods],
         allow_headers=["Range", "If-None-Match", "Authorization", "Content-Type"],
-        expose_headers=["X-Cache", "Age", "Content-Length", "Content-Range", "ETag"],
+        expose_headers=["X-Cache", "Age", "Content-Length", "Content-Range", "ETag", *extra_expose],
         max_age=86400,
     )
 

@@ -1,8 +1,8 @@
 """Segment store: where transcoders (live and VOD) write and origins read CMAF files,
 manifests and VOD images. The one storage interface: nothing else touches media files.
 
-Local disk now (an S3-compatible backend comes with the storage issue). Writes are atomic
-(temp file + rename), so a reader never sees half a segment or half a playlist.
+Local disk (``LocalStore``, writes atomic: temp file + rename, so a reader never sees half a
+segment or half a playlist) or any S3-compatible service (``open_store``, meshcast/s3store.py).
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ class SegmentStore(Protocol):
     def put(self, key: str, data: bytes | str) -> None: ...
 
     def get(self, key: str) -> bytes | None: ...
-
-    def exists(self, key: str) -> bool: ...
 
     def delete(self, key: str) -> None: ...
 
@@ -56,11 +54,18 @@ class LocalStore:
         except (FileNotFoundError, IsADirectoryError):
             return None
 
-    def exists(self, key: str) -> bool:
-        return self.path(key).is_file()
-
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
     def clear(self, prefix: str) -> None:
         shutil.rmtree(self.path(prefix), ignore_errors=True)
+
+
+def open_store(spec: str, root: Path) -> SegmentStore:
+    """The store a ``--store`` value names: empty → local disk under ``root``;
+    ``s3://BUCKET[/PREFIX]?endpoint=URL`` → any S3-compatible service (meshcast/s3store.py)."""
+    if not spec:
+        return LocalStore(root)
+    from meshcast.s3store import S3Location, S3Store
+
+    return S3Store(S3Location.parse(spec))

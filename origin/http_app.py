@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import html
 import json
-from collections.abc import AsyncIterator, Sequence
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
+import httpx
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,13 +27,17 @@ from meshcast.events import EventBus
 from meshcast.http import EXCEPTION_HANDLERS, cors, json_error
 from meshcast.metrics import metrics_endpoint
 from meshcast.paths import IMMUTABLE, parse_media_path
+from meshcast.s3store import S3Store, S3StoreError
 from meshcast.store import LocalStore
 from origin.registry import LiveStream, StreamRegistry
 
 SSE_HEARTBEAT_S = 15.0
 
 
-PLAYER_DIR = Path(__file__).resolve().parent.parent / "player-demo"
+# Next to the packages in a checkout; MESHCAST_PLAYER_DIR where they are installed (image).
+PLAYER_DIR = Path(
+    os.environ.get("MESHCAST_PLAYER_DIR") or Path(__file__).resolve().parent.parent / "player-demo"
+)
 # URL below /player/ -> file below player-demo/ (a whitelist: nothing else is served).
 PLAYER_FILES = {
     "": "index.html",
@@ -40,6 +46,8 @@ PLAYER_FILES = {
     "player.js": "player.js",
     "player.css": "player.css",
     "meshcast-player.js": "meshcast-player.js",
+    "publish.html": "publish.html",
+    "publish.js": "publish.js",
     "vendor/hls.min.js": "node_modules/hls.js/dist/hls.min.js",
     "vendor/shaka-player.compiled.js": "node_modules/shaka-player/dist/shaka-player.compiled.js",
 }
@@ -60,7 +68,10 @@ def landing_page(streams: list[LiveStream]) -> str:
             f'<li><a href="/player/?stream={name}">{name}</a> <small>{state}</small> '
             f'<a href="/player/?stream={name}&amp;format=dash">DASH</a></li>'
         )
-    items = "\n".join(rows) or "<li>No streams yet. Publish with RTMP to /live.</li>"
+    items = (
+        "\n".join(rows)
+        or "<li>No streams yet. Publish with RTMP to /live or WHIP to /whip/NAME.</li>"
+    )
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>meshcast</title>'
         '<link rel="stylesheet" href="/player/player.css"></head><body><main>'
@@ -76,6 +87,7 @@ def create_app(
     data_dir: Path,
     player_dir: Path = PLAYER_DIR,
     extra_routes: Sequence[BaseRoute] = (),
+    segment_store: S3Store | None = None,
 ) -> Starlette:
     store = LocalStore(data_dir)
 
@@ -105,9 +117,16 @@ def create_app(
             live = stream is not None and stream.live
             # Live manifests change every segment; ended ones only on a new publication.
             cache = "public, max-age=1" if live else "public, max-age=10"
-        else:
-            cache = IMMUTABLE
-        return FileResponse(path, media_type=media.content_type, headers={"Cache-Control": cache})
+            # Playlists are replaced (atomic rename) every segment: read the whole small
+            # file at once, or FileResponse may send a stat()ed length of another version.
+            try:
+                body = await asyncio.to_thread(path.read_bytes)
+            except FileNotFoundError:
+                return json_error(404, "not available (yet)", path=request.url.path)
+            return Response(body, media_type=media.content_type, headers={"Cache-Control": cache})
+        return FileResponse(
+            path, media_type=media.content_type, headers={"Cache-Control": IMMUTABLE}
+        )
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "role": "origin"})
@@ -171,8 +190,45 @@ def create_app(
         Route("/api/streams", list_streams),
         Route("/api/streams/{name}", get_stream),
         Route("/api/events", event_stream),
-        Route("/live/{path:path}", live_file, methods=["GET", "HEAD"]),
+        Route(
+            "/live/{path:path}",
+            live_file if segment_store is None else live_from_store(segment_store, registry),
+            methods=["GET", "HEAD"],
+        ),
         Route("/vod/{path:path}", vod_file, methods=["GET", "HEAD"]),
         *extra_routes,
     ]
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=[cors()])
+    # WHIP publishers in browsers POST/DELETE from other origins and read Location/Link.
+    middleware = [cors(("POST", "DELETE", "PATCH"), ("Location", "Link"))]
+    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=middleware)
+
+
+def live_from_store(
+    store: S3Store, registry: StreamRegistry
+) -> Callable[[Request], Awaitable[Response]]:
+    """Live files read back from an S3 segment store (``--store s3://…``), not local disk."""
+
+    async def live_file(request: Request) -> Response:
+        media = parse_media_path(request.url.path)
+        if media is None or media.kind != "live":
+            return json_error(404, "not found", path=request.url.path)
+        try:
+            data = await asyncio.to_thread(store.get, f"live/{media.name}/{media.relative}")
+        except (S3StoreError, httpx.HTTPError) as exc:
+            return json_error(502, f"segment store: {exc}", path=request.url.path)
+        if data is None:
+            stream = registry.get(media.name)
+            reason = "stream not live" if stream is None else "not available (yet)"
+            return json_error(404, reason, path=request.url.path)
+        if media.is_manifest:
+            stream = registry.get(media.name)
+            cache = (
+                "public, max-age=1" if stream is not None and stream.live else "public, max-age=10"
+            )
+        else:
+            cache = IMMUTABLE
+        body = b"" if request.method == "HEAD" else data
+        headers = {"Cache-Control": cache, "Content-Length": str(len(data))}
+        return Response(body, media_type=media.content_type, headers=headers)
+
+    return live_file

@@ -359,5 +359,8 @@ class LadderPipeline:
                     self._package_audio_packet(out)
 
     def _package_audio_packet(self, out: Any) -> None:
-        if self._audio is not None and out.pts is not None:
+        # The AAC encoder's priming puts its first packet 1024 samples before the first
+        # input sample: when that input starts right at our zero (WHIP, Opus), the packet
+        # would fall before the timeline, which fragments cannot express.
+        if self._audio is not None and out.pts is not None and out.pts >= 0:
             self.packager.add(self._audio, out.pts, out.pts, bytes(out), True)

@@ -353,7 +353,7 @@ async def test_simulator_and_live_edge_agree(tmp_path: Path, policy: str) -> Non
 
 async def test_model_trains_from_a_real_edge_access_log(mesh: Mesh, ffmpeg_cli: str) -> None:
     """The ML policy learns from what an edge wrote to its access log in this test."""
-    from edge.ml_policy import MlPolicy
+    from edge.ml_policy import DemandTracker
     from edge.simulate import read_trace
 
     key = mesh.origin.keys.create("learn")
@@ -370,17 +370,12 @@ async def test_model_trains_from_a_real_edge_access_log(mesh: Mesh, ffmpeg_cli: 
     log = mesh.edges[0].config.cache_dir / "access.csv"
     rows = list(read_trace(log))
     assert len(rows) > 20 and all(r.path.startswith("/live/learn/") for r in rows)
-    policy = MlPolicy(
-        capacity=10_000_000,
+    tracker = DemandTracker(
         horizon_s=1.0,
         sample_every=1,
         retrain_every=len(rows),  # fit once, at the last row
         min_samples=10,
     )
     for row in rows:
-        policy.now = row.ts
-        if row.path in policy._stats:
-            policy.accessed(row.path)
-        else:
-            policy.inserted(row.path, row.size)
-    assert policy.describe()["trained"], "labels from a real log must contain both classes"
+        tracker.observe(row.path, row.size, row.ts)
+    assert tracker.model is not None, "labels from a real log must contain both classes"

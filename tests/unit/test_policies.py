@@ -124,30 +124,58 @@ def test_edge_cache_uses_the_configured_policy() -> None:
 
 
 def test_ml_policy_falls_back_then_trains_on_the_trace(tmp_path: Path) -> None:
-    from edge.ml_policy import MlPolicy
+    from edge.cache import CachedObject, Tier
+    from edge.ml_policy import DemandTracker, MlPolicy, load_latest_model
     from edge.simulate import read_trace
     from edge.tracegen import Workload, write_trace
 
     path = tmp_path / "w.csv"
     write_trace(Workload(seed=3, duration_s=240, live_streams=5, vod_assets=40), path)
-    policy = MlPolicy(capacity=50_000_000, retrain_every=5_000, horizon_s=30)
-    from edge.cache import CachedObject, Tier
-
+    tracker = DemandTracker(retrain_every=5_000, horizon_s=30)
+    now = 0.0
+    policy = MlPolicy(50_000_000, tracker, clock=lambda: now)
     tier = Tier("ml", 50_000_000, policy)
     evictions_before_model = 0
     for access in read_trace(path):
-        policy.now = access.ts
+        now = access.ts
+        tracker.observe(access.path, access.size, now)
         if access.path in tier.entries:
             policy.accessed(access.path)
         else:
-            trained = policy.model is not None
+            trained = tracker.model is not None
             evicted = tier.add(CachedObject(access.path, access.size, "", None, None, 0, None))
             if not trained:
                 evictions_before_model += len(evicted)
     assert evictions_before_model > 0  # plain S3-FIFO until the first model
     info = policy.describe()
     assert info["trained"] and info["refits"] >= 1 and info["promotions"] > 0
+    assert info["model_version"] == info["refits"]
     assert tier.used <= 50_000_000
+    # The model file round-trips and predicts the same.
+    assert tracker.model is not None
+    tracker.model.save(tmp_path / "models")
+    loaded = load_latest_model(tmp_path / "models")
+    assert loaded == tracker.model
+    x = [float(i) for i in range(len(loaded.coef))]
+    assert loaded.probability(x) == tracker.model.probability(x)
+
+
+def test_demand_tracker_bounds_its_state() -> None:
+    from edge.ml_policy import DemandTracker
+
+    tracker = DemandTracker(max_tracked=1000, horizon_s=10)
+    for i in range(5000):
+        tracker.observe(f"/vod/a/360p/{i}.m4s", 100, float(i))
+    assert len(tracker._stats) <= 1000
+    assert "/vod/a/360p/4999.m4s" in tracker  # the newest are kept
+
+
+def test_model_files_of_another_format_are_ignored(tmp_path: Path) -> None:
+    from edge.ml_policy import load_latest_model
+
+    (tmp_path / "model-v000009.json").write_text('{"format": 0, "version": 9}')
+    (tmp_path / "model-v000010.json").write_text("not json")
+    assert load_latest_model(tmp_path) is None
 
 
 def test_prefetch_next_segment(tmp_path: Path) -> None:
