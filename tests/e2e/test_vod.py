@@ -502,6 +502,7 @@ async def test_cli_reports_a_failed_job(small_origin: OriginService, tmp_path: P
 # ---- restart during transcoding --------------------------------------------------------
 
 
+@pytest.mark.timeout(300)
 async def test_restart_during_transcoding_resumes_the_job(tmp_path: Path) -> None:
     data_dir = tmp_path / "origin"
     source = await make_clip(tmp_path / "src.mp4", 16)
