@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 
+from edge.access import KEYS_REFRESH_S
 from edge.app import Edge, create_app
 from meshcast.config import EdgeConfig
 from meshcast.http import HttpService
@@ -21,12 +22,17 @@ class EdgeService:
         self.http = HttpService(self.app, config.host, config.port, f"edge:{config.port}")
         self._health: asyncio.Task[None] | None = None
         self._prefetch: asyncio.Task[None] | None = None
+        self._keys: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.config.host}:{self.http.port}"
 
     async def start(self) -> None:
+        # Token keys first, so token-protected streams play from the first request; an
+        # unreachable origin is retried by the loop (public streams need no keys).
+        await self.edge.access.refresh_keys()
+        self._keys = asyncio.create_task(self._refresh_keys_later())
         await self.http.start()
         if self.edge.ring.peers:
             self._health = asyncio.create_task(self.edge.ring.health_loop(self.edge.client))
@@ -44,8 +50,12 @@ class EdgeService:
             f"{self.config.prefetch_budget >> 20} MiB/s" if self.config.prefetch_budget else "off",
         )
 
+    async def _refresh_keys_later(self) -> None:
+        await asyncio.sleep(KEYS_REFRESH_S)
+        await self.edge.access.keys_loop()
+
     async def close(self) -> None:
-        for task in (self._health, self._prefetch):
+        for task in (self._health, self._prefetch, self._keys):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -96,7 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--arrivals", type=float, default=2.0, help="viewer arrivals per second")
     gen.add_argument("--vod-share", type=float, default=0.5, help="share of VOD sessions")
 
-    keys = sub.add_parser("keys", help="stream keys")
+    from meshcast.keys import KINDS, STREAM_KIND
+
+    keys = sub.add_parser("keys", help="stream, API and admin keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     for name, help_text in (
         ("create", "create a key and print it"),
@@ -107,8 +109,15 @@ def _parser() -> argparse.ArgumentParser:
         if name != "list":
             k.add_argument("name")
         k.add_argument("--data", type=Path, default=Path("data"))
+        if name != "list":
+            k.add_argument(
+                "--kind",
+                choices=KINDS,
+                default=STREAM_KIND,
+                help="stream (publish NAME), api (manage creator NAME's streams), admin",
+            )
         if name == "create":
-            k.add_argument("--kind", choices=["stream"], default="stream")
+            k.add_argument("--owner", default=None, help="creator owning the stream (default NAME)")
     return parser
 
 
@@ -151,9 +160,9 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     store = KeyStore(args.data)
     try:
         if args.keys_command == "create":
-            print(store.create(args.name, args.kind))
+            print(store.create(args.name, args.kind, args.owner))
         elif args.keys_command == "revoke":
-            store.revoke(args.name)
+            store.revoke(args.name, args.kind)
             print(f"revoked {args.name}", file=sys.stderr)
         else:
             for record in store.list():

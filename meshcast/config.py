@@ -50,6 +50,10 @@ class OriginConfig:
     rtmp_idle_timeout: float = 15.0
     rtmp_handshake_timeout: float = 10.0
     max_rtmp_connections: int = 256
+    # Per client IP: one host cannot take every slot.
+    max_rtmp_connections_per_ip: int = 16
+    # Failed stream/API key checks per IP per minute before RTMP/WHIP/API refuse it (429).
+    key_failures_per_minute: int = 10
     # A stream that ended stays listed (state "ended") for this long.
     ended_stream_ttl: float = 300.0
     whip: WhipConfig = field(default_factory=WhipConfig)

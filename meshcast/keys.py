@@ -21,6 +21,11 @@ from typing import Final
 
 KEYS_FILE: Final = "keys.json"
 STREAM_KIND: Final = "stream"
+# API keys manage their owner's (= the key's NAME) streams, assets and products; admin keys
+# are for operators and payment webhooks (grants). Other branches add kinds here.
+API_KIND: Final = "api"
+ADMIN_KIND: Final = "admin"
+KINDS: Final = [STREAM_KIND, API_KIND, ADMIN_KIND]
 _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -63,10 +68,19 @@ class KeyRecord:
     hash: str
     created: float
     revoked: float | None = None
+    # The creator a stream belongs to (API keys of that name manage it); None: NAME itself.
+    owner: str | None = None
 
     @property
     def active(self) -> bool:
         return self.revoked is None
+
+
+def _slot(name: str, kind: str) -> str:
+    """Records are stored per name; other kinds get their own namespace, so a creator can
+    hold a stream key and an API key under the same NAME (stream keys keep the bare name,
+    the file format of existing data dirs)."""
+    return name if kind == STREAM_KIND else f"{kind}:{name}"
 
 
 def _digest(salt: str, secret: str) -> str:
@@ -90,7 +104,8 @@ class KeyStore:
             return self._records
         if mtime != self._mtime:
             raw = json.loads(self.path.read_text())
-            self._records = {r["name"]: KeyRecord(**r) for r in raw["keys"]}
+            records = [KeyRecord(**r) for r in raw["keys"]]
+            self._records = {_slot(r.name, r.kind): r for r in records}
             self._mtime = mtime
         return self._records
 
@@ -106,24 +121,29 @@ class KeyStore:
         Path(tmp).replace(self.path)
         self._mtime = None
 
-    def create(self, name: str, kind: str = STREAM_KIND) -> str:
+    def create(self, name: str, kind: str = STREAM_KIND, owner: str | None = None) -> str:
         validate_stream_name(name)
+        if owner is not None:
+            validate_stream_name(owner)
         with self._lock:
             records = dict(self._load())
-            existing = records.get(name)
+            slot = _slot(name, kind)
+            existing = records.get(slot)
             if existing is not None and existing.active:
                 raise DuplicateName(f"a key named {name!r} exists; revoke it first")
             key_id = secrets.token_hex(6)
             secret = secrets.token_hex(32)
             salt = secrets.token_hex(16)
-            records[name] = KeyRecord(name, kind, key_id, salt, _digest(salt, secret), time.time())
+            records[slot] = KeyRecord(
+                name, kind, key_id, salt, _digest(salt, secret), time.time(), owner=owner
+            )
             self._save(records)
         return f"{kind}_{key_id}_{secret}"
 
-    def revoke(self, name: str) -> None:
+    def revoke(self, name: str, kind: str = STREAM_KIND) -> None:
         with self._lock:
             records = dict(self._load())
-            record = records.get(name)
+            record = records.get(_slot(name, kind))
             if record is None or not record.active:
                 raise UnknownName(f"no active key named {name!r}")
             record.revoked = time.time()
@@ -132,6 +152,14 @@ class KeyStore:
     def list(self) -> list[KeyRecord]:
         with self._lock:
             return sorted(self._load().values(), key=lambda r: r.created)
+
+    def owner_of(self, stream: str) -> str | None:
+        """The creator of a stream (its active stream key's owner), or None."""
+        with self._lock:
+            record = self._load().get(_slot(stream, STREAM_KIND))
+        if record is None or not record.active:
+            return None
+        return record.owner or record.name
 
     def verify(self, key: str, kind: str = STREAM_KIND) -> str:
         """Return the name the key belongs to; raise KeyRejected naming the cause."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -21,12 +21,19 @@ from starlette.responses import (
 from starlette.routing import BaseRoute, Route
 
 from meshcast.events import EventBus
-from meshcast.http import EXCEPTION_HANDLERS, cors, json_error
+from meshcast.http import EXCEPTION_HANDLERS, CorsOnly, json_error
 from meshcast.metrics import metrics_endpoint
-from meshcast.paths import IMMUTABLE, parse_media_path
+from meshcast.paths import IMMUTABLE, MediaPath, parse_media_path
+from meshcast.tokens import rewrite_manifest
 from origin.registry import LiveStream, StreamRegistry
 
 SSE_HEARTBEAT_S = 15.0
+# Browsers call these from other origins (players, WHIP publishers); the admin API is
+# server-to-server and gets no CORS headers at all.
+CORS_PREFIXES = ("/live/", "/vod/", "/player/", "/whip/")
+PEER_HEADER = "x-meshcast-peer"
+# (refusal, token for child URLs): see origin/access_api.py AccessApi.guard.
+MediaGuard = Callable[[Request, MediaPath], tuple[Response | None, str | None]]
 
 
 PLAYER_DIR = Path(__file__).resolve().parent.parent / "player-demo"
@@ -79,13 +86,19 @@ def create_app(
     data_dir: Path,
     player_dir: Path = PLAYER_DIR,
     extra_routes: Sequence[BaseRoute] = (),
-) -> Starlette:
+    guard: MediaGuard | None = None,
+) -> CorsOnly:
     live_root = data_dir / "live"
 
     async def live_file(request: Request) -> Response:
         media = parse_media_path(request.url.path)
         if media is None or media.kind != "live":
             return json_error(404, "not found", path=request.url.path)
+        token = None
+        if guard is not None:
+            refusal, token = guard(request, media)
+            if refusal is not None:
+                return refusal
         path = live_root / media.name / media.relative
         if not path.is_file():
             stream = registry.get(media.name)
@@ -96,6 +109,15 @@ def create_app(
             live = stream is not None and stream.live
             # Live manifests change every segment; ended ones only on a new publication.
             cache = "public, max-age=1" if live else "public, max-age=10"
+            if token is not None and PEER_HEADER not in request.headers:
+                # A viewer straight on the origin: children carry the token (an edge
+                # rewrites for its own viewers, from its shared cached copy).
+                body = rewrite_manifest(media.relative, path.read_bytes(), token)
+                return Response(
+                    body,
+                    media_type=media.content_type,
+                    headers={"Cache-Control": "private, no-store"},
+                )
         else:
             cache = IMMUTABLE
         return FileResponse(path, media_type=media.content_type, headers={"Cache-Control": cache})
@@ -165,6 +187,6 @@ def create_app(
         Route("/live/{path:path}", live_file, methods=["GET", "HEAD"]),
         *extra_routes,
     ]
+    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
     # WHIP publishers in browsers POST/DELETE from other origins and read Location/Link.
-    middleware = [cors(("POST", "DELETE", "PATCH"), ("Location", "Link"))]
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=middleware)
+    return CorsOnly(app, CORS_PREFIXES, ("POST", "DELETE", "PATCH"), ("Location", "Link"))

@@ -13,6 +13,7 @@ from meshcast.config import OriginConfig
 from meshcast.ingest import AudioConfig, MediaPacket, VideoConfig, deliver
 from meshcast.keys import KeyRejected, KeyStore
 from meshcast.paths import RTMP_APP
+from meshcast.ratelimit import FailureLimiter
 from origin import flv
 from origin.registry import LiveStream, PublishRefused, StreamAlreadyLive, StreamRegistry
 from origin.rtmp_chunk import MessageType
@@ -83,6 +84,7 @@ class _Connection:
         self.reader = reader
         self.writer = writer
         peer = writer.get_extra_info("peername")
+        self.ip = str(peer[0]) if peer else "?"
         self.remote = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.core = RtmpServerConnection()
         self.streams: dict[int, LiveStream] = {}
@@ -200,10 +202,18 @@ class _Connection:
         # Keys may carry a query string (OBS users paste "key?param=..."): it is not part
         # of the secret.
         key = event.stream_key.split("?", 1)[0]
+        limiter = self.server.key_failures
+        if limiter.blocked(self.ip):
+            self.server.metrics.rejected.labels("rate").inc()
+            self.core.reject_publish(event.stream_id, "too many failed key attempts")
+            raise _Refused
         try:
             name = self.server.keys.verify(key)
         except KeyRejected as exc:
+            # The message names the cause, never the presented key (it may be a real
+            # key with a typo: a secret).
             log.warning("rtmp %s: publish refused: %s", self.remote, exc)
+            limiter.failed(self.ip)
             self.server.metrics.rejected.labels("key").inc()
             self.core.reject_publish(event.stream_id, f"publish refused: {exc}")
             raise _Refused from None
@@ -244,11 +254,16 @@ class RtmpServer:
         registry: StreamRegistry,
         keys: KeyStore,
         metrics: RtmpMetrics,
+        key_failures: FailureLimiter | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.keys = keys
         self.metrics = metrics
+        self.key_failures = key_failures or FailureLimiter(
+            "rtmp key check", config.key_failures_per_minute
+        )
+        self._per_ip: dict[str, int] = {}
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -272,6 +287,21 @@ class RtmpServer:
             writer.close()
             return
         conn = _Connection(self, reader, writer)
+        if self._per_ip.get(conn.ip, 0) >= self.config.max_rtmp_connections_per_ip:
+            log.warning(
+                "rtmp: %s has %d connections open (the per-IP limit)",
+                conn.ip,
+                self.config.max_rtmp_connections_per_ip,
+            )
+            self.metrics.rejected.labels("ip_limit").inc()
+            writer.close()
+            return
+        if self.key_failures.blocked(conn.ip):
+            # Still guessing keys: not even a handshake (logged once by the limiter).
+            self.metrics.rejected.labels("rate").inc()
+            writer.close()
+            return
+        self._per_ip[conn.ip] = self._per_ip.get(conn.ip, 0) + 1
         self._connections.add(conn)
         self.metrics.connections.inc()
         self.metrics.active.inc()
@@ -285,6 +315,11 @@ class RtmpServer:
             log.exception("rtmp %s: connection handler failed", conn.remote)
             conn.end_all("internal error")
         finally:
+            left = self._per_ip.get(conn.ip, 1) - 1
+            if left > 0:
+                self._per_ip[conn.ip] = left
+            else:
+                self._per_ip.pop(conn.ip, None)
             self._connections.discard(conn)
             self.metrics.active.dec()
             if task is not None:

@@ -12,10 +12,14 @@ from meshcast.config import OriginConfig
 from meshcast.events import EventBus
 from meshcast.http import HttpService
 from meshcast.keys import KeyStore
+from meshcast.ratelimit import FailureLimiter
+from origin.access_api import AccessApi, access_routes
 from origin.demo import DemoSettings, DemoSource
+from origin.entitlements import AccessStore
 from origin.http_app import create_app
 from origin.registry import LiveStream, StreamRegistry
 from origin.rtmp_server import RtmpMetrics, RtmpServer
+from origin.signing import Keyring
 from origin.whip import WhipServer, whip_routes
 from transcoder.encoders import EncoderSettings, select_backend
 from transcoder.ladder import plan_ladder
@@ -36,19 +40,30 @@ class OriginService:
         self.metrics = CollectorRegistry()
         self.registry = StreamRegistry(self.bus, config.ended_stream_ttl)
         self.keys = KeyStore(config.data_dir)
-        self.rtmp = RtmpServer(config, self.registry, self.keys, RtmpMetrics(self.metrics))
+        # One failure budget per IP across RTMP, WHIP and the API: a guesser cannot get
+        # three times the attempts by switching protocols.
+        self.key_failures = FailureLimiter("key check", config.key_failures_per_minute, window=60.0)
+        self.access = AccessStore(config.data_dir, self.keys.owner_of)
+        self.keyring = Keyring(config.data_dir)
+        self.access_api = AccessApi(self.access, self.keys, self.keyring, self.key_failures)
+        self.rtmp = RtmpServer(
+            config, self.registry, self.keys, RtmpMetrics(self.metrics), self.key_failures
+        )
         Gauge(
             "meshcast_origin_live_streams", "Streams live now", registry=self.metrics
         ).set_function(lambda: len(self.registry.live_streams()))
         self._workers: set[WorkerSink] = set()
         self.registry.add_sink_factory(self._start_transcoder)
-        self.whip = WhipServer(config.whip, self.registry, self.keys, self.metrics)
+        self.whip = WhipServer(
+            config.whip, self.registry, self.keys, self.metrics, self.key_failures
+        )
         self.app = create_app(
             self.registry,
             self.bus,
             self.metrics,
             config.data_dir,
-            extra_routes=whip_routes(self.whip),
+            extra_routes=[*whip_routes(self.whip), *access_routes(self.access_api)],
+            guard=self.access_api.guard,
         )
         self.http = HttpService(self.app, config.host, config.http_port, "origin")
         self.demo = DemoSource(self.registry, demo_settings) if config.demo else None
@@ -97,3 +112,4 @@ class OriginService:
         for worker in list(self._workers):
             await asyncio.to_thread(worker.join, 15)
         await self.http.close()
+        self.access.close()
