@@ -20,7 +20,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from meshcast.http import BodyTooLarge, client_ip, json_error, read_body
-from meshcast.keys import ADMIN_KIND, API_KIND, KeyRejected, KeyStore
+from meshcast.keys import (
+    ADMIN_KIND,
+    API_KIND,
+    InvalidName,
+    KeyRejected,
+    KeyStore,
+    validate_stream_name,
+)
 from meshcast.paths import MediaPath
 from meshcast.ratelimit import FailureLimiter
 from meshcast.tokens import (
@@ -138,7 +145,7 @@ class AccessApi:
             # Assigning ownership (e.g. a VOD asset to its creator) is an operator's act.
             if not principal.admin:
                 raise ApiError(403, "only an admin key may set 'owner'")
-            new_owner = _ident(new_owner, "owner")
+            new_owner = _owner(new_owner)
         elif not principal.may_manage(current.owner):
             raise ApiError(403, f"{scope} is not yours to manage")
         return JSONResponse(self.store.set_policy(scope, access, new_owner).to_json())
@@ -148,7 +155,7 @@ class AccessApi:
         body = await _json_object(request)
         owner = principal.owner
         if principal.admin:
-            owner = _ident(body.get("owner"), "owner")
+            owner = _owner(body.get("owner"))
         scopes = body.get("scopes")
         if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
             raise ApiError(400, "'scopes' must be a list of strings")
@@ -248,10 +255,18 @@ def _text(value: object, field: str, max_len: int = _ID_MAX) -> str:
 
 
 def _ident(value: object, field: str) -> str:
+    """Viewer ids: printable ASCII without spaces (they end up in tokens and logs)."""
     text = _text(value, field)
-    if not text.isprintable():
-        raise ApiError(400, f"'{field}' must be printable")
+    if not all("!" <= c <= "~" for c in text):
+        raise ApiError(400, f"'{field}' must be printable ASCII without spaces")
     return text
+
+
+def _owner(value: object) -> str:
+    try:
+        return validate_stream_name(_text(value, "owner", 64))
+    except InvalidName as exc:
+        raise ApiError(400, f"'owner': {exc}") from None
 
 
 def _int(value: object, field: str, low: int, high: int) -> int:

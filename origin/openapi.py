@@ -17,6 +17,10 @@ _ERROR = {
         }
     },
 }
+_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
+_VIEWER = {"type": "string", "pattern": "^[!-~]{1,128}$"}
+_SCOPE = {"type": "string", "pattern": "^(live|vod|catalog)/[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 128}
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 _SCOPE_PARAMS = [
     {
@@ -29,7 +33,7 @@ _SCOPE_PARAMS = [
         "name": "name",
         "in": "path",
         "required": True,
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+        "schema": _NAME,
     },
 ]
 _POLICY = {
@@ -116,7 +120,7 @@ def openapi_schema() -> dict[str, Any]:
                             "required": ["access"],
                             "properties": {
                                 "access": {"type": "string", "enum": ["public", "token"]},
-                                "owner": {"type": "string"},
+                                "owner": _NAME,
                             },
                         }
                     ),
@@ -136,12 +140,25 @@ def openapi_schema() -> dict[str, Any]:
                             "required": ["kind", "name", "price_cents", "duration_s", "scopes"],
                             "properties": {
                                 "kind": {"type": "string", "enum": ["tvod", "svod"]},
-                                "name": {"type": "string"},
-                                "owner": {"type": "string"},
-                                "price_cents": {"type": "integer", "minimum": 0},
-                                "currency": {"type": "string"},
-                                "duration_s": {"type": "integer", "minimum": 1},
-                                "scopes": {"type": "array", "items": {"type": "string"}},
+                                "name": _TEXT,
+                                "owner": _NAME,
+                                "price_cents": {
+                                    "type": "integer",
+                                    "minimum": 0,
+                                    "maximum": 10**9,
+                                },
+                                "currency": {"type": "string", "minLength": 1, "maxLength": 8},
+                                "duration_s": {
+                                    "type": "integer",
+                                    "minimum": 1,
+                                    "maximum": 10 * 365 * 86400,
+                                },
+                                "scopes": {
+                                    "type": "array",
+                                    "items": _SCOPE,
+                                    "minItems": 1,
+                                    "maxItems": 1000,
+                                },
                             },
                         }
                     ),
@@ -156,8 +173,8 @@ def openapi_schema() -> dict[str, Any]:
                             "type": "object",
                             "required": ["viewer", "product"],
                             "properties": {
-                                "viewer": {"type": "string"},
-                                "product": {"type": "string"},
+                                "viewer": _VIEWER,
+                                "product": _TEXT,
                             },
                         }
                     ),
@@ -172,9 +189,9 @@ def openapi_schema() -> dict[str, Any]:
                             "type": "object",
                             "required": ["viewer", "scope"],
                             "properties": {
-                                "viewer": {"type": "string"},
-                                "scope": {"type": "string"},
-                                "ttl": {"type": "integer", "minimum": 1},
+                                "viewer": _VIEWER,
+                                "scope": _SCOPE,
+                                "ttl": {"type": "integer", "minimum": 1, "maximum": 86400},
                             },
                         }
                     ),
