@@ -26,7 +26,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import CollectorRegistry, Counter
 
-from meshcast.tokens import Claims, TokenError, authorize, covers, parse_key_set
+from meshcast.tokens import CLOCK_SKEW, Claims, TokenError, authorize, covers, parse_key_set
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,15 @@ class PolicyUnavailable(Exception):
 
 
 class AccessControl:
-    def __init__(self, origin: str, client: httpx.AsyncClient, registry: CollectorRegistry):
+    def __init__(
+        self,
+        origin: str,
+        client: httpx.AsyncClient,
+        registry: CollectorRegistry,
+        policy_ttl: float = POLICY_TTL_S,
+    ) -> None:
         self.origin = origin
+        self.policy_ttl = policy_ttl
         self.client = client
         self.keys: dict[str, Ed25519PublicKey] = {}
         self.policies: dict[tuple[str, str], EdgePolicy] = {}
@@ -97,7 +104,7 @@ class AccessControl:
 
     def cached_policy(self, kind: str, name: str, now: float) -> EdgePolicy | None:
         policy = self.policies.get((kind, name))
-        if policy is None or now - policy.fetched_at > POLICY_TTL_S:
+        if policy is None or now - policy.fetched_at > self.policy_ttl:
             return None
         return policy
 
@@ -160,7 +167,7 @@ class AccessControl:
         if claims is None:
             return False
         wall = time.time()
-        return claims.nbf - 30 <= wall <= claims.exp + 30 and covers(
+        return claims.nbf - CLOCK_SKEW <= wall <= claims.exp + CLOCK_SKEW and covers(
             claims, kind, name, policy.owner
         )
 

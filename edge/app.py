@@ -136,7 +136,9 @@ class Edge:
             follow_redirects=False,
         )
         self.access_log = AccessLog(config.cache_dir / "access.csv")
-        self.access = AccessControl(self.origin, self.client, self.metrics.registry)
+        self.access = AccessControl(
+            self.origin, self.client, self.metrics.registry, config.access_policy_ttl
+        )
         self._fills: dict[str, Fill] = {}
 
     # ---- entry point ------------------------------------------------------------------
@@ -159,10 +161,12 @@ class Edge:
                 return json_error(503, str(exc), reason="policy_unavailable", path=path)
             if claims is None:
                 token = None  # public: nothing to forward or rewrite
-        response = await self._serve(request, path, media, token)
         if token is not None and media is not None and media.is_manifest:
-            return await _with_token(response, path, token)
-        return response
+            # Rewritten per viewer: always the whole manifest (players send "Range: bytes=0-"
+            # and validators that would select a partial or cached, unrewritten body).
+            plain = Request({**request.scope, "headers": _without_validators(request)})
+            return await _with_token(await self._serve(plain, path, media, token), path, token)
+        return await self._serve(request, path, media, token)
 
     async def _serve(
         self, request: Request, path: str, media: MediaPath | None, token: str | None
@@ -378,6 +382,11 @@ class Edge:
         await self.cache.close()
         await self.client.aclose()
         self.access_log.close()
+
+
+def _without_validators(request: Request) -> list[tuple[bytes, bytes]]:
+    drop = (b"range", b"if-none-match", b"if-range", b"if-modified-since")
+    return [(k, v) for k, v in request.scope["headers"] if k not in drop]
 
 
 async def _with_token(response: Response, path: str, token: str) -> Response:

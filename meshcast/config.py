@@ -79,4 +79,7 @@ class EdgeConfig:
     # upstream fails; immutable segments are served until evicted.
     stale_grace: float = 60.0
     max_url: int = 2048
+    # Seconds an edge trusts its copy of a stream's access policy (public|token): how long
+    # a switch to token takes to reach every edge, and one policy fetch per stream per TTL.
+    access_policy_ttl: float = 5.0
     plugins: tuple[str, ...] = field(default_factory=tuple)
