@@ -34,6 +34,8 @@ POLICY_TTL_S: Final = 5.0
 KEYS_REFRESH_S: Final = 60.0
 UNKNOWN_KID_REFETCH_S: Final = 10.0
 VERIFIED_CACHE_MAX: Final = 50_000
+# A policy older than TTL x this is not served stale any more: the request waits for it.
+STALE_FACTOR: Final = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,7 @@ class AccessControl:
         self.keys: dict[str, Ed25519PublicKey] = {}
         self.policies: dict[tuple[str, str], EdgePolicy] = {}
         self._inflight: dict[tuple[str, str], asyncio.Future[EdgePolicy]] = {}
+        self._background: set[asyncio.Task[EdgePolicy]] = set()
         self._verified: dict[str, Claims] = {}
         self._last_key_fetch = -1e9
         self.denied = Counter(
@@ -110,26 +113,40 @@ class AccessControl:
 
     async def policy(self, kind: str, name: str) -> EdgePolicy:
         now = time.monotonic()
-        cached = self.cached_policy(kind, name, now)
-        if cached is not None:
-            return cached
         slot = (kind, name)
+        cached = self.policies.get(slot)
+        if cached is not None and now - cached.fetched_at <= self.policy_ttl:
+            return cached
+        if cached is not None and now - cached.fetched_at <= self.policy_ttl * STALE_FACTOR:
+            # Stale-while-revalidate: viewers never wait on the refresh of a known policy
+            # (a change still reaches this edge within about one TTL).
+            if slot not in self._inflight:
+                task = asyncio.get_running_loop().create_task(self._refresh(slot))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            return cached
+        return await self._refresh(slot)
+
+    async def _refresh(self, slot: tuple[str, str]) -> EdgePolicy:
+        """One fetch per name at a time; concurrent callers share its result."""
         future = self._inflight.get(slot)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._inflight[slot] = future
-            try:
-                policy = await self._fetch_policy(kind, name)
-                future.set_result(policy)
-            except PolicyUnavailable as exc:
+        if future is not None:
+            return await asyncio.shield(future)
+        future = asyncio.get_running_loop().create_future()
+        self._inflight[slot] = future
+        try:
+            policy = await self._fetch_policy(*slot)
+        except BaseException as exc:
+            if isinstance(exc, PolicyUnavailable):
                 future.set_exception(exc)
-                # Every waiter gets the exception; mark it retrieved for the creator too.
-                future.exception()
-                raise
-            finally:
-                self._inflight.pop(slot, None)
-            return policy
-        return await asyncio.shield(future)
+                future.exception()  # retrieved: waiters (if any) re-raise it themselves
+            else:
+                future.cancel()  # never leave waiters hanging
+            raise
+        finally:
+            self._inflight.pop(slot, None)
+        future.set_result(policy)
+        return policy
 
     async def _fetch_policy(self, kind: str, name: str) -> EdgePolicy:
         self.policy_fetches.inc()
@@ -199,7 +216,7 @@ class AccessControl:
         return await self.refresh_keys()
 
     async def close(self) -> None:
-        for future in self._inflight.values():
-            future.cancel()
-        with contextlib.suppress(Exception):
-            self._inflight.clear()
+        for task in list(self._background):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, PolicyUnavailable):
+                await task

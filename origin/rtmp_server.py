@@ -62,6 +62,17 @@ class _Refused(Exception):
     """Ends a connection after a refusal was queued for the peer."""
 
 
+def _redact(text: str) -> str:
+    """Some encoders put the stream key in the app or tcUrl (``live?key=...``, or
+    ``live/KEY`` as the app): keep only what precedes a query or a second path level."""
+    head = text.split("?", 1)[0]
+    if "://" in head:
+        scheme, _, rest = head.partition("://")
+        host, _, path = rest.partition("/")
+        return f"{scheme}://{host}/{path.split('/', 1)[0]}" + ("/…" if "/" in path else "")
+    return head.split("/", 1)[0] + ("/…" if "/" in head.strip("/") else "")
+
+
 def _unwrap(previous: int | None, ts: int) -> int:
     """RTMP timestamps are 32-bit milliseconds (they wrap after ~49.7 days)."""
     if previous is None:
@@ -93,12 +104,26 @@ class _Connection:
     async def run(self) -> None:
         cfg = self.server.config
         timeout = cfg.rtmp_handshake_timeout
+        loop = asyncio.get_running_loop()
+        # The handshake must *finish* in time: a client dribbling a byte at a time would
+        # otherwise reset a per-read timeout forever (slowloris).
+        handshake_deadline: float | None = loop.time() + cfg.rtmp_handshake_timeout
         try:
             while not self.core.closed:
+                wait = timeout
+                if handshake_deadline is not None:
+                    wait = min(timeout, handshake_deadline - loop.time())
                 try:
-                    data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+                    if wait <= 0:
+                        raise TimeoutError
+                    data = await asyncio.wait_for(self.reader.read(READ_SIZE), wait)
                 except TimeoutError:
-                    self._close_reason("timeout", f"no data for {timeout:.0f} s")
+                    if handshake_deadline is not None:
+                        self._close_reason(
+                            "timeout", f"handshake not done in {cfg.rtmp_handshake_timeout:.0f} s"
+                        )
+                    else:
+                        self._close_reason("timeout", f"no data for {timeout:.0f} s")
                     return
                 if not data:
                     self.end_all("publisher disconnected")
@@ -110,6 +135,7 @@ class _Connection:
                         for event in events:
                             if isinstance(event, HandshakeComplete):
                                 timeout = cfg.rtmp_idle_timeout
+                                handshake_deadline = None
                             self._handle(event)
                         # Our decisions (accept/refuse) release what the client pipelined.
                         events = self.core.receive_data(b"") if self.core.has_pending else []
@@ -175,15 +201,18 @@ class _Connection:
                 log.warning(
                     "rtmp %s: connect to app %r refused (publish to /%s)",
                     self.remote,
-                    event.app,
+                    _redact(event.app),
                     RTMP_APP,
                 )
                 self.server.metrics.rejected.labels("app").inc()
                 self.core.reject_connect(
-                    event.transaction_id, f"unknown application {event.app!r}; use /{RTMP_APP}"
+                    event.transaction_id,
+                    f"unknown application {_redact(event.app)!r}; use /{RTMP_APP}",
                 )
                 raise _Refused
-            log.debug("rtmp %s: connect app=%s tcUrl=%s", self.remote, app, event.tc_url)
+            log.debug(
+                "rtmp %s: connect app=%s tcUrl=%s", self.remote, app, _redact(event.tc_url or "")
+            )
             self.core.accept_connect(event.transaction_id)
         elif isinstance(event, PublishRequest):
             self._publish(event)

@@ -18,6 +18,7 @@ from edge.service import EdgeService
 from meshcast.config import EdgeConfig, OriginConfig
 from meshcast.http import HeaderDeadlineProtocol
 from meshcast.keys import API_KIND
+from origin.rtmp_server import _redact
 from origin.service import OriginService
 from tests.conftest import free_port, rtmp_url, stream_json, wait_for_state
 from tests.e2e.test_rtmp_ingest import ffmpeg_push
@@ -33,7 +34,7 @@ async def small_origin(tmp_path: Path) -> AsyncIterator[OriginService]:
             http_port=0,
             rtmp_port=0,
             max_rtmp_connections_per_ip=2,
-            rtmp_handshake_timeout=5.0,
+            rtmp_handshake_timeout=1.5,
         )
     )
     await service.start()
@@ -137,6 +138,31 @@ async def test_rtmp_connections_per_ip(small_origin: OriginService) -> None:
     async with httpx.AsyncClient() as c:
         text = (await c.get(f"{small_origin.url}/metrics")).text
     assert 'meshcast_rtmp_rejected_total{reason="ip_limit"} 1.0' in text
+
+
+async def test_rtmp_handshake_dribble_is_cut_off(small_origin: OriginService) -> None:
+    """One byte every 0.3 s never trips a per-read timeout; the handshake deadline does."""
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", small_origin.rtmp.port)
+    started = loop.time()
+    closed_after = None
+    with contextlib.suppress(ConnectionError):
+        for _ in range(30):
+            writer.write(b"\x03")
+            await writer.drain()
+            with contextlib.suppress(TimeoutError):
+                if await asyncio.wait_for(reader.read(1), 0.3) == b"":
+                    closed_after = loop.time() - started
+                    break
+    writer.close()
+    assert closed_after is not None and closed_after < 3.0, closed_after
+
+
+def test_rtmp_log_redaction() -> None:
+    assert _redact("live?key=stream_1_secret") == "live"
+    assert _redact("live/stream_1_secret") == "live/…"
+    assert _redact("rtmp://h:1935/live/stream_1_secret?x=1") == "rtmp://h:1935/live/…"
+    assert _redact("rtmp://h:1935/live") == "rtmp://h:1935/live"
 
 
 async def test_key_guessing_is_rate_limited_across_protocols(origin: OriginService) -> None:
