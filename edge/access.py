@@ -152,6 +152,10 @@ class AccessControl:
         self.policy_fetches.inc()
         try:
             response = await self.client.get(f"{self.origin}/api/access/{kind}/{name}", timeout=3.0)
+            if response.status_code == 404:
+                # Not a meshcast origin (e.g. a plain web server in front of files): it has
+                # no access control, so it cannot have made anything token-only.
+                return self._remember(kind, name, "public", None)
             response.raise_for_status()
             body = response.json()
             access, owner = body["access"], body.get("owner")
@@ -163,7 +167,10 @@ class AccessControl:
                 log.warning("edge: policy of %s/%s: %s; using the cached one", kind, name, exc)
                 return stale
             raise PolicyUnavailable(f"access policy of {kind}/{name} unavailable: {exc}") from exc
-        policy = EdgePolicy(access, owner if isinstance(owner, str) else None, time.monotonic())
+        return self._remember(kind, name, access, owner if isinstance(owner, str) else None)
+
+    def _remember(self, kind: str, name: str, access: str, owner: str | None) -> EdgePolicy:
+        policy = EdgePolicy(access, owner, time.monotonic())
         self.policies[(kind, name)] = policy
         return policy
 

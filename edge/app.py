@@ -151,7 +151,7 @@ class Edge:
         if media is None and (not _PASSTHROUGH.fullmatch(path) or ".." in path):
             return json_error(404, "not found", path=path)
         token: str | None = None
-        if media is not None:
+        if media is not None and self.config.access_control:
             token = token_from_query(request.url.query) or request.headers.get(TOKEN_HEADER)
             try:
                 claims = await self.access.check(media.kind, media.name, token)
@@ -423,6 +423,7 @@ class FastPath:
         self.app = app
         self._hits = edge.metrics.requests.labels("HIT")
         self._observing = edge.demand is not None or edge.prefetcher is not None
+        self._check = edge.config.access_control
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
@@ -431,7 +432,7 @@ class FastPath:
                 obj is not None
                 and obj.body is not None
                 and obj.expires_at is None
-                and self._allowed(scope)
+                and (not self._check or self._allowed(scope))
             ):
                 cors = peer = False
                 for name, _ in scope["headers"]:

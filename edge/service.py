@@ -29,10 +29,11 @@ class EdgeService:
         return f"http://{self.config.host}:{self.http.port}"
 
     async def start(self) -> None:
-        # Token keys first, so token-protected streams play from the first request; an
-        # unreachable origin is retried by the loop (public streams need no keys).
-        await self.edge.access.refresh_keys()
-        self._keys = asyncio.create_task(self._refresh_keys_later())
+        if self.config.access_control:
+            # Token keys first, so token-protected streams play from the first request; an
+            # unreachable origin is retried by the loop (public streams need no keys).
+            await self.edge.access.refresh_keys()
+            self._keys = asyncio.create_task(self._refresh_keys_later())
         await self.http.start()
         if self.edge.ring.peers:
             self._health = asyncio.create_task(self.edge.ring.health_loop(self.edge.client))

@@ -82,4 +82,7 @@ class EdgeConfig:
     # Seconds an edge trusts its copy of a stream's access policy (public|token): how long
     # a switch to token takes to reach every edge, and one policy fetch per stream per TTL.
     access_policy_ttl: float = 5.0
+    # Off only in front of an upstream that is not a meshcast origin (no /api/access, no
+    # token keys): every object is then served as public.
+    access_control: bool = True
     plugins: tuple[str, ...] = field(default_factory=tuple)
