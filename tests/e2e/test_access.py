@@ -138,6 +138,9 @@ async def test_token_protected_stream_through_the_edge(mesh: Mesh, ffmpeg_cli: s
             if line and not line.startswith("#")
         )
 
+        mpd = await c.get(f"{edge}/live/paid/manifest.mpd?token={token}")
+        assert mpd.status_code == 200
+        assert f'media="$RepresentationID$/$Number$.m4s?token={token}"' in mpd.text
         master = await c.get(f"{edge}/live/paid/master.m3u8?token={token}")
         assert master.status_code == 200, master.text
         children = [ln for ln in master.text.splitlines() if ln and not ln.startswith("#")]
@@ -305,3 +308,31 @@ async def test_tvod_rental_expires_and_tokens_never_outlive_it(origin: OriginSer
         assert (await c.post("/api/tokens", headers=bearer(club), json=body)).status_code == 201
         other = {"viewer": "fan", "scope": "live/other"}
         assert (await c.post("/api/tokens", headers=bearer(club), json=other)).status_code == 403
+
+
+async def test_key_rotation_reaches_the_edge(mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token signed by a key the edge has not seen yet: one key-set refetch, then offline
+    again; the previous key keeps verifying."""
+    o = mesh.origin
+    admin = o.keys.create("ops", ADMIN_KIND)
+    async with httpx.AsyncClient(base_url=o.url) as c:
+        r = await c.put(
+            "/api/access/live/rot",
+            json={"access": "token", "owner": "studio"},
+            headers=bearer(admin),
+        )
+        assert r.status_code == 200
+    claims = Claims("live/rot", exp=int(time.time()) + 600, nbf=0, iat=0, sub="v")
+    old = o.keyring.mint(claims)
+    o.keyring.rotate()
+    new = o.keyring.mint(claims)
+    monkeypatch.setattr("edge.access.UNKNOWN_KID_REFETCH_S", 0.0)
+    edge = mesh.edges[0]
+    url = f"{edge.url}/live/rot/master.m3u8"
+    async with httpx.AsyncClient() as c:
+        fetches = edge.edge.access.key_fetches._value.get()
+        for token in (new, new, old):
+            r = await c.get(url, params={"token": token})
+            # Admitted: the stream has no media, so the origin's 404 comes through.
+            assert r.status_code == 404, r.text
+        assert edge.edge.access.key_fetches._value.get() == fetches + 1
