@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -177,8 +178,23 @@ def test_fuzz_mutated_token_never_verifies(data: st.DataObject) -> None:
     assert result == claims()
 
 
-@settings(max_examples=500)
-@given(st.text(max_size=400))
-def test_fuzz_query_parser_is_total(query: str) -> None:
+def reference_token(query: str) -> str | None:
+    """The obvious implementation, which token_from_query must match."""
+    first32 = "&".join(query.split("&")[:32])
+    for key, value in parse_qsl(first32, keep_blank_values=True):
+        if key == "token":
+            return value if 0 < len(value) <= 1024 else None
+    return None
+
+
+_QUERY_PIECES = st.sampled_from(
+    ["token", "=", "&", "%", "%2", "%3D", "%74oken", "+", "a", "é", ";"]
+)
+
+
+@settings(max_examples=1000)
+@given(st.one_of(st.text(max_size=400), st.lists(_QUERY_PIECES, max_size=40).map("".join)))
+def test_fuzz_query_parser_matches_parse_qsl(query: str) -> None:
     result = token_from_query(query)
     assert result is None or 0 < len(result) <= 1024
+    assert result == reference_token(query)
