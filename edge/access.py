@@ -34,6 +34,7 @@ POLICY_TTL_S: Final = 5.0
 KEYS_REFRESH_S: Final = 60.0
 UNKNOWN_KID_REFETCH_S: Final = 10.0
 VERIFIED_CACHE_MAX: Final = 50_000
+POLICY_CACHE_MAX: Final = 20_000
 # A policy older than TTL x this is not served stale any more: the request waits for it.
 STALE_FACTOR: Final = 12
 
@@ -171,6 +172,10 @@ class AccessControl:
 
     def _remember(self, kind: str, name: str, access: str, owner: str | None) -> EdgePolicy:
         policy = EdgePolicy(access, owner, time.monotonic())
+        self.policies.pop((kind, name), None)  # re-inserted last: the dict stays oldest-first
+        if len(self.policies) >= POLICY_CACHE_MAX:
+            # Requests for random names must not grow memory without bound: drop the oldest.
+            del self.policies[next(iter(self.policies))]
         self.policies[(kind, name)] = policy
         return policy
 

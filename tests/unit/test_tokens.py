@@ -198,3 +198,17 @@ def test_fuzz_query_parser_matches_parse_qsl(query: str) -> None:
     result = token_from_query(query)
     assert result is None or 0 < len(result) <= 1024
     assert result == reference_token(query)
+
+
+async def test_edge_policy_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+    from prometheus_client import CollectorRegistry
+
+    from edge import access
+
+    monkeypatch.setattr(access, "POLICY_CACHE_MAX", 3)
+    async with httpx.AsyncClient() as client:
+        control = access.AccessControl("http://127.0.0.1:9", client, CollectorRegistry())
+        for name in ("a", "b", "c", "d", "b", "e"):
+            control._remember("live", name, "public", None)
+    assert list(control.policies) == [("live", "d"), ("live", "b"), ("live", "e")]
