@@ -4,10 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # command -> Debian package: the ffmpeg CLI (independent test client), Chromium (browser
-# tests), curl, node/npm (player assets).
-APT_COMMANDS := ffmpeg:ffmpeg chromium:chromium curl:curl npm:npm
+# tests), curl, node/npm (player assets), nats-server (event bus tests, make cluster).
+APT_COMMANDS := ffmpeg:ffmpeg chromium:chromium curl:curl npm:npm nats-server:nats-server
 
-.PHONY: up test lint typecheck pytest system-deps npm-dep apt-deps venv player clean
+.PHONY: up test lint typecheck pytest system-deps npm-dep apt-deps venv player cluster clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ player: $(PLAYER_STAMP)
 
 up: venv player
 	$(BIN)/meshcast up --demo --data data
+
+# nats-server + origin (with the demo stream) + 3 edges as separate processes.
+cluster: venv player
+	@$(MAKE) --no-print-directory apt-deps APT_COMMANDS="nats-server:nats-server curl:curl"
+	scripts/cluster.sh data/cluster
 
 lint: venv
 	$(BIN)/ruff check .

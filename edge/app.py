@@ -97,7 +97,7 @@ class Edge:
     def __init__(self, config: EdgeConfig, metrics: CollectorRegistry | None = None) -> None:
         self.config = config
         self.origin = config.origin.rstrip("/")
-        self.self_url = f"http://{config.host}:{config.port}"
+        self.self_url = (config.advertise or f"http://{config.host}:{config.port}").rstrip("/")
         policy: str | Callable[[int], EvictionPolicy] = config.cache_policy
         self.demand: DemandTracker | None = None
         if config.cache_policy == "ml":
@@ -185,6 +185,13 @@ class Edge:
             fill = self._start_fill(key, from_peer, token)
             label = ""
         return await self._from_fill(request, fill, label, cached)
+
+    def forget_manifests(self, prefix: str) -> None:
+        for tier in (self.cache.memory, self.cache.disk):
+            for key in [k for k in tier.entries if k.startswith(prefix)]:
+                media = parse_media_path(key)
+                if media is not None and media.is_manifest:
+                    self.cache.invalidate(key)
 
     def observe(self, key: str, size: int, from_peer: bool) -> None:
         """A request for a media object: demand model input and prefetch trigger."""

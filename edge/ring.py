@@ -34,8 +34,38 @@ class PeerRing:
     def __init__(self, self_url: str, peers: Iterable[str], *, down_for: float = 5.0) -> None:
         self.self_url = self_url.rstrip("/")
         self.peers = sorted({p.rstrip("/") for p in peers} - {self.self_url})
+        self._static = frozenset(self.peers)  # configured with --peer: never forgotten
         self.down_for = down_for
         self._down_until: dict[str, float] = {}
+        self._heard: dict[str, float] = {}  # peers learned from the bus: last heartbeat
+
+    # ---- membership from the event bus -------------------------------------------------
+
+    def heard(self, peer: str) -> None:
+        """A heartbeat from ``peer``: it joins the ring (or stays in it)."""
+        peer = peer.rstrip("/")
+        if peer == self.self_url:
+            return
+        self._heard[peer] = time.monotonic()
+        if peer not in self.peers:
+            self.peers = sorted({*self.peers, peer})
+            log.info("edge %s: peer %s joined the ring", self.self_url, peer)
+        self.mark_up(peer)
+
+    def left(self, peer: str, reason: str) -> None:
+        peer = peer.rstrip("/")
+        self._heard.pop(peer, None)
+        if peer in self.peers and peer not in self._static:
+            self.peers = [p for p in self.peers if p != peer]
+            self._down_until.pop(peer, None)
+            log.info("edge %s: peer %s left the ring (%s)", self.self_url, peer, reason)
+
+    def expire(self, silent_for: float) -> None:
+        """Forget bus-learned peers without a heartbeat for ``silent_for`` seconds."""
+        cutoff = time.monotonic() - silent_for
+        for peer, at in list(self._heard.items()):
+            if at < cutoff:
+                self.left(peer, f"no heartbeat for {silent_for:.0f} s")
 
     def alive_peers(self) -> list[str]:
         now = time.monotonic()
@@ -60,7 +90,7 @@ class PeerRing:
         """Probe peers so the ring rebalances without waiting for a failed request."""
         while True:
             await asyncio.sleep(interval)  # peers started with us may still be binding
-            for peer in self.peers:
+            for peer in list(self.peers):
                 try:
                     ok = (await client.get(f"{peer}/healthz", timeout=0.5)).status_code == 200
                 except httpx.HTTPError:

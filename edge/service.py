@@ -1,4 +1,5 @@
-"""Runs one edge: its HTTP app and the peer health checks."""
+"""Runs one edge: its HTTP app, the peer health checks and, with ``--bus``, its membership
+in the ring over NATS (heartbeats out, peers and stream events in)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import logging
 
 from edge.access import KEYS_REFRESH_S
 from edge.app import Edge, create_app
+from meshcast import events
 from meshcast.config import EdgeConfig
 from meshcast.http import HttpService
+from meshcast.nats_bus import NatsBus
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,8 @@ class EdgeService:
         self._health: asyncio.Task[None] | None = None
         self._prefetch: asyncio.Task[None] | None = None
         self._keys: asyncio.Task[None] | None = None
+        self._bus_tasks: list[asyncio.Task[None]] = []
+        self.bus = NatsBus(config.bus, f"edge@{self.edge.self_url}") if config.bus else None
 
     @property
     def url(self) -> str:
@@ -35,8 +40,14 @@ class EdgeService:
             await self.edge.access.refresh_keys()
             self._keys = asyncio.create_task(self._refresh_keys_later())
         await self.http.start()
-        if self.edge.ring.peers:
+        if self.edge.ring.peers or self.bus is not None:
             self._health = asyncio.create_task(self.edge.ring.health_loop(self.edge.client))
+        if self.bus is not None:
+            await self.bus.start()
+            self._bus_tasks = [
+                asyncio.create_task(self._announce(self.bus)),
+                asyncio.create_task(self._listen(self.bus)),
+            ]
         if self.edge.prefetcher is not None:
             self._prefetch = asyncio.create_task(self.edge.prefetcher.run())
         log.info(
@@ -55,11 +66,38 @@ class EdgeService:
         await asyncio.sleep(KEYS_REFRESH_S)
         await self.edge.access.keys_loop()
 
+    async def _announce(self, bus: NatsBus) -> None:
+        every = self.config.heartbeat
+        while True:
+            bus.publish(events.NODE_HEARTBEAT, role="edge", url=self.edge.self_url)
+            self.edge.ring.expire(4 * every)
+            await asyncio.sleep(every)
+
+    async def _listen(self, bus: NatsBus) -> None:
+        types = [events.NODE_HEARTBEAT, events.NODE_LEFT, events.STREAM_PUBLISHED,
+                 events.STREAM_ENDED]  # fmt: skip
+        with bus.subscribe(types) as sub:
+            async for event in sub:
+                url, name = event.data.get("url"), event.data.get("name")
+                if event.type == events.NODE_HEARTBEAT and event.data.get("role") == "edge":
+                    if isinstance(url, str):
+                        self.edge.ring.heard(url)
+                elif event.type == events.NODE_LEFT and isinstance(url, str):
+                    self.edge.ring.left(url, "shut down")
+                elif isinstance(name, str):
+                    # A new publication or its end changes the playlists: drop cached
+                    # copies now instead of serving them until they expire.
+                    self.edge.forget_manifests(f"/live/{name}/")
+
     async def close(self) -> None:
-        for task in (self._health, self._prefetch, self._keys):
+        if self.bus is not None:
+            self.bus.publish(events.NODE_LEFT, role="edge", url=self.edge.self_url)
+        for task in (*self._bus_tasks, self._health, self._prefetch, self._keys):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.http.close()
         await self.edge.close()
+        if self.bus is not None:
+            await self.bus.close()

@@ -19,12 +19,7 @@ from transcoder.encoders import EncoderUnavailable
 from transcoder.ladder import parse_ladder
 
 
-def _add_origin_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, default=Path("data"), help="data directory (keys, media)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--http-port", type=int, default=cfg.DEFAULT_HTTP_PORT)
-    p.add_argument("--rtmp-port", type=int, default=cfg.DEFAULT_RTMP_PORT)
-    p.add_argument("--demo", action="store_true", help="publish the synthetic stream 'demo'")
+def _add_transcode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--encoder",
         choices=["auto", "nvenc", "x264"],
@@ -44,6 +39,23 @@ def _add_origin_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="rungs as HEIGHT:KBPS,... (default 1080:5000,720:2800,480:1400,360:800)",
     )
+
+
+def _add_origin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=Path("data"), help="data directory (keys, media)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--http-port", type=int, default=cfg.DEFAULT_HTTP_PORT)
+    p.add_argument("--rtmp-port", type=int, default=cfg.DEFAULT_RTMP_PORT)
+    p.add_argument("--demo", action="store_true", help="publish the synthetic stream 'demo'")
+    p.add_argument("--bus", default=None, metavar="URL", help="NATS event bus, nats://HOST:4222")
+    _add_transcode_args(p)
+    p.add_argument(
+        "--transcoders",
+        choices=["auto", "local", "remote"],
+        default="auto",
+        help="transcode in local workers, on transcoder nodes found on --bus, or auto",
+    )
+    p.add_argument("--transcoder-secret", default="", help="shared with `meshcast transcoder`")
     p.add_argument(
         "--ice-server",
         action="append",
@@ -79,6 +91,18 @@ def _parser() -> argparse.ArgumentParser:
         "--cache-dir", type=Path, default=None, help="disk tier and access log (data/edge-PORT)"
     )
     edge.add_argument("--plugin", action="append", default=[])
+    edge.add_argument("--bus", default=None, metavar="URL", help="NATS event bus: peers, streams")
+    edge.add_argument("--advertise", default=None, metavar="URL", help="URL peers reach us at")
+
+    tr = sub.add_parser("transcoder", help="a transcoder node: takes live streams from origins")
+    tr.add_argument("--bus", required=True, metavar="URL", help="NATS event bus")
+    tr.add_argument("--data", type=Path, default=Path("data"), help="segment store directory")
+    tr.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    tr.add_argument("--port", type=int, default=7000, help="port origins connect to")
+    tr.add_argument("--http-port", type=int, default=7001, help="/healthz and /metrics")
+    tr.add_argument("--advertise", default=None, metavar="URL", help="tcp://HOST:PORT for origins")
+    tr.add_argument("--secret", default="", help="shared with the origins' --transcoder-secret")
+    _add_transcode_args(tr)
 
     bench = sub.add_parser("bench", help="offline benchmarks")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
@@ -133,7 +157,7 @@ def _add_edge_cache_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _origin_config(args: argparse.Namespace) -> cfg.OriginConfig:
+def _transcode_config(args: argparse.Namespace) -> cfg.TranscodeConfig:
     transcode = cfg.TranscodeConfig(
         segment_duration=args.segment_duration,
         window_segments=args.dvr_window,
@@ -143,6 +167,11 @@ def _origin_config(args: argparse.Namespace) -> cfg.OriginConfig:
     if args.ladder:
         ladder = tuple((spec.height, spec.video_kbps) for spec in args.ladder)
         transcode = dataclasses.replace(transcode, ladder=ladder)
+    return transcode
+
+
+def _origin_config(args: argparse.Namespace) -> cfg.OriginConfig:
+    transcode = _transcode_config(args)
     return cfg.OriginConfig(
         data_dir=args.data,
         host=args.host,
@@ -151,6 +180,9 @@ def _origin_config(args: argparse.Namespace) -> cfg.OriginConfig:
         demo=args.demo,
         transcode=transcode,
         whip=cfg.WhipConfig(ice_servers=tuple(args.ice_server)),
+        bus=args.bus,
+        transcoders=args.transcoders,
+        transcoder_secret=args.transcoder_secret,
     )
 
 
@@ -231,6 +263,7 @@ async def _up(args: argparse.Namespace) -> None:
                 cache_policy=args.cache_policy,
                 prefetch_budget=args.prefetch_budget,
                 plugins=tuple(args.plugin),
+                bus=args.bus,
             )
         )
         for port in edge_ports
@@ -277,9 +310,30 @@ async def _edge(args: argparse.Namespace) -> None:
             cache_policy=args.cache_policy,
             prefetch_budget=args.prefetch_budget,
             plugins=tuple(args.plugin),
+            bus=args.bus,
+            advertise=args.advertise,
         )
     )
     await run_services([edge], on_ready=lambda: f"edge ready: {edge.url}")
+
+
+async def _transcoder(args: argparse.Namespace) -> None:
+    from meshcast.supervisor import run_services
+    from transcoder.node import TranscoderNode, TranscoderNodeConfig
+
+    node = TranscoderNode(
+        TranscoderNodeConfig(
+            bus=args.bus,
+            data_dir=args.data,
+            host=args.host,
+            port=args.port,
+            http_port=args.http_port,
+            advertise=args.advertise,
+            secret=args.secret,
+            transcode=_transcode_config(args),
+        )
+    )
+    await run_services([node], on_ready=lambda: f"transcoder ready: {node.ingest_url}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -289,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_keys(args)
     if args.command == "bench":
         return _cmd_bench_cache(args) if args.bench_command == "cache" else _cmd_gen_trace(args)
-    runner = {"up": _up, "origin": _origin, "edge": _edge}[args.command]
+    runner = {"up": _up, "origin": _origin, "edge": _edge, "transcoder": _transcoder}[args.command]
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
             loop_runner.run(runner(args))

@@ -58,6 +58,13 @@ class OriginConfig:
     ended_stream_ttl: float = 300.0
     whip: WhipConfig = field(default_factory=WhipConfig)
     transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
+    # Event bus: None = in-process; "nats://host:4222" = NATS (meshcast/nats_bus.py).
+    bus: str | None = None
+    # Where live streams are transcoded: "local" worker processes, "remote" transcoder
+    # nodes found on the bus (refuse to publish when none is alive), or "auto" (remote
+    # when one is alive, else local).
+    transcoders: str = "auto"
+    transcoder_secret: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,3 +93,9 @@ class EdgeConfig:
     # token keys): every object is then served as public.
     access_control: bool = True
     plugins: tuple[str, ...] = field(default_factory=tuple)
+    # NATS URL: the edge announces itself and learns its peers and streams from the bus.
+    bus: str | None = None
+    # The URL other nodes reach this edge at (default http://HOST:PORT).
+    advertise: str | None = None
+    # Seconds between membership heartbeats; a peer silent for 4 of them leaves the ring.
+    heartbeat: float = 2.0

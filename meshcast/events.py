@@ -1,4 +1,5 @@
-"""In-process event bus (the embedded default; a NATS backend comes with scale-out).
+"""In-process event bus (the embedded default; ``meshcast/nats_bus.py`` carries the same
+events between hosts over NATS).
 
 Subscribers get a bounded queue each: a slow subscriber loses its oldest events (and the
 loss is counted) instead of making publishers wait or memory grow.
@@ -18,6 +19,9 @@ log = logging.getLogger(__name__)
 
 STREAM_PUBLISHED: Final = "stream.published"
 STREAM_ENDED: Final = "stream.ended"
+# Membership: every edge announces itself periodically; "node.left" on a clean shutdown.
+NODE_HEARTBEAT: Final = "node.heartbeat"
+NODE_LEFT: Final = "node.left"
 
 _ids = itertools.count(1)
 
@@ -75,9 +79,19 @@ class EventBus:
     def publish(self, type: str, **data: Any) -> Event:
         event = Event(type, data)
         log.debug("event %s %s", type, data)
+        self.deliver(event)
+        return event
+
+    def deliver(self, event: Event) -> None:
+        """Hand an event to the local subscribers only (also used for remote events)."""
         for sub in list(self._subscriptions):
             sub.offer(event)
-        return event
+
+    async def start(self) -> None:
+        """Nothing to connect in-process; remote backends override this."""
+
+    async def close(self) -> None:
+        pass
 
     def subscribe(self, types: Iterable[str] | None = None, maxsize: int = 1024) -> Subscription:
         sub = Subscription(self, frozenset(types) if types is not None else None, maxsize)

@@ -87,3 +87,29 @@ def deliver(sink: MediaSink, item: IngestItem) -> None:
         sink.on_video_config(item)
     else:
         sink.on_audio_config(item)
+
+
+class KeyframeGate:
+    """Drop policy of every bounded hand-off of a live stream: once a video packet is lost,
+    video resumes only at the next keyframe (the next point a decoder can start from)."""
+
+    def __init__(self) -> None:
+        self.dropping = False
+        self.dropped = 0
+
+    def admit(self, packet: MediaPacket) -> bool:
+        """False when ``packet`` must be dropped because video is waiting for a keyframe."""
+        if packet.kind is MediaKind.VIDEO:
+            if self.dropping and not packet.keyframe:
+                self.dropped += 1
+                return False
+            self.dropping = False
+        return True
+
+    def lost(self, packet: MediaPacket) -> bool:
+        """``packet`` could not be handed on; True when this starts a video drop (log it)."""
+        self.dropped += 1
+        if packet.kind is MediaKind.VIDEO and not self.dropping:
+            self.dropping = True
+            return True
+        return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
@@ -36,7 +37,10 @@ PEER_HEADER = "x-meshcast-peer"
 MediaGuard = Callable[[Request, MediaPath], tuple[Response | None, str | None]]
 
 
-PLAYER_DIR = Path(__file__).resolve().parent.parent / "player-demo"
+# Next to the packages in a checkout; MESHCAST_PLAYER_DIR where they are installed (image).
+PLAYER_DIR = Path(
+    os.environ.get("MESHCAST_PLAYER_DIR") or Path(__file__).resolve().parent.parent / "player-demo"
+)
 # URL below /player/ -> file below player-demo/ (a whitelist: nothing else is served).
 PLAYER_FILES = {
     "": "index.html",
@@ -109,18 +113,23 @@ def create_app(
             live = stream is not None and stream.live
             # Live manifests change every segment; ended ones only on a new publication.
             cache = "public, max-age=1" if live else "public, max-age=10"
-            if token is not None and PEER_HEADER not in request.headers:
-                # A viewer straight on the origin: children carry the token (an edge
-                # rewrites for its own viewers, from its shared cached copy).
-                body = rewrite_manifest(media.relative, path.read_bytes(), token)
-                return Response(
-                    body,
-                    media_type=media.content_type,
-                    headers={"Cache-Control": "private, no-store"},
-                )
-        else:
-            cache = IMMUTABLE
-        return FileResponse(path, media_type=media.content_type, headers={"Cache-Control": cache})
+            # A viewer straight on the origin: children carry the token (an edge rewrites
+            # for its own viewers, from its shared cached copy).
+            rewrite = token is not None and PEER_HEADER not in request.headers
+            if rewrite:
+                cache = "private, no-store"
+            # Playlists are replaced (atomic rename) every segment: read the whole small
+            # file at once, or FileResponse may send a stat()ed length of another version.
+            try:
+                body = await asyncio.to_thread(path.read_bytes)
+            except FileNotFoundError:
+                return json_error(404, "not available (yet)", path=request.url.path)
+            if rewrite and token is not None:
+                body = rewrite_manifest(media.relative, body, token)
+            return Response(body, media_type=media.content_type, headers={"Cache-Control": cache})
+        return FileResponse(
+            path, media_type=media.content_type, headers={"Cache-Control": IMMUTABLE}
+        )
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "role": "origin"})

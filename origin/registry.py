@@ -183,6 +183,10 @@ class StreamRegistry:
         for factory in self._sink_factories:
             try:
                 sink = factory(stream)
+            except PublishRefused:
+                for started in stream.sinks:
+                    started.on_end()
+                raise
             except Exception as exc:
                 log.exception("stream %s: could not start a consumer", name)
                 for started in stream.sinks:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from fractions import Fraction
 
@@ -11,13 +12,16 @@ from prometheus_client import CollectorRegistry, Gauge
 from meshcast.config import OriginConfig
 from meshcast.events import EventBus
 from meshcast.http import HttpService
+from meshcast.ingest import PacketSink
 from meshcast.keys import KeyStore
+from meshcast.nats_bus import make_bus
 from meshcast.ratelimit import FailureLimiter
 from origin.access_api import AccessApi, access_routes
 from origin.demo import DemoSettings, DemoSource
 from origin.entitlements import AccessStore
 from origin.http_app import create_app
-from origin.registry import LiveStream, StreamRegistry
+from origin.registry import LiveStream, PublishRefused, StreamRegistry
+from origin.remote_transcode import RemoteSink, TranscoderDirectory
 from origin.rtmp_server import RtmpMetrics, RtmpServer
 from origin.signing import Keyring
 from origin.whip import WhipServer, whip_routes
@@ -36,7 +40,7 @@ class OriginService:
         demo_settings: DemoSettings | None = None,
     ) -> None:
         self.config = config
-        self.bus = bus or EventBus()
+        self.bus = bus or make_bus(config.bus, f"origin@{config.host}:{config.http_port}")
         self.metrics = CollectorRegistry()
         self.registry = StreamRegistry(self.bus, config.ended_stream_ttl)
         self.keys = KeyStore(config.data_dir)
@@ -53,6 +57,8 @@ class OriginService:
             "meshcast_origin_live_streams", "Streams live now", registry=self.metrics
         ).set_function(lambda: len(self.registry.live_streams()))
         self._workers: set[WorkerSink] = set()
+        self._remote: set[RemoteSink] = set()
+        self.transcoders = TranscoderDirectory(self.bus)
         self.registry.add_sink_factory(self._start_transcoder)
         self.whip = WhipServer(
             config.whip, self.registry, self.keys, self.metrics, self.key_failures
@@ -72,12 +78,21 @@ class OriginService:
     def url(self) -> str:
         return f"http://{self.config.host}:{self.http.port}"
 
-    def _start_transcoder(self, stream: LiveStream) -> WorkerSink:
+    def _start_transcoder(self, stream: LiveStream) -> PacketSink:
         loop = asyncio.get_running_loop()
 
         def failed(reason: str) -> None:
             loop.call_soon_threadsafe(self.registry.end, stream, reason)
 
+        mode = self.config.transcoders
+        if mode != "local":
+            url = self.transcoders.pick()
+            if url is not None:
+                remote = RemoteSink(stream.name, url, self.config.transcoder_secret, failed)
+                self._remote = {r for r in self._remote if not r.done} | {remote}
+                return remote
+            if mode == "remote":
+                raise PublishRefused("no transcoder node is available; try again later")
         self._workers = {w for w in self._workers if w.alive}
         sink = WorkerSink(stream.name, self.config.data_dir, self.config.transcode, failed)
         self._workers.add(sink)
@@ -96,6 +111,8 @@ class OriginService:
     async def start(self) -> None:
         self.check_encoder()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.bus.start()
+        self.transcoders.start()
         await self.rtmp.start()
         await self.http.start()
         log.info("origin HTTP on %s", self.url)
@@ -111,5 +128,11 @@ class OriginService:
         # Ended streams' workers are writing their last segments and ENDLIST: let them.
         for worker in list(self._workers):
             await asyncio.to_thread(worker.join, 15)
+        for remote in list(self._remote):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await remote.flushed()
+        await self.transcoders.close()
         await self.http.close()
         self.access.close()
+        await self.bus.close()

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from meshcast.config import TranscodeConfig
-from meshcast.ingest import AudioConfig, IngestItem, MediaKind, MediaPacket, VideoConfig, deliver
+from meshcast.ingest import (
+    AudioConfig,
+    IngestItem,
+    KeyframeGate,
+    MediaPacket,
+    VideoConfig,
+    deliver,
+)
 from meshcast.logs import ignore_terminal_signals, setup_logging
 from meshcast.store import LocalStore
 
@@ -73,8 +80,7 @@ class WorkerSink:
         self._on_failure = on_failure
         self._ending = False
         self._failed = False
-        self._dropping_video = False
-        self.dropped = 0
+        self._gate = KeyframeGate()
         self._process.start()
         self._watcher = threading.Thread(target=self._watch, name=f"watch-{name}", daemon=True)
         self._watcher.start()
@@ -104,20 +110,17 @@ class WorkerSink:
         self._put(config)
 
     def on_packet(self, packet: MediaPacket) -> None:
-        if packet.kind is MediaKind.VIDEO:
-            if self._dropping_video and not packet.keyframe:
-                self.dropped += 1
-                return
-            self._dropping_video = False
-        if not self._put(packet):
-            self.dropped += 1
-            if packet.kind is MediaKind.VIDEO and not self._dropping_video and not self._failed:
-                self._dropping_video = True
-                log.warning(
-                    "stream %s: transcoder behind (queue full); dropping video to the next "
-                    "keyframe",
-                    self.name,
-                )
+        if not self._gate.admit(packet):
+            return
+        if not self._put(packet) and self._gate.lost(packet) and not self._failed:
+            log.warning(
+                "stream %s: transcoder behind (queue full); dropping video to the next keyframe",
+                self.name,
+            )
+
+    @property
+    def dropped(self) -> int:
+        return self._gate.dropped
 
     def on_end(self) -> None:
         if self._ending or self._failed:
@@ -135,11 +138,13 @@ class WorkerSink:
 
     @property
     def alive(self) -> bool:
-        return self._process.is_alive()
+        return self._watcher.is_alive()  # see join(): never poll the process from here
 
     def join(self, timeout: float) -> None:
-        self._process.join(timeout)
-        if self._process.is_alive():
+        # Only the watcher thread reaps the process: two threads in Process.join() race on
+        # waitpid and the loser reads exit code None (a false "worker failed").
+        self._watcher.join(timeout)
+        if self._watcher.is_alive():
             log.warning("stream %s: worker still running after %.0f s; killing", self.name, timeout)
             self._process.kill()
-            self._process.join(2)
+            self._watcher.join(2)
