@@ -161,7 +161,12 @@ class Edge:
                 return json_error(503, str(exc), reason="policy_unavailable", path=path)
             if claims is None:
                 token = None  # public: nothing to forward or rewrite
-        if token is not None and media is not None and media.is_manifest:
+        if (
+            token is not None
+            and media is not None
+            and media.is_manifest
+            and PEER_HEADER not in request.headers  # a peer caches it and rewrites itself
+        ):
             # Rewritten per viewer: always the whole manifest (players send "Range: bytes=0-"
             # and validators that would select a partial or cached, unrewritten body).
             plain = Request({**request.scope, "headers": _without_validators(request)})

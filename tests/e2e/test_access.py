@@ -210,6 +210,16 @@ async def test_token_protected_stream_through_the_edge(mesh: Mesh, ffmpeg_cli: s
         "-",
     )
     assert rc == 0 and not err.strip(), err
+    # Shared cached manifests (owner and non-owner edges alike) never hold a viewer's token.
+    cached = [
+        obj.body
+        for e in mesh.edges
+        for path in ("master.m3u8", "manifest.mpd", f"{rendition}/index.m3u8")
+        if (obj := e.edge.cache.get(f"/live/paid/{path}")) is not None and obj.body
+    ]
+    assert cached and all(b"token=" not in body for body in cached)
+    # ... and both edges keep one (a peer's answer is plain and cacheable, not per-viewer).
+    assert all(e.edge.cache.get("/live/paid/master.m3u8") is not None for e in mesh.edges)
     rc, _, err = await run_tool(
         "ffmpeg", "-v", "error", "-i", f"{other}/live/paid/master.m3u8", "-f", "null", "-"
     )
