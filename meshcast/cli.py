@@ -21,6 +21,13 @@ from transcoder.ladder import parse_ladder
 
 def _add_transcode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--store",
+        default="",
+        metavar="URL",
+        help="segment store: s3://BUCKET[/PREFIX]?endpoint=http://HOST:PORT/s3 (credentials "
+        "from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY); default: DATA/live on disk",
+    )
+    p.add_argument(
         "--encoder",
         choices=["auto", "nvenc", "x264"],
         default="auto",
@@ -90,7 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument(
         "--cache-dir", type=Path, default=None, help="disk tier and access log (data/edge-PORT)"
     )
-    edge.add_argument("--plugin", action="append", default=[])
+    edge.add_argument("--plugin", action="append", default=[], help="edge plugin to enable")
+    edge.add_argument(
+        "--data", type=Path, default=Path("data"), help="data directory (S3 keys for storage)"
+    )
     edge.add_argument("--bus", default=None, metavar="URL", help="NATS event bus: peers, streams")
     edge.add_argument("--advertise", default=None, metavar="URL", help="URL peers reach us at")
 
@@ -137,8 +147,10 @@ def _parser() -> argparse.ArgumentParser:
             k.add_argument(
                 "--kind",
                 choices=KINDS,
-                default=STREAM_KIND,
-                help="stream (publish NAME), api (manage creator NAME's streams), admin",
+                # revoke: NAME's only key when there is one kind
+                default=STREAM_KIND if name == "create" else None,
+                help="stream (publish NAME), s3 (prints ACCESS_KEY_ID SECRET_ACCESS_KEY), "
+                "api (manage creator NAME's streams), admin",
             )
         if name == "create":
             k.add_argument("--owner", default=None, help="creator owning the stream (default NAME)")
@@ -158,11 +170,19 @@ def _add_edge_cache_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _transcode_config(args: argparse.Namespace) -> cfg.TranscodeConfig:
+    if args.store:
+        from meshcast.s3store import S3Location
+
+        try:
+            S3Location.parse(args.store)
+        except ValueError as exc:
+            raise SystemExit(f"meshcast: --store: {exc}") from None
     transcode = cfg.TranscodeConfig(
         segment_duration=args.segment_duration,
         window_segments=args.dvr_window,
         encoder=args.encoder,
         source_rung=args.source_rung,
+        segment_store=args.store,
     )
     if args.ladder:
         ladder = tuple((spec.height, spec.video_kbps) for spec in args.ladder)
@@ -264,6 +284,7 @@ async def _up(args: argparse.Namespace) -> None:
                 prefetch_budget=args.prefetch_budget,
                 plugins=tuple(args.plugin),
                 bus=args.bus,
+                data_dir=args.data,
             )
         )
         for port in edge_ports
@@ -312,6 +333,7 @@ async def _edge(args: argparse.Namespace) -> None:
             plugins=tuple(args.plugin),
             bus=args.bus,
             advertise=args.advertise,
+            data_dir=args.data,
         )
     )
     await run_services([edge], on_ready=lambda: f"edge ready: {edge.url}")
@@ -343,11 +365,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_keys(args)
     if args.command == "bench":
         return _cmd_bench_cache(args) if args.bench_command == "cache" else _cmd_gen_trace(args)
+    from edge.plugins import UnknownPlugin
+
     runner = {"up": _up, "origin": _origin, "edge": _edge, "transcoder": _transcoder}[args.command]
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
             loop_runner.run(runner(args))
-    except (OSError, EncoderUnavailable) as exc:
+    except (OSError, EncoderUnavailable, UnknownPlugin) as exc:
         print(f"meshcast: {exc}", file=sys.stderr)
         return 1
     except TimeoutError as exc:

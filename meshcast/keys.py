@@ -3,6 +3,11 @@
 A key is ``<kind>_<key id>_<secret>``. The id finds the record in O(1) (so publishing does
 not try every hash); only a salted SHA-256 of the secret is stored. The secret is 256
 random bits, so a slow KDF would add latency to every publish without adding security.
+
+S3 access keys (kind ``s3``) are the exception: SigV4 is an HMAC keyed by the secret, so the
+verifier needs the secret itself, not a hash. They are kept in the same file, which is only
+ever written 0600 by its owner. Encrypting them at rest would need a key stored next to the
+file (same protection) or typed in at every start (no unattended edges), so we don't pretend.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from typing import Final
 
 KEYS_FILE: Final = "keys.json"
 STREAM_KIND: Final = "stream"
+S3_KIND: Final = "s3"
 # API keys manage their owner's (= the key's NAME) streams, assets and products; admin keys
-# are for operators and payment webhooks (grants). Other branches add kinds here.
+# are for operators and payment webhooks (grants).
 API_KIND: Final = "api"
 ADMIN_KIND: Final = "admin"
-KINDS: Final = [STREAM_KIND, API_KIND, ADMIN_KIND]
+KINDS: Final = (STREAM_KIND, S3_KIND, API_KIND, ADMIN_KIND)
+_AKID_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -70,6 +77,8 @@ class KeyRecord:
     revoked: float | None = None
     # The creator a stream belongs to (API keys of that name manage it); None: NAME itself.
     owner: str | None = None
+    # Only for S3 keys: the secret in clear (see the module docstring); None otherwise.
+    secret: str | None = None
 
     @property
     def active(self) -> bool:
@@ -122,31 +131,66 @@ class KeyStore:
         self._mtime = None
 
     def create(self, name: str, kind: str = STREAM_KIND, owner: str | None = None) -> str:
+        """A new key; for kind ``s3`` the result is ``ACCESS_KEY_ID SECRET_ACCESS_KEY``."""
         validate_stream_name(name)
         if owner is not None:
             validate_stream_name(owner)
+        if kind not in KINDS:
+            raise InvalidName(f"unknown key kind {kind!r} (known: {', '.join(KINDS)})")
         with self._lock:
             records = dict(self._load())
             slot = _slot(name, kind)
             existing = records.get(slot)
             if existing is not None and existing.active:
                 raise DuplicateName(f"a key named {name!r} exists; revoke it first")
-            key_id = secrets.token_hex(6)
-            secret = secrets.token_hex(32)
             salt = secrets.token_hex(16)
-            records[slot] = KeyRecord(
-                name, kind, key_id, salt, _digest(salt, secret), time.time(), owner=owner
-            )
+            if kind == S3_KIND:
+                # AWS-shaped: 20 upper-case characters and a 40-character secret, so tools
+                # that validate the shape accept them.
+                key_id = "MC" + "".join(secrets.choice(_AKID_CHARS) for _ in range(18))
+                secret = secrets.token_urlsafe(30)
+                record = KeyRecord(
+                    name, kind, key_id, salt, _digest(salt, secret), time.time(), secret=secret
+                )
+                result = f"{key_id} {secret}"
+            else:
+                key_id = secrets.token_hex(6)
+                secret = secrets.token_hex(32)
+                record = KeyRecord(
+                    name, kind, key_id, salt, _digest(salt, secret), time.time(), owner=owner
+                )
+                result = f"{kind}_{key_id}_{secret}"
+            records[slot] = record
             self._save(records)
-        return f"{kind}_{key_id}_{secret}"
+        return result
 
-    def revoke(self, name: str, kind: str = STREAM_KIND) -> None:
+    def s3_secret(self, access_key_id: str) -> tuple[str, str]:
+        """(name, secret) of an active S3 key; KeyRejected names why not."""
+        with self._lock:
+            records = self._load()
+        for record in records.values():
+            if record.kind == S3_KIND and record.key_id == access_key_id:
+                if not record.active:
+                    raise KeyRejected(f"the key of {record.name!r} was revoked")
+                assert record.secret is not None
+                return record.name, record.secret
+        raise KeyRejected("unknown access key id")
+
+    def revoke(self, name: str, kind: str | None = None) -> None:
+        """Revoke NAME's key of ``kind``; without a kind, NAME's only active key."""
         with self._lock:
             records = dict(self._load())
-            record = records.get(_slot(name, kind))
-            if record is None or not record.active:
+            found = [
+                r
+                for r in records.values()
+                if r.name == name and r.active and (kind is None or r.kind == kind)
+            ]
+            if not found:
                 raise UnknownName(f"no active key named {name!r}")
-            record.revoked = time.time()
+            if len(found) > 1:
+                kinds = ", ".join(sorted(r.kind for r in found))
+                raise UnknownName(f"{name!r} has several keys ({kinds}): pass --kind")
+            found[0].revoked = time.time()
             self._save(records)
 
     def list(self) -> list[KeyRecord]:

@@ -6,9 +6,10 @@ import asyncio
 import html
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
+import httpx
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,6 +26,7 @@ from meshcast.events import EventBus
 from meshcast.http import EXCEPTION_HANDLERS, CorsOnly, json_error
 from meshcast.metrics import metrics_endpoint
 from meshcast.paths import IMMUTABLE, MediaPath, parse_media_path
+from meshcast.s3store import S3Store, S3StoreError
 from meshcast.tokens import rewrite_manifest
 from origin.registry import LiveStream, StreamRegistry
 
@@ -91,6 +93,7 @@ def create_app(
     player_dir: Path = PLAYER_DIR,
     extra_routes: Sequence[BaseRoute] = (),
     guard: MediaGuard | None = None,
+    segment_store: S3Store | None = None,
 ) -> CorsOnly:
     live_root = data_dir / "live"
 
@@ -193,9 +196,52 @@ def create_app(
         Route("/api/streams", list_streams),
         Route("/api/streams/{name}", get_stream),
         Route("/api/events", event_stream),
-        Route("/live/{path:path}", live_file, methods=["GET", "HEAD"]),
+        Route(
+            "/live/{path:path}",
+            live_file if segment_store is None else live_from_store(segment_store, registry, guard),
+            methods=["GET", "HEAD"],
+        ),
         *extra_routes,
     ]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
     # WHIP publishers in browsers POST/DELETE from other origins and read Location/Link.
     return CorsOnly(app, CORS_PREFIXES, ("POST", "DELETE", "PATCH"), ("Location", "Link"))
+
+
+def live_from_store(
+    store: S3Store, registry: StreamRegistry, guard: MediaGuard | None = None
+) -> Callable[[Request], Awaitable[Response]]:
+    """Live files read back from an S3 segment store (``--store s3://…``), not local disk."""
+
+    async def live_file(request: Request) -> Response:
+        media = parse_media_path(request.url.path)
+        if media is None or media.kind != "live":
+            return json_error(404, "not found", path=request.url.path)
+        token = None
+        if guard is not None:
+            refusal, token = guard(request, media)
+            if refusal is not None:
+                return refusal
+        try:
+            data = await asyncio.to_thread(store.get, f"live/{media.name}/{media.relative}")
+        except (S3StoreError, httpx.HTTPError) as exc:
+            return json_error(502, f"segment store: {exc}", path=request.url.path)
+        if data is None:
+            stream = registry.get(media.name)
+            reason = "stream not live" if stream is None else "not available (yet)"
+            return json_error(404, reason, path=request.url.path)
+        if media.is_manifest:
+            stream = registry.get(media.name)
+            cache = (
+                "public, max-age=1" if stream is not None and stream.live else "public, max-age=10"
+            )
+            if token is not None and PEER_HEADER not in request.headers:
+                cache = "private, no-store"
+                data = rewrite_manifest(media.relative, data, token)
+        else:
+            cache = IMMUTABLE
+        body = b"" if request.method == "HEAD" else data
+        headers = {"Cache-Control": cache, "Content-Length": str(len(data))}
+        return Response(body, media_type=media.content_type, headers=headers)
+
+    return live_file

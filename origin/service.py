@@ -16,6 +16,7 @@ from meshcast.ingest import PacketSink
 from meshcast.keys import KeyStore
 from meshcast.nats_bus import make_bus
 from meshcast.ratelimit import FailureLimiter
+from meshcast.s3store import S3Location, S3Store
 from origin.access_api import AccessApi, access_routes
 from origin.demo import DemoSettings, DemoSource
 from origin.entitlements import AccessStore
@@ -63,6 +64,12 @@ class OriginService:
         self.whip = WhipServer(
             config.whip, self.registry, self.keys, self.metrics, self.key_failures
         )
+        # Live files are read back from S3 when the transcoders write there (--store).
+        self.segment_store = (
+            S3Store(S3Location.parse(config.transcode.segment_store))
+            if config.transcode.segment_store
+            else None
+        )
         self.app = create_app(
             self.registry,
             self.bus,
@@ -70,6 +77,7 @@ class OriginService:
             config.data_dir,
             extra_routes=[*whip_routes(self.whip), *access_routes(self.access_api)],
             guard=self.access_api.guard,
+            segment_store=self.segment_store,
         )
         self.http = HttpService(self.app, config.host, config.http_port, "origin")
         self.demo = DemoSource(self.registry, demo_settings) if config.demo else None
@@ -136,3 +144,5 @@ class OriginService:
         await self.http.close()
         self.access.close()
         await self.bus.close()
+        if self.segment_store is not None:
+            self.segment_store.close()

@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshcast.keys import ADMIN_KIND, API_KIND, DuplicateName, KeyRejected, KeyStore
+from meshcast.keys import (
+    ADMIN_KIND,
+    API_KIND,
+    DuplicateName,
+    KeyRejected,
+    KeyStore,
+    UnknownName,
+)
 
 
 def test_kinds_are_separate_namespaces_and_privileges(tmp_path: Path) -> None:
@@ -22,6 +29,8 @@ def test_kinds_are_separate_namespaces_and_privileges(tmp_path: Path) -> None:
     for key, kind in ((api, "stream"), (stream, API_KIND), (api, ADMIN_KIND)):
         with pytest.raises(KeyRejected):
             store.verify(key, kind)
+    with pytest.raises(UnknownName, match="several keys"):
+        store.revoke("alice")  # ambiguous without a kind
     store.revoke("alice", API_KIND)
     with pytest.raises(KeyRejected, match="revoked"):
         store.verify(api, API_KIND)
@@ -35,7 +44,7 @@ def test_stream_owner(tmp_path: Path) -> None:
     assert store.owner_of("show") == "studio"
     assert store.owner_of("solo") == "solo"
     assert store.owner_of("nobody") is None
-    store.revoke("show")
+    store.revoke("show")  # its only key: no kind needed
     assert store.owner_of("show") is None
     # Data dirs written before owners existed still load.
     assert KeyStore(tmp_path).owner_of("solo") == "solo"
