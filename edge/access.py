@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -53,7 +54,7 @@ class PolicyUnavailable(Exception):
 class AccessControl:
     def __init__(
         self,
-        origin: str,
+        origin: Callable[[], str],
         client: httpx.AsyncClient,
         registry: CollectorRegistry,
         policy_ttl: float = POLICY_TTL_S,
@@ -90,7 +91,7 @@ class AccessControl:
         self._last_key_fetch = time.monotonic()
         self.key_fetches.inc()
         try:
-            response = await self.client.get(f"{self.origin}/api/tokens/keys", timeout=5.0)
+            response = await self.client.get(f"{self.origin()}/api/tokens/keys", timeout=5.0)
             response.raise_for_status()
             keys = parse_key_set(response.json())
         except (httpx.HTTPError, ValueError) as exc:
@@ -152,7 +153,9 @@ class AccessControl:
     async def _fetch_policy(self, kind: str, name: str) -> EdgePolicy:
         self.policy_fetches.inc()
         try:
-            response = await self.client.get(f"{self.origin}/api/access/{kind}/{name}", timeout=3.0)
+            response = await self.client.get(
+                f"{self.origin()}/api/access/{kind}/{name}", timeout=3.0
+            )
             if response.status_code == 404:
                 # Not a meshcast origin (e.g. a plain web server in front of files): it has
                 # no access control, so it cannot have made anything token-only.

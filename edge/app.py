@@ -139,8 +139,9 @@ class Edge:
             follow_redirects=False,
         )
         self.access_log = AccessLog(config.cache_dir / "access.csv")
+        # The origin is read at each fetch: it may be re-pointed at run time.
         self.access = AccessControl(
-            self.origin, self.client, self.metrics.registry, config.access_policy_ttl
+            lambda: self.origin, self.client, self.metrics.registry, config.access_policy_ttl
         )
         self._fills: dict[str, Fill] = {}
         # Last: plugins may use anything above (ring, cache, client, metrics).

@@ -208,7 +208,7 @@ async def test_edge_policy_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(access, "POLICY_CACHE_MAX", 3)
     async with httpx.AsyncClient() as client:
-        control = access.AccessControl("http://127.0.0.1:9", client, CollectorRegistry())
+        control = access.AccessControl(lambda: "http://127.0.0.1:9", client, CollectorRegistry())
         for name in ("a", "b", "c", "d", "b", "e"):
             control._remember("live", name, "public", None)
     assert list(control.policies) == [("live", "d"), ("live", "b"), ("live", "e")]
