@@ -146,7 +146,9 @@ def _parser() -> argparse.ArgumentParser:
     vadd.add_argument("--chunk-size", type=parse_size, default=8 * 1024**2, help="bytes per PATCH")
     vadd.add_argument("--no-wait", action="store_true", help="print the id after the upload")
 
-    keys = sub.add_parser("keys", help="stream keys")
+    from meshcast.keys import KINDS, STREAM_KIND
+
+    keys = sub.add_parser("keys", help="stream, API and admin keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     for name, help_text in (
         ("create", "create a key and print it"),
@@ -157,13 +159,17 @@ def _parser() -> argparse.ArgumentParser:
         if name != "list":
             k.add_argument("name")
         k.add_argument("--data", type=Path, default=Path("data"))
-        if name == "create":
+        if name != "list":
             k.add_argument(
                 "--kind",
-                choices=["stream", "s3"],
-                default="stream",
-                help="stream key, or an S3 access key (prints ACCESS_KEY_ID SECRET_ACCESS_KEY)",
+                choices=KINDS,
+                # revoke: NAME's only key when there is one kind
+                default=STREAM_KIND if name == "create" else None,
+                help="stream (publish NAME), s3 (prints ACCESS_KEY_ID SECRET_ACCESS_KEY), "
+                "api (manage creator NAME's streams), admin",
             )
+        if name == "create":
+            k.add_argument("--owner", default=None, help="creator owning the stream (default NAME)")
     return parser
 
 
@@ -222,9 +228,9 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     store = KeyStore(args.data)
     try:
         if args.keys_command == "create":
-            print(store.create(args.name, args.kind))
+            print(store.create(args.name, args.kind, args.owner))
         elif args.keys_command == "revoke":
-            store.revoke(args.name)
+            store.revoke(args.name, args.kind)
             print(f"revoked {args.name}", file=sys.stderr)
         else:
             for record in store.list():

@@ -63,6 +63,10 @@ class OriginConfig:
     rtmp_idle_timeout: float = 15.0
     rtmp_handshake_timeout: float = 10.0
     max_rtmp_connections: int = 256
+    # Per client IP: one host cannot take every slot.
+    max_rtmp_connections_per_ip: int = 16
+    # Failed stream/API key checks per IP per minute before RTMP/WHIP/API refuse it (429).
+    key_failures_per_minute: int = 10
     # A stream that ended stays listed (state "ended") for this long.
     ended_stream_ttl: float = 300.0
     whip: WhipConfig = field(default_factory=WhipConfig)
@@ -114,6 +118,12 @@ class EdgeConfig:
     # upstream fails; immutable segments are served until evicted.
     stale_grace: float = 60.0
     max_url: int = 2048
+    # Seconds an edge trusts its copy of a stream's access policy (public|token): how long
+    # a switch to token takes to reach every edge, and one policy fetch per stream per TTL.
+    access_policy_ttl: float = 5.0
+    # Off only in front of an upstream that is not a meshcast origin (no /api/access, no
+    # token keys): every object is then served as public.
+    access_control: bool = True
     plugins: tuple[str, ...] = field(default_factory=tuple)
     # NATS URL: the edge announces itself and learns its peers and streams from the bus.
     bus: str | None = None

@@ -28,7 +28,7 @@ from starlette.routing import Route
 from meshcast.config import OriginConfig
 from meshcast.events import EventBus
 from meshcast.http import json_error
-from meshcast.keys import KeyRejected, KeyStore
+from meshcast.keys import API_KIND, KeyRejected, KeyStore
 from meshcast.logs import ignore_terminal_signals, setup_logging
 from meshcast.paths import vod_urls
 from meshcast.store import LocalStore
@@ -67,10 +67,19 @@ def _worker_init(log_level: int) -> None:
 
 
 class VodService:
-    def __init__(self, config: OriginConfig, keys: KeyStore, bus: EventBus) -> None:
+    def __init__(
+        self,
+        config: OriginConfig,
+        keys: KeyStore,
+        bus: EventBus,
+        on_created: Callable[[str, str], object] | None = None,
+    ) -> None:
         self.config = config
         self.keys = keys
         self.bus = bus
+        # (asset id, owner) of each new upload: the access store records the owner, so
+        # catalogue (SVOD) tokens and API keys of that creator cover the asset.
+        self._on_created = on_created
         self.root = config.data_dir / "vod"
         self.uploads = self.root / "uploads"
         self.store = LocalStore(config.data_dir)
@@ -171,16 +180,21 @@ class VodService:
         return self._tus(response)
 
     def _authenticate(self, request: Request) -> str:
-        """The API key is a stream key (``meshcast keys create``) sent as a bearer token;
-        returns its name, the owner of what it uploads."""
+        """A creator's API key (``meshcast keys create NAME --kind api``), or a stream key
+        for creators without one, sent as a bearer token; returns the owner of what it
+        uploads (the API key's NAME, the stream key's owner)."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise TusError(401, "missing API key: send 'Authorization: Bearer KEY'")
         try:
-            return self.keys.verify(token.strip())
+            if token.startswith(f"{API_KIND}_"):
+                return self.keys.verify(token, API_KIND)
+            name = self.keys.verify(token)
         except KeyRejected as exc:
             raise TusError(401, f"API key rejected: {exc}") from None
+        return self.keys.owner_of(name) or name
 
     async def _collection(self, request: Request) -> Response:
         if request.method == "OPTIONS":
@@ -211,6 +225,8 @@ class VodService:
         job_id = secrets.token_hex(8)
         self.upload_path(job_id).touch()
         job = self._db().create(job_id, owner, filename_from_metadata(metadata), length)
+        if self._on_created is not None:
+            self._on_created(job_id, owner)
         log.info("vod %s: upload of %d bytes by %s created", job_id, length, owner)
         if length == 0:
             self._queue(job)
