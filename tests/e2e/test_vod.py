@@ -656,3 +656,46 @@ async def test_awkward_input_works(
         luma = await asyncio.to_thread(first_frame_luma, url)
         assert luma[-50:, :50].mean() > 200, luma[-50:, :50].mean()
         assert luma[:50, :50].mean() < 200
+
+
+async def test_creator_api_key_owns_the_asset_and_can_sell_it(
+    small_origin: OriginService, tmp_path: Path
+) -> None:
+    """VOD meets access control: an upload with a creator's API key records the creator as
+    the asset's owner; the creator makes it token-only and sells it (TVOD); /vod files then
+    need a token, and its manifests carry the token to their children."""
+    from meshcast.keys import ADMIN_KIND, API_KIND
+
+    origin = small_origin
+    creator = origin.keys.create("studio", API_KIND)
+    other = origin.keys.create("rival", API_KIND)
+    admin = origin.keys.create("ops", ADMIN_KIND)
+    asset = await upload(origin, creator, (await make_clip(tmp_path / "c.mp4", 2)).read_bytes())
+    assert (await wait_job(origin, asset))["state"] == "ready"
+
+    def bearer(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    async with httpx.AsyncClient(base_url=origin.url, timeout=30) as c:
+        scope = f"vod/{asset}"
+        r = await c.put(f"/api/access/{scope}", json={"access": "token"}, headers=bearer(other))
+        assert r.status_code == 403  # not the rival's asset
+        r = await c.put(f"/api/access/{scope}", json={"access": "token"}, headers=bearer(creator))
+        assert r.json() == {"scope": scope, "access": "token", "owner": "studio"}
+        master = f"/vod/{asset}/master.m3u8"
+        assert (await c.get(master)).status_code == 401
+        product = {"kind": "tvod", "name": "Film", "price_cents": 399, "duration_s": 3600,
+                   "scopes": [scope]}  # fmt: skip
+        r = await c.post("/api/products", headers=bearer(creator), json=product)
+        assert r.status_code == 201, r.text
+        grant = {"viewer": "v1", "product": r.json()["id"]}
+        assert (await c.post("/api/entitlements", headers=bearer(admin), json=grant)).is_success
+        r = await c.post(
+            "/api/tokens", headers=bearer(creator), json={"viewer": "v1", "scope": scope}
+        )
+        assert r.status_code == 201, r.text
+        token = r.json()["token"]
+        r = await c.get(master, params={"token": token})
+        assert r.status_code == 200 and f"token={token}" in r.text
+        child = next(line for line in r.text.splitlines() if line.endswith(f"token={token}"))
+        assert (await c.get(f"/vod/{asset}/{child}")).status_code == 200
