@@ -108,17 +108,28 @@ def create_app(
             refusal, token = guard(request, media)
             if refusal is not None:
                 return refusal
-        path = store.path(f"vod/{media.name}/{media.relative}")
-        if not path.is_file():
-            return json_error(404, "no such VOD file (yet)", path=request.url.path)
+        key = f"vod/{media.name}/{media.relative}"
         # An asset never changes once its master playlist exists (ids are never reused);
         # manifests get a shorter life only so a deleted asset disappears from caches.
         cache = "public, max-age=3600" if media.is_manifest else IMMUTABLE
-        if media.is_manifest and token is not None and PEER_HEADER not in request.headers:
-            # A viewer straight on the origin: children carry the token (see live_file).
-            body = rewrite_manifest(media.relative, await asyncio.to_thread(path.read_bytes), token)
-            headers = {"Cache-Control": "private, no-store"}
+        rewrite = media.is_manifest and token is not None and PEER_HEADER not in request.headers
+        if segment_store is not None or rewrite:
+            source = segment_store or store
+            try:
+                data = await asyncio.to_thread(source.get, key)
+            except (S3StoreError, httpx.HTTPError) as exc:
+                return json_error(502, f"segment store: {exc}", path=request.url.path)
+            if data is None:
+                return json_error(404, "no such VOD file (yet)", path=request.url.path)
+            if rewrite and token is not None:
+                # A viewer straight on the origin: children carry the token (see live_file).
+                data, cache = rewrite_manifest(media.relative, data, token), "private, no-store"
+            body = b"" if request.method == "HEAD" else data
+            headers = {"Cache-Control": cache, "Content-Length": str(len(data))}
             return Response(body, media_type=media.content_type, headers=headers)
+        path = store.path(key)
+        if not path.is_file():
+            return json_error(404, "no such VOD file (yet)", path=request.url.path)
         return FileResponse(path, media_type=media.content_type, headers={"Cache-Control": cache})
 
     async def live_file(request: Request) -> Response:

@@ -62,20 +62,21 @@ class OriginService:
         self._remote: set[RemoteSink] = set()
         self.transcoders = TranscoderDirectory(self.bus)
         self.registry.add_sink_factory(self._start_transcoder)
-        self.vod = VodService(
-            config,
-            self.keys,
-            self.bus,
-            on_created=lambda asset, owner: self.access.set_policy(f"vod/{asset}", "public", owner),
-        )
-        self.whip = WhipServer(
-            config.whip, self.registry, self.keys, self.metrics, self.key_failures
-        )
-        # Live files are read back from S3 when the transcoders write there (--store).
+        # Live and VOD files are read back from S3 when they are written there (--store).
         self.segment_store = (
             S3Store(S3Location.parse(config.transcode.segment_store))
             if config.transcode.segment_store
             else None
+        )
+        self.vod = VodService(
+            config,
+            self.keys,
+            self.bus,
+            store=self.segment_store,
+            on_created=lambda asset, owner: self.access.set_policy(f"vod/{asset}", "public", owner),
+        )
+        self.whip = WhipServer(
+            config.whip, self.registry, self.keys, self.metrics, self.key_failures
         )
         self.app = create_app(
             self.registry,

@@ -31,7 +31,7 @@ from meshcast.http import json_error
 from meshcast.keys import API_KIND, KeyRejected, KeyStore
 from meshcast.logs import ignore_terminal_signals, setup_logging
 from meshcast.paths import vod_urls
-from meshcast.store import LocalStore
+from meshcast.store import LocalStore, SegmentStore
 from meshcast.tus import (
     OFFSET_CONTENT_TYPE,
     TUS_EXTENSIONS,
@@ -72,6 +72,7 @@ class VodService:
         config: OriginConfig,
         keys: KeyStore,
         bus: EventBus,
+        store: SegmentStore | None = None,
         on_created: Callable[[str, str], object] | None = None,
     ) -> None:
         self.config = config
@@ -82,7 +83,7 @@ class VodService:
         self._on_created = on_created
         self.root = config.data_dir / "vod"
         self.uploads = self.root / "uploads"
-        self.store = LocalStore(config.data_dir)
+        self.store: SegmentStore = store or LocalStore(config.data_dir)
         self.jobs: JobStore | None = None
         self.workers = config.vod.workers or os.cpu_count() or 1
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
