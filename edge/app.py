@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from edge.access import AccessControl, PolicyUnavailable
 from edge.accesslog import AccessLog
 from edge.cache import CachedObject, TieredCache, read_range
 from edge.fill import Fill, FillError, Upstream
@@ -37,7 +38,14 @@ from meshcast.config import EdgeConfig
 from meshcast.events import EventBus
 from meshcast.http import EXCEPTION_HANDLERS, cors, json_error
 from meshcast.metrics import metrics_endpoint
-from meshcast.paths import parse_media_path
+from meshcast.paths import MediaPath, parse_media_path
+from meshcast.tokens import (
+    TOKEN_HEADER,
+    TOKEN_PARAM,
+    TokenError,
+    rewrite_manifest,
+    token_from_query,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +143,10 @@ class Edge:
             follow_redirects=False,
         )
         self.access_log = AccessLog(config.cache_dir / "access.csv")
+        # The origin is read at each fetch: it may be re-pointed at run time.
+        self.access = AccessControl(
+            lambda: self.origin, self.client, self.metrics.registry, config.access_policy_ttl
+        )
         self._fills: dict[str, Fill] = {}
         # Set by EdgeService with --bus: plugins publish their events (moderation.flagged).
         self.bus: EventBus | None = None
@@ -151,8 +163,34 @@ class Edge:
         media = parse_media_path(path)
         if media is None and (not _PASSTHROUGH.fullmatch(path) or ".." in path):
             return json_error(404, "not found", path=path)
+        token: str | None = None
+        if media is not None and self.config.access_control:
+            token = token_from_query(request.url.query) or request.headers.get(TOKEN_HEADER)
+            try:
+                claims = await self.access.check(media.kind, media.name, token)
+            except TokenError as exc:
+                return json_error(exc.status, str(exc), reason=exc.reason, path=path)
+            except PolicyUnavailable as exc:
+                return json_error(503, str(exc), reason="policy_unavailable", path=path)
+            if claims is None:
+                token = None  # public: nothing to forward or rewrite
+        if (
+            token is not None
+            and media is not None
+            and media.is_manifest
+            and PEER_HEADER not in request.headers  # a peer caches it and rewrites itself
+        ):
+            # Rewritten per viewer: always the whole manifest (players send "Range: bytes=0-"
+            # and validators that would select a partial or cached, unrewritten body).
+            plain = Request({**request.scope, "headers": _without_validators(request)})
+            return await _with_token(await self._serve(plain, path, media, token), path, token)
+        return await self._serve(request, path, media, token)
+
+    async def _serve(
+        self, request: Request, path: str, media: MediaPath | None, token: str | None
+    ) -> Response:
         from_peer = PEER_HEADER in request.headers
-        key = path
+        key = path  # never the query: every viewer of an object shares one cache entry
         if media is not None and self.plugins:
             answer = self.hooks.check(path) or self.hooks.serve(path, from_peer)
             if answer is not None:
@@ -166,7 +204,7 @@ class Edge:
         fill = self._fills.get(key)
         label = "COALESCED"
         if fill is None:
-            fill = self._start_fill(key, from_peer)
+            fill = self._start_fill(key, from_peer, token)
             label = ""
         return await self._from_fill(request, fill, label, cached)
 
@@ -224,10 +262,14 @@ class Edge:
             return [origin]
         return [Upstream(owner, True), origin]
 
-    def _start_fill(self, key: str, from_peer: bool) -> Fill:
+    def _start_fill(self, key: str, from_peer: bool, token: str | None = None) -> Fill:
         fill = Fill(key)
         self._fills[key] = fill
         headers = {PEER_HEADER: self.self_url}
+        if token is not None:
+            # The upstream (origin or owner peer) checks it too; a header, so it stays out
+            # of upstream URLs and their logs.
+            headers[TOKEN_HEADER] = token
         upstreams = self._upstreams(key, from_peer)
 
         async def run() -> None:
@@ -400,9 +442,40 @@ class Edge:
         for fill in list(self._fills.values()):
             if fill.task is not None:
                 fill.task.cancel()
+        await self.access.close()
         await self.cache.close()
         await self.client.aclose()
         self.access_log.close()
+
+
+def _without_validators(request: Request) -> list[tuple[bytes, bytes]]:
+    drop = (b"range", b"if-none-match", b"if-range", b"if-modified-since")
+    return [(k, v) for k, v in request.scope["headers"] if k not in drop]
+
+
+async def _with_token(response: Response, path: str, token: str) -> Response:
+    """A token-protected playlist/MPD with ``?token=`` on every child URI (players do not
+    carry the master's query to children). Rewritten per response from the shared cached
+    object, so the cache stays keyed by path."""
+    if response.status_code != 200:
+        return response
+    if isinstance(response, StreamingResponse):
+        chunks = [
+            chunk if isinstance(chunk, bytes) else str(chunk).encode()
+            async for chunk in response.body_iterator
+        ]
+        body = b"".join(chunks)
+    else:
+        body = bytes(response.body)
+    rewritten = rewrite_manifest(path, body, token)
+    headers = {
+        k: v
+        for k, v in response.headers.items()
+        if k not in ("content-length", "etag", "content-range", "accept-ranges")
+    }
+    # Carries a viewer's credential: no shared cache may keep it.
+    headers["cache-control"] = "private, no-store"
+    return Response(rewritten, 200, headers=headers)
 
 
 class FastPath:
@@ -414,12 +487,18 @@ class FastPath:
         self.app = app
         self._hits = edge.metrics.requests.labels("HIT")
         self._observing = edge.demand is not None or edge.prefetcher is not None
+        self._check = edge.config.access_control
         self._filters = edge.hooks.filters
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             obj = self.edge.cache.memory.entries.get(scope["path"])
-            if obj is not None and obj.body is not None and obj.expires_at is None:
+            if (
+                obj is not None
+                and obj.body is not None
+                and obj.expires_at is None
+                and (not self._check or self._allowed(scope))
+            ):
                 if self._filters and (refused := self.edge.hooks.check(obj.key)) is not None:
                     await refused(scope, receive, send)
                     return
@@ -437,6 +516,15 @@ class FastPath:
                         self.edge.observe(obj.key, obj.size, peer)
                     return
         await self.app(scope, receive, send)
+
+    def _allowed(self, scope: Scope) -> bool:
+        """Access check from cached state only; anything unsure takes the full path."""
+        parts = scope["path"].split("/", 3)  # "", kind, name, rest
+        if len(parts) != 4:
+            return False
+        query: bytes = scope.get("query_string", b"")
+        token = token_from_query(query.decode("latin-1")) if _TOKEN_RAW in query else None
+        return self.edge.access.fast_allow(parts[1], parts[2], token)
 
     async def _hit(self, scope: Scope, send: Send, obj: CachedObject, cors: bool) -> None:
         self.edge.cache.memory.policy.accessed(obj.key)
@@ -464,6 +552,7 @@ class FastPath:
 
 
 _PEER_HEADER_RAW: Final = PEER_HEADER.lower().encode()
+_TOKEN_RAW: Final = TOKEN_PARAM.encode()
 _CORS_HEADERS: Final = [
     (b"access-control-allow-origin", b"*"),
     (b"access-control-expose-headers", b"X-Cache, Age, Content-Length, Content-Range, ETag"),

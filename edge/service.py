@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 
+from edge.access import KEYS_REFRESH_S
 from edge.app import Edge, create_app
 from meshcast import events
 from meshcast.config import EdgeConfig
@@ -24,6 +25,7 @@ class EdgeService:
         self.http = HttpService(self.app, config.host, config.port, f"edge:{config.port}")
         self._health: asyncio.Task[None] | None = None
         self._prefetch: asyncio.Task[None] | None = None
+        self._keys: asyncio.Task[None] | None = None
         self._bus_tasks: list[asyncio.Task[None]] = []
         self.bus = NatsBus(config.bus, f"edge@{self.edge.self_url}") if config.bus else None
 
@@ -32,6 +34,11 @@ class EdgeService:
         return f"http://{self.config.host}:{self.http.port}"
 
     async def start(self) -> None:
+        if self.config.access_control:
+            # Token keys first, so token-protected streams play from the first request; an
+            # unreachable origin is retried by the loop (public streams need no keys).
+            await self.edge.access.refresh_keys()
+            self._keys = asyncio.create_task(self._refresh_keys_later())
         await self.http.start()
         if self.edge.ring.peers or self.bus is not None:
             self._health = asyncio.create_task(self.edge.ring.health_loop(self.edge.client))
@@ -59,6 +66,10 @@ class EdgeService:
             ", ".join(p.name for p in self.edge.plugins) or "none",
         )
 
+    async def _refresh_keys_later(self) -> None:
+        await asyncio.sleep(KEYS_REFRESH_S)
+        await self.edge.access.keys_loop()
+
     async def _announce(self, bus: NatsBus) -> None:
         every = self.config.heartbeat
         while True:
@@ -85,7 +96,7 @@ class EdgeService:
     async def close(self) -> None:
         if self.bus is not None:
             self.bus.publish(events.NODE_LEFT, role="edge", url=self.edge.self_url)
-        for task in (*self._bus_tasks, self._health, self._prefetch):
+        for task in (*self._bus_tasks, self._health, self._prefetch, self._keys):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -138,7 +138,25 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--arrivals", type=float, default=2.0, help="viewer arrivals per second")
     gen.add_argument("--vod-share", type=float, default=0.5, help="share of VOD sessions")
 
-    keys = sub.add_parser("keys", help="stream keys")
+    vod = sub.add_parser("vod", help="on-demand assets")
+    vsub = vod.add_subparsers(dest="vod_command", required=True)
+    vadd = vsub.add_parser(
+        "add", help="upload a video file (tus, resumable), wait for the transcode, print URLs"
+    )
+    vadd.add_argument("file", type=Path)
+    vadd.add_argument("--origin", default=f"http://127.0.0.1:{cfg.DEFAULT_HTTP_PORT}")
+    vadd.add_argument(
+        "--key",
+        default=None,
+        help="API key (a stream key from `meshcast keys create`); default $MESHCAST_API_KEY",
+    )
+    vadd.add_argument("--resume", default=None, help="upload URL to resume (else remembered)")
+    vadd.add_argument("--chunk-size", type=parse_size, default=8 * 1024**2, help="bytes per PATCH")
+    vadd.add_argument("--no-wait", action="store_true", help="print the id after the upload")
+
+    from meshcast.keys import KINDS, STREAM_KIND
+
+    keys = sub.add_parser("keys", help="stream, API and admin keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     for name, help_text in (
         ("create", "create a key and print it"),
@@ -149,13 +167,17 @@ def _parser() -> argparse.ArgumentParser:
         if name != "list":
             k.add_argument("name")
         k.add_argument("--data", type=Path, default=Path("data"))
-        if name == "create":
+        if name != "list":
             k.add_argument(
                 "--kind",
-                choices=["stream", "s3"],
-                default="stream",
-                help="stream key, or an S3 access key (prints ACCESS_KEY_ID SECRET_ACCESS_KEY)",
+                choices=KINDS,
+                # revoke: NAME's only key when there is one kind
+                default=STREAM_KIND if name == "create" else None,
+                help="stream (publish NAME), s3 (prints ACCESS_KEY_ID SECRET_ACCESS_KEY), "
+                "api (manage creator NAME's streams), admin",
             )
+        if name == "create":
+            k.add_argument("--owner", default=None, help="creator owning the stream (default NAME)")
     return parser
 
 
@@ -214,9 +236,9 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     store = KeyStore(args.data)
     try:
         if args.keys_command == "create":
-            print(store.create(args.name, args.kind))
+            print(store.create(args.name, args.kind, args.owner))
         elif args.keys_command == "revoke":
-            store.revoke(args.name)
+            store.revoke(args.name, args.kind)
             print(f"revoked {args.name}", file=sys.stderr)
         else:
             for record in store.list():
@@ -226,6 +248,29 @@ def _cmd_keys(args: argparse.Namespace) -> int:
         print(f"meshcast: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _cmd_vod(args: argparse.Namespace) -> int:
+    import os
+
+    from meshcast.vod_client import AddOptions, add
+
+    key = args.key or os.environ.get("MESHCAST_API_KEY")
+    if not key:
+        print("meshcast: no API key: pass --key or set MESHCAST_API_KEY", file=sys.stderr)
+        return 2
+    if not args.file.is_file():
+        print(f"meshcast: {args.file}: no such file", file=sys.stderr)
+        return 2
+    options = AddOptions(
+        file=args.file,
+        origin=args.origin,
+        key=key,
+        resume=args.resume,
+        chunk_size=args.chunk_size,
+        wait=not args.no_wait,
+    )
+    return add(options)
 
 
 def _cmd_gen_trace(args: argparse.Namespace) -> int:
@@ -367,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     if args.command == "keys":
         return _cmd_keys(args)
+    if args.command == "vod":
+        return _cmd_vod(args)
     if args.command == "bench":
         return _cmd_bench_cache(args) if args.bench_command == "cache" else _cmd_gen_trace(args)
     from edge.plugins import PluginOptionError, UnknownPlugin

@@ -42,6 +42,16 @@ class WhipConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class VodConfig:
+    # Uploads above this many bytes are refused (413) before a byte is stored.
+    max_upload: int = 20 * 1024**3
+    # Chunk-transcode processes; 0 = one per CPU core.
+    workers: int = 0
+    # Segments per chunk: 5 x 2 s = 10 s of video per chunk job.
+    chunk_segments: int = 5
+
+
+@dataclass(frozen=True, slots=True)
 class OriginConfig:
     data_dir: Path = Path("data")
     host: str = "127.0.0.1"
@@ -53,10 +63,15 @@ class OriginConfig:
     rtmp_idle_timeout: float = 15.0
     rtmp_handshake_timeout: float = 10.0
     max_rtmp_connections: int = 256
+    # Per client IP: one host cannot take every slot.
+    max_rtmp_connections_per_ip: int = 16
+    # Failed stream/API key checks per IP per minute before RTMP/WHIP/API refuse it (429).
+    key_failures_per_minute: int = 10
     # A stream that ended stays listed (state "ended") for this long.
     ended_stream_ttl: float = 300.0
     whip: WhipConfig = field(default_factory=WhipConfig)
     transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
+    vod: VodConfig = field(default_factory=VodConfig)
     # Event bus: None = in-process; "nats://host:4222" = NATS (meshcast/nats_bus.py).
     bus: str | None = None
     # Where live streams are transcoded: "local" worker processes, "remote" transcoder
@@ -103,6 +118,12 @@ class EdgeConfig:
     # upstream fails; immutable segments are served until evicted.
     stale_grace: float = 60.0
     max_url: int = 2048
+    # Seconds an edge trusts its copy of a stream's access policy (public|token): how long
+    # a switch to token takes to reach every edge, and one policy fetch per stream per TTL.
+    access_policy_ttl: float = 5.0
+    # Off only in front of an upstream that is not a meshcast origin (no /api/access, no
+    # token keys): every object is then served as public.
+    access_control: bool = True
     plugins: tuple[str, ...] = field(default_factory=tuple)
     # "PLUGIN.KEY=VALUE" strings (edge/plugins/__init__.py), e.g. moderation.policy=NAME:block
     plugin_options: tuple[str, ...] = field(default_factory=tuple)

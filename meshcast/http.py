@@ -14,9 +14,36 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger(__name__)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int, deadline_s: float = 10.0) -> bytes:
+    """A request body of at most ``limit`` bytes, read within ``deadline_s`` seconds (a client
+    dribbling its body holds a connection and a task: bound both)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"body larger than {limit} bytes")
+    body = bytearray()
+
+    async def collect() -> None:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise BodyTooLarge(f"body larger than {limit} bytes")
+
+    await asyncio.wait_for(collect(), deadline_s)
+    return bytes(body)
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "-"
 
 
 def json_error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -35,14 +62,92 @@ def cors(extra_methods: Sequence[str] = (), extra_expose: Sequence[str] = ()) ->
     """Players and dApps fetch media from other origins: allow reads from anywhere and
     let them see our cache and range headers. The origin adds WHIP's methods and headers
     (browsers publish from other origins too)."""
-    return Middleware(
-        CORSMiddleware,
+    return Middleware(CORSMiddleware, **_cors_options(extra_methods, extra_expose))
+
+
+def _cors_options(extra_methods: Sequence[str], extra_expose: Sequence[str]) -> dict[str, Any]:
+    return dict(
         allow_origins=["*"],
         allow_methods=["GET", "HEAD", "OPTIONS", *extra_methods],
         allow_headers=["Range", "If-None-Match", "Authorization", "Content-Type"],
         expose_headers=["X-Cache", "Age", "Content-Length", "Content-Range", "ETag", *extra_expose],
         max_age=86400,
     )
+
+
+# Hardening limits shared by every HTTP listener (origin and edges).
+HEADER_TIMEOUT_S = 10.0
+KEEP_ALIVE_S = 5
+MAX_HEADER_BYTES = 16 * 1024
+MAX_CONCURRENCY = 1024
+
+
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's protocol with a deadline for a request's head: uvicorn's keep-alive timer
+    is reset by every byte received, so a slowloris client sending one header byte a
+    second would hold its connection forever. The deadline runs from the connection (or
+    the first byte of the next request) to the end of the headers, whatever trickles in."""
+
+    header_timeout = HEADER_TIMEOUT_S
+    _deadline: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        if self._deadline is None:
+            self._deadline = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            log.info(
+                "closing %s: request head not complete in %.0f s", self.client, self.header_timeout
+            )
+            self.transport.close()
+
+    def _who(self) -> tuple[str, float]:
+        return (f"{self.client[0]}:{self.client[1]}" if self.client else "?", self.header_timeout)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+class CorsOnly:
+    """CORS (as ``cors()``) for the paths under ``prefixes`` only: playback and publishing
+    are called from players on other origins, admin APIs must not be."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        prefixes: Sequence[str],
+        extra_methods: Sequence[str] = (),
+        extra_expose: Sequence[str] = (),
+    ) -> None:
+        self.app = app
+        self.prefixes = tuple(prefixes)
+        self.with_cors: ASGIApp = CORSMiddleware(app, **_cors_options(extra_methods, extra_expose))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self.prefixes):
+            await self.with_cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 class EmbeddedServer(uvicorn.Server):
@@ -64,7 +169,13 @@ class HttpService:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=3,
-            limit_concurrency=1024,
+            # Above this many connections + tasks uvicorn answers 503 at once.
+            limit_concurrency=MAX_CONCURRENCY,
+            timeout_keep_alive=KEEP_ALIVE_S,
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            http=HeaderDeadlineProtocol,
+            # No "Server: uvicorn": version banners only help scanners.
+            server_header=False,
         )
         self.name = name
         self.server = EmbeddedServer(config)

@@ -27,7 +27,11 @@ from typing import Final
 KEYS_FILE: Final = "keys.json"
 STREAM_KIND: Final = "stream"
 S3_KIND: Final = "s3"
-KINDS: Final = (STREAM_KIND, S3_KIND)
+# API keys manage their owner's (= the key's NAME) streams, assets and products; admin keys
+# are for operators and payment webhooks (grants).
+API_KIND: Final = "api"
+ADMIN_KIND: Final = "admin"
+KINDS: Final = (STREAM_KIND, S3_KIND, API_KIND, ADMIN_KIND)
 _AKID_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -71,12 +75,21 @@ class KeyRecord:
     hash: str
     created: float
     revoked: float | None = None
+    # The creator a stream belongs to (API keys of that name manage it); None: NAME itself.
+    owner: str | None = None
     # Only for S3 keys: the secret in clear (see the module docstring); None otherwise.
     secret: str | None = None
 
     @property
     def active(self) -> bool:
         return self.revoked is None
+
+
+def _slot(name: str, kind: str) -> str:
+    """Records are stored per name; other kinds get their own namespace, so a creator can
+    hold a stream key and an API key under the same NAME (stream keys keep the bare name,
+    the file format of existing data dirs)."""
+    return name if kind == STREAM_KIND else f"{kind}:{name}"
 
 
 def _digest(salt: str, secret: str) -> str:
@@ -100,7 +113,8 @@ class KeyStore:
             return self._records
         if mtime != self._mtime:
             raw = json.loads(self.path.read_text())
-            self._records = {r["name"]: KeyRecord(**r) for r in raw["keys"]}
+            records = [KeyRecord(**r) for r in raw["keys"]]
+            self._records = {_slot(r.name, r.kind): r for r in records}
             self._mtime = mtime
         return self._records
 
@@ -116,14 +130,17 @@ class KeyStore:
         Path(tmp).replace(self.path)
         self._mtime = None
 
-    def create(self, name: str, kind: str = STREAM_KIND) -> str:
+    def create(self, name: str, kind: str = STREAM_KIND, owner: str | None = None) -> str:
         """A new key; for kind ``s3`` the result is ``ACCESS_KEY_ID SECRET_ACCESS_KEY``."""
         validate_stream_name(name)
+        if owner is not None:
+            validate_stream_name(owner)
         if kind not in KINDS:
             raise InvalidName(f"unknown key kind {kind!r} (known: {', '.join(KINDS)})")
         with self._lock:
             records = dict(self._load())
-            existing = records.get(name)
+            slot = _slot(name, kind)
+            existing = records.get(slot)
             if existing is not None and existing.active:
                 raise DuplicateName(f"a key named {name!r} exists; revoke it first")
             salt = secrets.token_hex(16)
@@ -139,9 +156,11 @@ class KeyStore:
             else:
                 key_id = secrets.token_hex(6)
                 secret = secrets.token_hex(32)
-                record = KeyRecord(name, kind, key_id, salt, _digest(salt, secret), time.time())
+                record = KeyRecord(
+                    name, kind, key_id, salt, _digest(salt, secret), time.time(), owner=owner
+                )
                 result = f"{kind}_{key_id}_{secret}"
-            records[name] = record
+            records[slot] = record
             self._save(records)
         return result
 
@@ -157,18 +176,34 @@ class KeyStore:
                 return record.name, record.secret
         raise KeyRejected("unknown access key id")
 
-    def revoke(self, name: str) -> None:
+    def revoke(self, name: str, kind: str | None = None) -> None:
+        """Revoke NAME's key of ``kind``; without a kind, NAME's only active key."""
         with self._lock:
             records = dict(self._load())
-            record = records.get(name)
-            if record is None or not record.active:
+            found = [
+                r
+                for r in records.values()
+                if r.name == name and r.active and (kind is None or r.kind == kind)
+            ]
+            if not found:
                 raise UnknownName(f"no active key named {name!r}")
-            record.revoked = time.time()
+            if len(found) > 1:
+                kinds = ", ".join(sorted(r.kind for r in found))
+                raise UnknownName(f"{name!r} has several keys ({kinds}): pass --kind")
+            found[0].revoked = time.time()
             self._save(records)
 
     def list(self) -> list[KeyRecord]:
         with self._lock:
             return sorted(self._load().values(), key=lambda r: r.created)
+
+    def owner_of(self, stream: str) -> str | None:
+        """The creator of a stream (its active stream key's owner), or None."""
+        with self._lock:
+            record = self._load().get(_slot(stream, STREAM_KIND))
+        if record is None or not record.active:
+            return None
+        return record.owner or record.name
 
     def verify(self, key: str, kind: str = STREAM_KIND) -> str:
         """Return the name the key belongs to; raise KeyRejected naming the cause."""

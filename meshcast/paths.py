@@ -27,12 +27,22 @@ def player_url(base: str, stream: str) -> str:
     return f"{base}/player/?stream={stream}"
 
 
+def vod_urls(base: str, asset: str) -> dict[str, str]:
+    return {
+        "hls": f"{base}{VOD_PREFIX}/{asset}/master.m3u8",
+        "dash": f"{base}{VOD_PREFIX}/{asset}/manifest.mpd",
+        "player": f"{base}/player/?vod={asset}",
+        "poster": f"{base}{VOD_PREFIX}/{asset}/poster.jpg",
+        "thumbnails": f"{base}{VOD_PREFIX}/{asset}/thumbnails.vtt",
+    }
+
+
 # ---- media paths: /live/NAME/... and /vod/ASSET/... ------------------------------------
 # The packager fixes every file name, so anything else is a 404 without touching a disk or
 # an upstream. This whitelist is also the path-traversal guard (no "..", "%2e", NUL, "//").
 _MEDIA_PATH = re.compile(
     r"/(?P<kind>live|vod)/(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,63})/"
-    r"(?:(?P<top>master\.m3u8|manifest\.mpd)|"
+    r"(?:(?P<top>master\.m3u8|manifest\.mpd|poster\.jpg|thumbnails\.(?:jpg|vtt))|"
     r"(?P<rendition>[0-9]{2,4}p|audio|source|captions)/"
     r"(?P<file>index\.m3u8|init\.mp4|[0-9]{1,12}\.(?:m4s|vtt)))"
 )
@@ -42,7 +52,10 @@ _CONTENT_TYPES: Final = {
     ".mp4": "video/mp4",
     ".m4s": "video/iso.segment",
     ".vtt": "text/vtt",
+    ".jpg": "image/jpeg",
 }
+# Files only a VOD asset has (an upload has a poster and a seek-bar sprite; live does not).
+_VOD_ONLY: Final = frozenset({"poster.jpg", "thumbnails.jpg", "thumbnails.vtt"})
 IMMUTABLE: Final = "public, max-age=31536000, immutable"
 
 
@@ -71,6 +84,8 @@ class MediaPath:
 def parse_media_path(path: str) -> MediaPath | None:
     """The contract's media paths, or None for anything else."""
     if (match := _MEDIA_PATH.fullmatch(path)) is None or ".." in path:
+        return None
+    if match["kind"] == "live" and match["top"] in _VOD_ONLY:
         return None
     relative = match["top"] or f"{match['rendition']}/{match['file']}"
     return MediaPath(match["kind"], match["name"], relative, match["rendition"])

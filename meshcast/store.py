@@ -1,7 +1,8 @@
-"""Segment store: where transcoders write and origins read CMAF files and manifests.
+"""Segment store: where transcoders (live and VOD) write and origins read CMAF files,
+manifests and VOD images. The one storage interface: nothing else touches media files.
 
-Local disk now (an S3-compatible backend comes with the storage issue). Writes are atomic
-(temp file + rename), so a reader never sees half a segment or half a playlist.
+Local disk (``LocalStore``, writes atomic: temp file + rename, so a reader never sees half a
+segment or half a playlist) or any S3-compatible service (``open_store``, meshcast/s3store.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Protocol
 
 class SegmentStore(Protocol):
     def put(self, key: str, data: bytes | str) -> None: ...
+
+    def get(self, key: str) -> bytes | None: ...
 
     def delete(self, key: str) -> None: ...
 
@@ -44,6 +47,12 @@ class LocalStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self.path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            return None
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""Origin HTTP app: health, metrics, stream API and the event stream (SSE)."""
+"""Origin HTTP app: health, metrics, stream and VOD API, the event stream (SSE), and the
+media files (live and VOD) from the segment store."""
 
 from __future__ import annotations
 
@@ -23,13 +24,21 @@ from starlette.responses import (
 from starlette.routing import BaseRoute, Route
 
 from meshcast.events import EventBus
-from meshcast.http import EXCEPTION_HANDLERS, cors, json_error
+from meshcast.http import EXCEPTION_HANDLERS, CorsOnly, json_error
 from meshcast.metrics import metrics_endpoint
-from meshcast.paths import IMMUTABLE, parse_media_path
+from meshcast.paths import IMMUTABLE, MediaPath, parse_media_path
 from meshcast.s3store import S3Store, S3StoreError
+from meshcast.store import LocalStore
+from meshcast.tokens import rewrite_manifest
 from origin.registry import LiveStream, StreamRegistry
 
 SSE_HEARTBEAT_S = 15.0
+# Browsers call these from other origins (players, WHIP publishers); the admin API is
+# server-to-server and gets no CORS headers at all.
+CORS_PREFIXES = ("/live/", "/vod/", "/player/", "/whip/")
+PEER_HEADER = "x-meshcast-peer"
+# (refusal, token for child URLs): see origin/access_api.py AccessApi.guard.
+MediaGuard = Callable[[Request, MediaPath], tuple[Response | None, str | None]]
 
 
 # Next to the packages in a checkout; MESHCAST_PLAYER_DIR where they are installed (image).
@@ -85,15 +94,54 @@ def create_app(
     data_dir: Path,
     player_dir: Path = PLAYER_DIR,
     extra_routes: Sequence[BaseRoute] = (),
+    guard: MediaGuard | None = None,
     segment_store: S3Store | None = None,
-) -> Starlette:
-    live_root = data_dir / "live"
+) -> CorsOnly:
+    store = LocalStore(data_dir)
+
+    async def vod_file(request: Request) -> Response:
+        media = parse_media_path(request.url.path)
+        if media is None or media.kind != "vod":
+            return json_error(404, "not found", path=request.url.path)
+        token = None
+        if guard is not None:
+            refusal, token = guard(request, media)
+            if refusal is not None:
+                return refusal
+        key = f"vod/{media.name}/{media.relative}"
+        # An asset never changes once its master playlist exists (ids are never reused);
+        # manifests get a shorter life only so a deleted asset disappears from caches.
+        cache = "public, max-age=3600" if media.is_manifest else IMMUTABLE
+        rewrite = media.is_manifest and token is not None and PEER_HEADER not in request.headers
+        if segment_store is not None or rewrite:
+            source = segment_store or store
+            try:
+                data = await asyncio.to_thread(source.get, key)
+            except (S3StoreError, httpx.HTTPError) as exc:
+                return json_error(502, f"segment store: {exc}", path=request.url.path)
+            if data is None:
+                return json_error(404, "no such VOD file (yet)", path=request.url.path)
+            if rewrite and token is not None:
+                # A viewer straight on the origin: children carry the token (see live_file).
+                data, cache = rewrite_manifest(media.relative, data, token), "private, no-store"
+            body = b"" if request.method == "HEAD" else data
+            headers = {"Cache-Control": cache, "Content-Length": str(len(data))}
+            return Response(body, media_type=media.content_type, headers=headers)
+        path = store.path(key)
+        if not path.is_file():
+            return json_error(404, "no such VOD file (yet)", path=request.url.path)
+        return FileResponse(path, media_type=media.content_type, headers={"Cache-Control": cache})
 
     async def live_file(request: Request) -> Response:
         media = parse_media_path(request.url.path)
         if media is None or media.kind != "live":
             return json_error(404, "not found", path=request.url.path)
-        path = live_root / media.name / media.relative
+        token = None
+        if guard is not None:
+            refusal, token = guard(request, media)
+            if refusal is not None:
+                return refusal
+        path = store.path(f"live/{media.name}/{media.relative}")
         if not path.is_file():
             stream = registry.get(media.name)
             reason = "stream not live" if stream is None else "not available (yet)"
@@ -103,12 +151,19 @@ def create_app(
             live = stream is not None and stream.live
             # Live manifests change every segment; ended ones only on a new publication.
             cache = "public, max-age=1" if live else "public, max-age=10"
+            # A viewer straight on the origin: children carry the token (an edge rewrites
+            # for its own viewers, from its shared cached copy).
+            rewrite = token is not None and PEER_HEADER not in request.headers
+            if rewrite:
+                cache = "private, no-store"
             # Playlists are replaced (atomic rename) every segment: read the whole small
             # file at once, or FileResponse may send a stat()ed length of another version.
             try:
                 body = await asyncio.to_thread(path.read_bytes)
             except FileNotFoundError:
                 return json_error(404, "not available (yet)", path=request.url.path)
+            if rewrite and token is not None:
+                body = rewrite_manifest(media.relative, body, token)
             return Response(body, media_type=media.content_type, headers={"Cache-Control": cache})
         return FileResponse(
             path, media_type=media.content_type, headers={"Cache-Control": IMMUTABLE}
@@ -178,18 +233,19 @@ def create_app(
         Route("/api/events", event_stream),
         Route(
             "/live/{path:path}",
-            live_file if segment_store is None else live_from_store(segment_store, registry),
+            live_file if segment_store is None else live_from_store(segment_store, registry, guard),
             methods=["GET", "HEAD"],
         ),
+        Route("/vod/{path:path}", vod_file, methods=["GET", "HEAD"]),
         *extra_routes,
     ]
+    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
     # WHIP publishers in browsers POST/DELETE from other origins and read Location/Link.
-    middleware = [cors(("POST", "DELETE", "PATCH"), ("Location", "Link"))]
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=middleware)
+    return CorsOnly(app, CORS_PREFIXES, ("POST", "DELETE", "PATCH"), ("Location", "Link"))
 
 
 def live_from_store(
-    store: S3Store, registry: StreamRegistry
+    store: S3Store, registry: StreamRegistry, guard: MediaGuard | None = None
 ) -> Callable[[Request], Awaitable[Response]]:
     """Live files read back from an S3 segment store (``--store s3://…``), not local disk."""
 
@@ -197,6 +253,11 @@ def live_from_store(
         media = parse_media_path(request.url.path)
         if media is None or media.kind != "live":
             return json_error(404, "not found", path=request.url.path)
+        token = None
+        if guard is not None:
+            refusal, token = guard(request, media)
+            if refusal is not None:
+                return refusal
         try:
             data = await asyncio.to_thread(store.get, f"live/{media.name}/{media.relative}")
         except (S3StoreError, httpx.HTTPError) as exc:
@@ -210,6 +271,9 @@ def live_from_store(
             cache = (
                 "public, max-age=1" if stream is not None and stream.live else "public, max-age=10"
             )
+            if token is not None and PEER_HEADER not in request.headers:
+                cache = "private, no-store"
+                data = rewrite_manifest(media.relative, data, token)
         else:
             cache = IMMUTABLE
         body = b"" if request.method == "HEAD" else data

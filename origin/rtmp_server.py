@@ -13,6 +13,7 @@ from meshcast.config import OriginConfig
 from meshcast.ingest import AudioConfig, MediaPacket, VideoConfig, deliver
 from meshcast.keys import KeyRejected, KeyStore
 from meshcast.paths import RTMP_APP
+from meshcast.ratelimit import FailureLimiter
 from origin import flv
 from origin.registry import LiveStream, PublishRefused, StreamAlreadyLive, StreamRegistry
 from origin.rtmp_chunk import MessageType
@@ -61,6 +62,17 @@ class _Refused(Exception):
     """Ends a connection after a refusal was queued for the peer."""
 
 
+def _redact(text: str) -> str:
+    """Some encoders put the stream key in the app or tcUrl (``live?key=...``, or
+    ``live/KEY`` as the app): keep only what precedes a query or a second path level."""
+    head = text.split("?", 1)[0]
+    if "://" in head:
+        scheme, _, rest = head.partition("://")
+        host, _, path = rest.partition("/")
+        return f"{scheme}://{host}/{path.split('/', 1)[0]}" + ("/…" if "/" in path else "")
+    return head.split("/", 1)[0] + ("/…" if "/" in head.strip("/") else "")
+
+
 def _unwrap(previous: int | None, ts: int) -> int:
     """RTMP timestamps are 32-bit milliseconds (they wrap after ~49.7 days)."""
     if previous is None:
@@ -83,6 +95,7 @@ class _Connection:
         self.reader = reader
         self.writer = writer
         peer = writer.get_extra_info("peername")
+        self.ip = str(peer[0]) if peer else "?"
         self.remote = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.core = RtmpServerConnection()
         self.streams: dict[int, LiveStream] = {}
@@ -91,12 +104,26 @@ class _Connection:
     async def run(self) -> None:
         cfg = self.server.config
         timeout = cfg.rtmp_handshake_timeout
+        loop = asyncio.get_running_loop()
+        # The handshake must *finish* in time: a client dribbling a byte at a time would
+        # otherwise reset a per-read timeout forever (slowloris).
+        handshake_deadline: float | None = loop.time() + cfg.rtmp_handshake_timeout
         try:
             while not self.core.closed:
+                wait = timeout
+                if handshake_deadline is not None:
+                    wait = min(timeout, handshake_deadline - loop.time())
                 try:
-                    data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+                    if wait <= 0:
+                        raise TimeoutError
+                    data = await asyncio.wait_for(self.reader.read(READ_SIZE), wait)
                 except TimeoutError:
-                    self._close_reason("timeout", f"no data for {timeout:.0f} s")
+                    if handshake_deadline is not None:
+                        self._close_reason(
+                            "timeout", f"handshake not done in {cfg.rtmp_handshake_timeout:.0f} s"
+                        )
+                    else:
+                        self._close_reason("timeout", f"no data for {timeout:.0f} s")
                     return
                 if not data:
                     self.end_all("publisher disconnected")
@@ -108,6 +135,7 @@ class _Connection:
                         for event in events:
                             if isinstance(event, HandshakeComplete):
                                 timeout = cfg.rtmp_idle_timeout
+                                handshake_deadline = None
                             self._handle(event)
                         # Our decisions (accept/refuse) release what the client pipelined.
                         events = self.core.receive_data(b"") if self.core.has_pending else []
@@ -173,15 +201,18 @@ class _Connection:
                 log.warning(
                     "rtmp %s: connect to app %r refused (publish to /%s)",
                     self.remote,
-                    event.app,
+                    _redact(event.app),
                     RTMP_APP,
                 )
                 self.server.metrics.rejected.labels("app").inc()
                 self.core.reject_connect(
-                    event.transaction_id, f"unknown application {event.app!r}; use /{RTMP_APP}"
+                    event.transaction_id,
+                    f"unknown application {_redact(event.app)!r}; use /{RTMP_APP}",
                 )
                 raise _Refused
-            log.debug("rtmp %s: connect app=%s tcUrl=%s", self.remote, app, event.tc_url)
+            log.debug(
+                "rtmp %s: connect app=%s tcUrl=%s", self.remote, app, _redact(event.tc_url or "")
+            )
             self.core.accept_connect(event.transaction_id)
         elif isinstance(event, PublishRequest):
             self._publish(event)
@@ -200,10 +231,18 @@ class _Connection:
         # Keys may carry a query string (OBS users paste "key?param=..."): it is not part
         # of the secret.
         key = event.stream_key.split("?", 1)[0]
+        limiter = self.server.key_failures
+        if limiter.blocked(self.ip):
+            self.server.metrics.rejected.labels("rate").inc()
+            self.core.reject_publish(event.stream_id, "too many failed key attempts")
+            raise _Refused
         try:
             name = self.server.keys.verify(key)
         except KeyRejected as exc:
+            # The message names the cause, never the presented key (it may be a real
+            # key with a typo: a secret).
             log.warning("rtmp %s: publish refused: %s", self.remote, exc)
+            limiter.failed(self.ip)
             self.server.metrics.rejected.labels("key").inc()
             self.core.reject_publish(event.stream_id, f"publish refused: {exc}")
             raise _Refused from None
@@ -244,11 +283,16 @@ class RtmpServer:
         registry: StreamRegistry,
         keys: KeyStore,
         metrics: RtmpMetrics,
+        key_failures: FailureLimiter | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.keys = keys
         self.metrics = metrics
+        self.key_failures = key_failures or FailureLimiter(
+            "rtmp key check", config.key_failures_per_minute
+        )
+        self._per_ip: dict[str, int] = {}
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -272,6 +316,21 @@ class RtmpServer:
             writer.close()
             return
         conn = _Connection(self, reader, writer)
+        if self._per_ip.get(conn.ip, 0) >= self.config.max_rtmp_connections_per_ip:
+            log.warning(
+                "rtmp: %s has %d connections open (the per-IP limit)",
+                conn.ip,
+                self.config.max_rtmp_connections_per_ip,
+            )
+            self.metrics.rejected.labels("ip_limit").inc()
+            writer.close()
+            return
+        if self.key_failures.blocked(conn.ip):
+            # Still guessing keys: not even a handshake (logged once by the limiter).
+            self.metrics.rejected.labels("rate").inc()
+            writer.close()
+            return
+        self._per_ip[conn.ip] = self._per_ip.get(conn.ip, 0) + 1
         self._connections.add(conn)
         self.metrics.connections.inc()
         self.metrics.active.inc()
@@ -285,6 +344,11 @@ class RtmpServer:
             log.exception("rtmp %s: connection handler failed", conn.remote)
             conn.end_all("internal error")
         finally:
+            left = self._per_ip.get(conn.ip, 1) - 1
+            if left > 0:
+                self._per_ip[conn.ip] = left
+            else:
+                self._per_ip.pop(conn.ip, None)
             self._connections.discard(conn)
             self.metrics.active.dec()
             if task is not None:

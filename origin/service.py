@@ -15,12 +15,17 @@ from meshcast.http import HttpService
 from meshcast.ingest import PacketSink
 from meshcast.keys import KeyStore
 from meshcast.nats_bus import make_bus
+from meshcast.ratelimit import FailureLimiter
 from meshcast.s3store import S3Location, S3Store
+from origin.access_api import AccessApi, access_routes
 from origin.demo import DemoSettings, DemoSource
+from origin.entitlements import AccessStore
 from origin.http_app import create_app
 from origin.registry import LiveStream, PublishRefused, StreamRegistry
 from origin.remote_transcode import RemoteSink, TranscoderDirectory
 from origin.rtmp_server import RtmpMetrics, RtmpServer
+from origin.signing import Keyring
+from origin.vod import VodService
 from origin.whip import WhipServer, whip_routes
 from transcoder.encoders import EncoderSettings, select_backend
 from transcoder.ladder import plan_ladder
@@ -41,7 +46,15 @@ class OriginService:
         self.metrics = CollectorRegistry()
         self.registry = StreamRegistry(self.bus, config.ended_stream_ttl)
         self.keys = KeyStore(config.data_dir)
-        self.rtmp = RtmpServer(config, self.registry, self.keys, RtmpMetrics(self.metrics))
+        # One failure budget per IP across RTMP, WHIP and the API: a guesser cannot get
+        # three times the attempts by switching protocols.
+        self.key_failures = FailureLimiter("key check", config.key_failures_per_minute, window=60.0)
+        self.access = AccessStore(config.data_dir, self.keys.owner_of)
+        self.keyring = Keyring(config.data_dir)
+        self.access_api = AccessApi(self.access, self.keys, self.keyring, self.key_failures)
+        self.rtmp = RtmpServer(
+            config, self.registry, self.keys, RtmpMetrics(self.metrics), self.key_failures
+        )
         Gauge(
             "meshcast_origin_live_streams", "Streams live now", registry=self.metrics
         ).set_function(lambda: len(self.registry.live_streams()))
@@ -49,19 +62,33 @@ class OriginService:
         self._remote: set[RemoteSink] = set()
         self.transcoders = TranscoderDirectory(self.bus)
         self.registry.add_sink_factory(self._start_transcoder)
-        self.whip = WhipServer(config.whip, self.registry, self.keys, self.metrics)
-        # Live files are read back from S3 when the transcoders write there (--store).
+        # Live and VOD files are read back from S3 when they are written there (--store).
         self.segment_store = (
             S3Store(S3Location.parse(config.transcode.segment_store))
             if config.transcode.segment_store
             else None
+        )
+        self.vod = VodService(
+            config,
+            self.keys,
+            self.bus,
+            store=self.segment_store,
+            on_created=lambda asset, owner: self.access.set_policy(f"vod/{asset}", "public", owner),
+        )
+        self.whip = WhipServer(
+            config.whip, self.registry, self.keys, self.metrics, self.key_failures
         )
         self.app = create_app(
             self.registry,
             self.bus,
             self.metrics,
             config.data_dir,
-            extra_routes=whip_routes(self.whip),
+            extra_routes=[
+                *whip_routes(self.whip),
+                *self.vod.routes(),
+                *access_routes(self.access_api),
+            ],
+            guard=self.access_api.guard,
             segment_store=self.segment_store,
         )
         self.http = HttpService(self.app, config.host, config.http_port, "origin")
@@ -107,6 +134,7 @@ class OriginService:
         await self.bus.start()
         self.transcoders.start()
         await self.rtmp.start()
+        await self.vod.start()
         await self.http.start()
         log.info("origin HTTP on %s", self.url)
         if self.demo is not None:
@@ -127,6 +155,8 @@ class OriginService:
                     await remote.flushed()
         await self.transcoders.close()
         await self.http.close()
+        await self.vod.close()
+        self.access.close()
         await self.bus.close()
         if self.segment_store is not None:
             self.segment_store.close()

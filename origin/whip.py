@@ -42,9 +42,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from meshcast.config import WhipConfig
-from meshcast.http import json_error
+from meshcast.http import client_ip, json_error
 from meshcast.ingest import IngestItem, deliver
 from meshcast.keys import KeyRejected, KeyStore
+from meshcast.ratelimit import FailureLimiter
 from origin.registry import LiveStream, PublishRefused, StreamAlreadyLive, StreamRegistry
 from origin.whip_media import RTP_OPUS_CLOCK, RTP_VIDEO_CLOCK, OpusAdapter, VideoAdapter
 from origin.whip_sdp import OfferError, check_offer
@@ -277,10 +278,12 @@ class WhipServer:
         registry: StreamRegistry,
         keys: KeyStore,
         metrics: CollectorRegistry,
+        key_failures: FailureLimiter | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.keys = keys
+        self.key_failures = key_failures or FailureLimiter("whip key check")
         self.metrics = WhipMetrics(metrics)
         self.sessions: dict[str, WhipSession] = {}
 
@@ -291,7 +294,13 @@ class WhipServer:
     def link_headers(self) -> list[str]:
         return [f'<{url}>; rel="ice-server"' for url in self.config.ice_servers]
 
-    def authorize(self, name: str, authorization: str | None) -> None:
+    def authorize(self, name: str, authorization: str | None, ip: str = "-") -> None:
+        if self.key_failures.blocked(ip):
+            raise WhipError(
+                429,
+                "too many failed key attempts; retry later",
+                **{"Retry-After": str(self.key_failures.retry_after(ip))},
+            )
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise WhipError(
@@ -300,10 +309,14 @@ class WhipServer:
         try:
             owner = self.keys.verify(token.strip())
         except KeyRejected as exc:
+            self.key_failures.failed(ip)
             raise WhipError(
                 401, f"publish refused: {exc}", **{"WWW-Authenticate": "Bearer"}
             ) from None
         if owner != name:
+            # A valid key aimed at another stream: least privilege, and it counts as a
+            # failure (probing other creators' names with one's own key).
+            self.key_failures.failed(ip)
             raise WhipError(
                 401,
                 f"publish refused: the key is for stream {owner!r}, not {name!r}",
@@ -412,7 +425,7 @@ def whip_routes(server: WhipServer) -> list[BaseRoute]:
                 response.headers.append("Link", link)
             return response
         try:
-            server.authorize(name, request.headers.get("authorization"))
+            server.authorize(name, request.headers.get("authorization"), client_ip(request))
             content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if content_type != SDP_TYPE:
                 raise WhipError(415, f"Content-Type must be {SDP_TYPE}, got {content_type!r}")

@@ -11,8 +11,20 @@
   const name = vod || params.get("stream") || "demo";
   const format = params.get("format") === "dash" ? "dash" : "hls";
   const base = `/${vod ? "vod" : "live"}/${encodeURIComponent(name)}`;
-  const src = params.get("src") || `${base}/${format === "dash" ? "manifest.mpd" : "master.m3u8"}`;
+  // A playback token (token-protected streams): on the master URL only; the server writes
+  // it into every child URL of the manifests it serves.
+  const token = params.get("token");
+  const plainSrc = params.get("src") || `${base}/${format === "dash" ? "manifest.mpd" : "master.m3u8"}`;
+  const src = token ? `${plainSrc}${plainSrc.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : plainSrc;
   const video = $("video");
+  if (vod) {
+    // VOD assets have a poster and a WebVTT thumbnails track (thumbnails.jpg#xywh=...)
+    // for seek-bar previews; the track is metadata, so it never renders as captions.
+    video.poster = `${base}/poster.jpg`;
+    const thumbs = document.createElement("track");
+    Object.assign(thumbs, { kind: "metadata", label: "thumbnails", src: `${base}/thumbnails.vtt` });
+    video.appendChild(thumbs);
+  }
   const RETRY_MS = 3000;
   let engine = null;
   let retryTimer = null;
@@ -28,8 +40,39 @@
   video.addEventListener("play", () => post("play"));
   video.addEventListener("pause", () => post("pause"));
 
-  function showMessage(text) { $("message").textContent = text; $("message").classList.add("shown"); }
-  function hideMessage() { $("message").classList.remove("shown"); }
+  function showMessage(text) {
+    $("message").textContent = text;
+    $("message").classList.add("shown");
+    $("message").classList.remove("purchase");
+  }
+  function hideMessage() { $("message").classList.remove("shown", "purchase"); }
+
+  // 401/403 from the edge: the stream needs a (valid, in-scope, unexpired) token. Retrying
+  // cannot help, so stop and say so, with the server's reason.
+  let locked = false;
+  function purchaseRequired(status, body) {
+    locked = true;
+    clearTimeout(retryTimer);
+    if (engine) { engine.destroy(); engine = null; }
+    const reason = (body && (body.reason || body.error)) || `HTTP ${status}`;
+    const why = {
+      token_required: "This stream is for paying viewers.",
+      expired: "Your access has expired.",
+      wrong_scope: "Your ticket is for another stream.",
+    }[body && body.reason] || "Your ticket is not valid here.";
+    $("message").textContent = "";
+    const title = document.createElement("strong");
+    title.textContent = "Purchase required";
+    const detail = document.createElement("span");
+    detail.textContent = `${why} (${reason})`;
+    $("message").append(title, detail);
+    $("message").classList.add("shown", "purchase");
+    post("error", { detail: "purchase_required", status, reason });
+  }
+  async function denied(res) {
+    const body = await res.json().catch(() => null);
+    purchaseRequired(res.status, body);
+  }
 
   function loadScript(url) {
     return new Promise((resolve, reject) => {
@@ -40,6 +83,7 @@
   }
 
   function retryLater(text) {
+    if (locked) return;
     showMessage(text);
     if (engine) { engine.destroy(); engine = null; }
     clearTimeout(retryTimer);
@@ -57,6 +101,14 @@
     });
     hls.on(window.Hls.Events.SUBTITLE_TRACKS_UPDATED, (_, d) => setCaptions(d.subtitleTracks.length > 0));
     hls.on(window.Hls.Events.ERROR, (_, d) => {
+      const code = d.response && d.response.code;
+      if (code === 401 || code === 403) {
+        // e.g. the token expired mid-play: the body is the edge's JSON reason.
+        let body = null;
+        try { body = JSON.parse(d.response.data || d.networkDetails.responseText); } catch (_) {}
+        purchaseRequired(code, body);
+        return;
+      }
       if (!d.fatal) return;
       post("error", { detail: d.details });
       if (d.type === window.Hls.ErrorTypes.MEDIA_ERROR) hls.recoverMediaError();
@@ -83,6 +135,13 @@
     const player = new window.shaka.Player();
     await player.attach(video);
     player.addEventListener("error", (e) => {
+      const status = e.detail && e.detail.code === 1001 ? e.detail.data[1] : 0;  // BAD_HTTP_STATUS
+      if (status === 401 || status === 403) {
+        let body = null;
+        try { body = JSON.parse(e.detail.data[2]); } catch (_) {}
+        purchaseRequired(status, body);
+        return;
+      }
       post("error", { detail: String(e.detail && e.detail.code) });
       retryLater("Stream unavailable — retrying…");
     });
@@ -188,6 +247,7 @@
   async function waitForNewPublication() {
     // A new publication rewrites the playlist without #EXT-X-ENDLIST (or a dynamic MPD).
     const res = await fetch(src, { cache: "no-store" }).catch(() => null);
+    if (res && (res.status === 401 || res.status === 403)) return denied(res);
     const text = res && res.ok ? await res.text() : "";
     if (text && !text.includes("#EXT-X-ENDLIST") && !text.includes('type="static"')) start();
     else retryTimer = setTimeout(waitForNewPublication, RETRY_MS);
@@ -196,6 +256,10 @@
   async function start() {
     clearTimeout(retryTimer);
     const res = await fetch(src, { cache: "no-store" }).catch(() => null);
+    if (res && (res.status === 401 || res.status === 403)) {
+      await denied(res);
+      return;
+    }
     if (!res || !res.ok) {
       const offline = res && res.status === 404;
       retryLater(offline ? `“${name}” is offline — retrying…` : "Cannot reach the server — retrying…");

@@ -20,22 +20,30 @@ def target_duration(segments: Sequence[SegmentRecord], nominal: float) -> int:
 
 
 def media_playlist(
-    rendition: RenditionState, nominal_duration: float, ended: bool, window: int
+    rendition: RenditionState,
+    nominal_duration: float,
+    ended: bool,
+    window: int,
+    vod: bool = False,
 ) -> str:
-    segments = list(rendition.segments)[-window:]
+    """Live: a sliding window with wall-clock times. VOD: every segment, no wall clock
+    (an upload has none), ``PLAYLIST-TYPE:VOD`` so players know it never changes."""
+    segments = list(rendition.segments) if vod else list(rendition.segments)[-window:]
     lines = [
         "#EXTM3U",
         "#EXT-X-VERSION:7",
         f"#EXT-X-TARGETDURATION:{target_duration(segments, nominal_duration)}",
         f"#EXT-X-MEDIA-SEQUENCE:{segments[0].number if segments else 0}",
+        *(["#EXT-X-PLAYLIST-TYPE:VOD"] if vod else []),
         "#EXT-X-INDEPENDENT-SEGMENTS",
         '#EXT-X-MAP:URI="init.mp4"',
     ]
     for seg in segments:
-        lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_pdt(seg.wallclock)}")
+        if not vod:
+            lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_pdt(seg.wallclock)}")
         lines.append(f"#EXTINF:{seg.seconds:.5f},")
         lines.append(f"{seg.number}.m4s")
-    if ended:
+    if ended or vod:
         lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
 

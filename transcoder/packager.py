@@ -124,3 +124,36 @@ class StreamPackager:
                     hls.media_playlist(rendition, float(self.segment_duration), True, self.window),
                 )
         self._write_manifests()
+
+
+def write_vod_manifests(
+    store: SegmentStore,
+    prefix: str,
+    videos: list[RenditionState],
+    audio: RenditionState | None,
+    segment_duration: float,
+) -> None:
+    """Static HLS (``PLAYLIST-TYPE:VOD`` + ENDLIST) and a static MPD over finished
+    renditions; the same writers as live, with every segment listed."""
+    prefix = prefix.rstrip("/")
+    everything = max(len(r.segments) for r in [*videos, *([audio] if audio else [])])
+    for rendition in [*videos, *([audio] if audio else [])]:
+        store.put(
+            f"{prefix}/{rendition.name}/index.m3u8",
+            hls.media_playlist(rendition, segment_duration, True, everything, vod=True),
+        )
+    store.put(
+        f"{prefix}/manifest.mpd",
+        dash.mpd(
+            videos,
+            audio,
+            availability_start=0.0,
+            segment_duration=segment_duration,
+            window=everything,
+            ended=True,
+            now=0.0,
+        ),
+    )
+    # Last: players start from the multivariant playlist, so it appears only once every
+    # file it leads to exists.
+    store.put(f"{prefix}/master.m3u8", hls.master_playlist(videos, audio))

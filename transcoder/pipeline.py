@@ -41,7 +41,7 @@ class PipelineError(RuntimeError):
 
 
 @dataclass
-class _VideoRung:
+class VideoRung:
     rung: Rung
     encoder: Any
     rendition: RenditionState
@@ -61,6 +61,43 @@ class _VideoRung:
         return packets
 
 
+def open_video_rung(
+    backend: Backend, rung: Rung, settings: EncoderSettings
+) -> tuple[Any, TrackSpec, str]:
+    """An encoder for one rung, its CMAF track and its RFC 6381 codec string (live and
+    VOD chunk workers open rungs the same way, so their init segments match)."""
+    encoder = open_encoder(backend, rung, settings)
+    record = codecs.avc_decoder_config_from_annexb(bytes(encoder.extradata or b""))
+    avcc = codecs.parse_avc_decoder_config(record)
+    track = TrackSpec(
+        1,
+        "video",
+        VIDEO_TIMESCALE,
+        record,
+        rung.width,
+        rung.height,
+        avg_bitrate=rung.video_kbps * 1000,
+    )
+    codec_string = codecs.h264_codec_string(avcc.profile_idc, avcc.profile_compat, avcc.level_idc)
+    return encoder, track, codec_string
+
+
+def open_aac_encoder(kbps: int) -> tuple[Any, TrackSpec]:
+    """The shared audio rendition's encoder: AAC-LC, 48 kHz stereo."""
+    encoder: Any = av.CodecContext.create("aac", "w")
+    encoder.sample_rate = AUDIO_RATE
+    encoder.layout = "stereo"
+    encoder.format = "fltp"
+    encoder.time_base = Fraction(1, AUDIO_RATE)
+    encoder.bit_rate = kbps * 1000
+    encoder.open()
+    asc = bytes(encoder.extradata or b"")
+    track = TrackSpec(
+        2, "audio", AUDIO_RATE, asc, sample_rate=AUDIO_RATE, channels=2, avg_bitrate=kbps * 1000
+    )
+    return encoder, track
+
+
 class LadderPipeline:
     def __init__(self, name: str, store: SegmentStore, config: TranscodeConfig) -> None:
         self.name = name
@@ -73,7 +110,7 @@ class LadderPipeline:
         self._decoder: Any = None
         self._decoder_time_base = Fraction(1, 1000)
         self._video_config: VideoConfig | None = None
-        self._rungs: list[_VideoRung] = []
+        self._rungs: list[VideoRung] = []
         self._t0: Fraction | None = None  # media time that maps to 0 on our timeline
         self._last_video_pts = -1
         self._slot = -1
@@ -240,7 +277,7 @@ class LadderPipeline:
             packet.keyframe,
         )
 
-    def _package_video(self, vr: _VideoRung, out: Any) -> None:
+    def _package_video(self, vr: VideoRung, out: Any) -> None:
         if out.pts is None or out.dts is None:
             return
         self.packager.add(
@@ -269,23 +306,9 @@ class LadderPipeline:
             self.backend.value,
         )
         for rung in rungs:
-            encoder = open_encoder(self.backend, rung, settings)
-            record = codecs.avc_decoder_config_from_annexb(bytes(encoder.extradata or b""))
-            avcc = codecs.parse_avc_decoder_config(record)
-            track = TrackSpec(
-                1,
-                "video",
-                VIDEO_TIMESCALE,
-                record,
-                rung.width,
-                rung.height,
-                avg_bitrate=rung.video_kbps * 1000,
-            )
-            codec_string = codecs.h264_codec_string(
-                avcc.profile_idc, avcc.profile_compat, avcc.level_idc
-            )
+            encoder, track, codec_string = open_video_rung(self.backend, rung, settings)
             rendition = self.packager.add_rendition(rung.name, track, codec_string, float(fps))
-            self._rungs.append(_VideoRung(rung, encoder, rendition))
+            self._rungs.append(VideoRung(rung, encoder, rendition))
 
     # ---- audio ----------------------------------------------------------------------
 
@@ -296,25 +319,8 @@ class LadderPipeline:
         decoder.open()
         self._audio_decoder = decoder
         if self._audio_encoder is None:
-            encoder: Any = av.CodecContext.create("aac", "w")
-            encoder.sample_rate = AUDIO_RATE
-            encoder.layout = "stereo"
-            encoder.format = "fltp"
-            encoder.time_base = Fraction(1, AUDIO_RATE)
-            encoder.bit_rate = self.config.audio_kbps * 1000
-            encoder.open()
-            self._audio_encoder = encoder
+            self._audio_encoder, track = open_aac_encoder(self.config.audio_kbps)
             self._resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
-            asc = bytes(encoder.extradata or b"")
-            track = TrackSpec(
-                2,
-                "audio",
-                AUDIO_RATE,
-                asc,
-                sample_rate=AUDIO_RATE,
-                channels=2,
-                avg_bitrate=self.config.audio_kbps * 1000,
-            )
             self._audio = self.packager.add_rendition("audio", track, "mp4a.40.2")
 
     def _audio_packet(self, packet: MediaPacket) -> None:

@@ -87,10 +87,14 @@ class RenditionState:
         self._pending.append(_Pending(dts, pts, data, keyframe))
         return finished
 
-    def flush(self) -> tuple[SegmentRecord, bytes] | None:
-        """Close the open segment at stream end (last sample gets the mean duration)."""
+    def flush(self, end_dts: int | None = None) -> tuple[SegmentRecord, bytes] | None:
+        """Close the open segment at stream end. The last sample lasts until ``end_dts``
+        when the caller knows it (VOD chunks end exactly at the next chunk's first
+        sample), else the mean sample duration."""
         if not self._pending:
             return None
+        if end_dts is not None and end_dts > self._pending[-1].dts:
+            return self._cut(end_dts)
         if len(self._pending) > 1:
             span = self._pending[-1].dts - self._pending[0].dts
             last = max(1, span // (len(self._pending) - 1))
@@ -121,11 +125,16 @@ class RenditionState:
             # Unknown from the bitstream (no VUI timing): measure the first segment.
             self.frame_rate = round(len(samples) * self.track.timescale / duration, 3)
         self._pending = []
-        self.segments.append(record)
-        self.total_bytes += len(data)
-        self.total_duration += duration
-        # A short final segment is mostly keyframe: it would overstate the peak.
-        if duration * 2 >= self.segment_duration * self.track.timescale or not self.peak_bps:
-            bps = int(len(data) * 8 * self.track.timescale / duration)
-            self.peak_bps = max(self.peak_bps, bps)
+        self.append(record)
         return record, data
+
+    def append(self, record: SegmentRecord) -> None:
+        """Account a finished segment: cut here, or by a VOD chunk worker elsewhere."""
+        self.segments.append(record)
+        self.total_bytes += record.size
+        self.total_duration += record.duration
+        # A short final segment is mostly keyframe: it would overstate the peak.
+        short = record.duration * 2 < self.segment_duration * self.track.timescale
+        if (not short or not self.peak_bps) and record.duration > 0:
+            bps = int(record.size * 8 * self.track.timescale / record.duration)
+            self.peak_bps = max(self.peak_bps, bps)

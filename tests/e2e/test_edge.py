@@ -245,7 +245,10 @@ async def test_truncated_fill_fails_waiters_and_is_retried(tmp_path: Path) -> No
 
     server = await asyncio.start_server(truncating, "127.0.0.1", 0)
     origin = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    edge = EdgeService(EdgeConfig(origin=origin, port=free_port(), cache_dir=tmp_path))
+    # A bare HTTP server, not a meshcast origin: it has no access policies to ask.
+    edge = EdgeService(
+        EdgeConfig(origin=origin, port=free_port(), cache_dir=tmp_path, access_control=False)
+    )
     await edge.start()
     try:
         url = f"{edge.url}/live/x/360p/1.m4s"
@@ -318,6 +321,7 @@ async def test_simulator_and_live_edge_agree(tmp_path: Path, policy: str) -> Non
             cache_dir=tmp_path,
             cache_mem=5 * size,  # five objects; the largest cacheable object is 1/4 of it
             cache_policy=policy,
+            access_control=False,  # a bare HTTP server, not a meshcast origin
         )
     )
     import random as _random

@@ -43,6 +43,7 @@ from origin.service import OriginService
 from tests.conftest import free_port, rtmp_url, wait_for_state
 from tests.e2e.test_ladder import wait_for_url
 from tests.e2e.test_rtmp_ingest import ffmpeg_push
+from tests.e2e.test_vod import make_clip, upload, wait_job
 
 pytestmark = pytest.mark.e2e
 
@@ -680,7 +681,7 @@ def test_meshcast_up_with_storage_plugin_and_cli_keys(tmp_path: Path) -> None:
         proc.stderr.close()
 
 
-async def test_live_segments_on_the_edges_s3_store(
+async def test_live_and_vod_segments_on_the_edges_s3_store(
     tmp_path: Path, ffmpeg_cli: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`--store s3://…`: the transcoder writes the live ladder into the edges' own S3 API,
@@ -726,6 +727,23 @@ async def test_live_segments_on_the_edges_s3_store(
         )
         assert via_edge.status_code == 200 and via_edge.content == direct
         assert via_edge.headers["content-type"] == "video/iso.segment"
+        # VOD output goes to the same store and is served from it.
+        clip = await make_clip(tmp_path / "clip.mp4", 2)
+        asset = await upload(origin, key, clip.read_bytes())
+        assert (await wait_job(origin, asset))["state"] == "ready"
+        listed = await call(
+            s3.list_objects_v2, Bucket="live-media", Prefix=f"origin-1/vod/{asset}/"
+        )
+        stored = {c["Key"] for c in listed["Contents"]}
+        assert f"origin-1/vod/{asset}/master.m3u8" in stored
+        assert f"origin-1/vod/{asset}/240p/0.m4s" in stored
+        assert not list((tmp_path / "origin").glob("vod/**/*.m4s"))
+        async with httpx.AsyncClient() as http:
+            master = await http.get(f"{origin.url}/vod/{asset}/master.m3u8")
+            via_edge = await http.get(f"{ring.edges[1].url}/vod/{asset}/240p/0.m4s")
+        assert master.status_code == 200 and "240p/index.m3u8" in master.text
+        _, direct = await get_body(s3, Bucket="live-media", Key=f"origin-1/vod/{asset}/240p/0.m4s")
+        assert via_edge.status_code == 200 and via_edge.content == direct
     finally:
         if origin is not None:
             await origin.close()

@@ -58,8 +58,25 @@ def test_media_path_whitelist() -> None:
         "/live/.hidden/master.m3u8",
         "/live/cam1/720p/index.m3u8/x",
         "/etc/passwd",
+        "/vod/a1/../poster.jpg",
+        "/vod/a1/720p/poster.jpg",
+        "/vod/a1/poster.jpeg",
+        "/live/cam1/poster.jpg",  # images are VOD-only
+        "/live/cam1/thumbnails.vtt",
     ):
         assert parse_media_path(bad) is None, bad
+
+
+def test_vod_media_paths() -> None:
+    poster = parse_media_path("/vod/0123abcd/poster.jpg")
+    assert poster is not None and poster.kind == "vod" and poster.content_type == "image/jpeg"
+    assert not poster.is_manifest
+    sprite = parse_media_path("/vod/0123abcd/thumbnails.jpg")
+    assert sprite is not None and sprite.relative == "thumbnails.jpg"
+    vtt = parse_media_path("/vod/0123abcd/thumbnails.vtt")
+    assert vtt is not None and vtt.content_type == "text/vtt"
+    seg = parse_media_path("/vod/0123abcd/1080p/0.m4s")
+    assert seg is not None and seg.rendition == "1080p" and seg.relative == "1080p/0.m4s"
 
 
 def obj(key: str, size: int) -> CachedObject:

@@ -299,3 +299,17 @@ def test_unpublish_event_for_delete_stream_only() -> None:
     _, events = run_session([full_session()])
     unpublish = [e for e in events if isinstance(e, UnpublishRequest)]
     assert len(unpublish) == 1 and unpublish[0].reason == "FCUnpublish"
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=300))
+def test_fuzz_publish_key_reaches_the_server_intact(key: str) -> None:
+    """Whatever a client sends as the stream key (the only thing naming the stream) is
+    what the server checks: no truncation, normalisation or splitting in the core."""
+    pub = ScriptedPublisher(chunk_size=4096).obs_connect_sequence(key)
+    pub.obs_publish_sequence(key)
+    c0c1 = handshake_c0c1()
+    s1 = b"\x00\x00\x00\x63" + bytes(4) + b"\x07" * (HANDSHAKE_SIZE - 8)
+    _, events = run_session([c0c1 + handshake_c2(s1) + pub.take()])
+    published = [e.stream_key for e in events if isinstance(e, PublishRequest)]
+    assert published == [key]

@@ -1,0 +1,216 @@
+"""The origin API's OpenAPI 3.0 document (``GET /openapi.json``), written by hand: it is the
+contract schemathesis checks the implementation against (tests/e2e/test_openapi.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {
+    "description": "error",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["error", "status"],
+                "properties": {"error": {"type": "string"}, "status": {"type": "integer"}},
+            }
+        }
+    },
+}
+_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
+_VIEWER = {"type": "string", "pattern": "^[!-~]{1,128}$"}
+_SCOPE = {"type": "string", "pattern": "^(live|vod|catalog)/[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 128}
+_BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+_SCOPE_PARAMS = [
+    {
+        "name": "kind",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": ["live", "vod"]},
+    },
+    {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": _NAME,
+    },
+]
+_POLICY = {
+    "type": "object",
+    "required": ["scope", "access", "owner"],
+    "properties": {
+        "scope": {"type": "string"},
+        "access": {"type": "string", "enum": ["public", "token"]},
+        "owner": {"type": "string", "nullable": True},
+    },
+}
+
+
+def _json(schema: dict[str, Any], description: str = "ok") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(code): _ERROR for code in codes}
+
+
+def openapi_schema() -> dict[str, Any]:
+    obj = {"type": "object"}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "meshcast origin API", "version": "1"},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": {
+            "/healthz": {"get": {"responses": {"200": _json(obj)}}},
+            "/api/streams": {
+                "get": {
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["streams"],
+                                "properties": {"streams": {"type": "array", "items": obj}},
+                            }
+                        )
+                    }
+                }
+            },
+            "/api/streams/{name}": {
+                "get": {
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {"200": _json(obj), **_errors(404)},
+                }
+            },
+            "/api/tokens/keys": {
+                "get": {
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["keys"],
+                                "properties": {"keys": {"type": "array", "items": obj}},
+                            }
+                        )
+                    }
+                }
+            },
+            "/api/access/{kind}/{name}": {
+                "get": {
+                    "parameters": _SCOPE_PARAMS,
+                    "responses": {"200": _json(_POLICY), **_errors(404)},
+                },
+                "put": {
+                    "parameters": _SCOPE_PARAMS,
+                    "security": _BEARER,
+                    "requestBody": _body(
+                        {
+                            "type": "object",
+                            "required": ["access"],
+                            "properties": {
+                                "access": {"type": "string", "enum": ["public", "token"]},
+                                "owner": _NAME,
+                            },
+                        }
+                    ),
+                    "responses": {"200": _json(_POLICY), **_errors(400, 401, 403, 404, 413, 429)},
+                },
+            },
+            "/api/products": {
+                "get": {
+                    "security": _BEARER,
+                    "responses": {"200": _json(obj), **_errors(401, 429)},
+                },
+                "post": {
+                    "security": _BEARER,
+                    "requestBody": _body(
+                        {
+                            "type": "object",
+                            "required": ["kind", "name", "price_cents", "duration_s", "scopes"],
+                            "properties": {
+                                "kind": {"type": "string", "enum": ["tvod", "svod"]},
+                                "name": _TEXT,
+                                "owner": _NAME,
+                                "price_cents": {
+                                    "type": "integer",
+                                    "minimum": 0,
+                                    "maximum": 10**9,
+                                },
+                                "currency": {"type": "string", "minLength": 1, "maxLength": 8},
+                                "duration_s": {
+                                    "type": "integer",
+                                    "minimum": 1,
+                                    "maximum": 10 * 365 * 86400,
+                                },
+                                "scopes": {
+                                    "type": "array",
+                                    "items": _SCOPE,
+                                    "minItems": 1,
+                                    "maxItems": 1000,
+                                },
+                            },
+                        }
+                    ),
+                    "responses": {"201": _json(obj), **_errors(400, 401, 403, 413, 429)},
+                },
+            },
+            "/api/entitlements": {
+                "post": {
+                    "security": _BEARER,
+                    "requestBody": _body(
+                        {
+                            "type": "object",
+                            "required": ["viewer", "product"],
+                            "properties": {
+                                "viewer": _VIEWER,
+                                "product": _TEXT,
+                            },
+                        }
+                    ),
+                    "responses": {"201": _json(obj), **_errors(400, 401, 403, 404, 413, 429)},
+                }
+            },
+            "/api/tokens": {
+                "post": {
+                    "security": _BEARER,
+                    "requestBody": _body(
+                        {
+                            "type": "object",
+                            "required": ["viewer", "scope"],
+                            "properties": {
+                                "viewer": _VIEWER,
+                                "scope": _SCOPE,
+                                "ttl": {"type": "integer", "minimum": 1, "maximum": 86400},
+                            },
+                        }
+                    ),
+                    "responses": {
+                        "201": _json(
+                            {
+                                "type": "object",
+                                "required": ["token", "scope", "exp", "kid"],
+                                "properties": {
+                                    "token": {"type": "string"},
+                                    "scope": {"type": "string"},
+                                    "exp": {"type": "integer"},
+                                    "kid": {"type": "string"},
+                                },
+                            }
+                        ),
+                        **_errors(400, 401, 403, 413, 429),
+                    },
+                }
+            },
+        },
+    }
