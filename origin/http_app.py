@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import json
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -83,8 +84,16 @@ def create_app(
     data_dir: Path,
     player_dir: Path = PLAYER_DIR,
     extra_routes: Sequence[BaseRoute] = (),
+    on_peer_fetch: Callable[[str, str, int], None] | None = None,
 ) -> Starlette:
+    """``on_peer_fetch(edge_url, path, bytes)`` is told of every media response to an edge
+    (one that names itself in ``X-Meshcast-Peer``): the coordinator's fetch log."""
     live_root = data_dir / "live"
+
+    def sent(request: Request, path: str, size: int) -> None:
+        peer = request.headers.get("x-meshcast-peer")
+        if peer is not None and on_peer_fetch is not None and request.method == "GET":
+            on_peer_fetch(peer, path, size)
 
     async def live_file(request: Request) -> Response:
         media = parse_media_path(request.url.path)
@@ -106,7 +115,11 @@ def create_app(
                 body = await asyncio.to_thread(path.read_bytes)
             except FileNotFoundError:
                 return json_error(404, "not available (yet)", path=request.url.path)
+            sent(request, request.url.path, len(body))
             return Response(body, media_type=media.content_type, headers={"Cache-Control": cache})
+        if on_peer_fetch is not None and "x-meshcast-peer" in request.headers:
+            with contextlib.suppress(OSError):
+                sent(request, request.url.path, path.stat().st_size)
         return FileResponse(
             path, media_type=media.content_type, headers={"Cache-Control": IMMUTABLE}
         )

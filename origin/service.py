@@ -15,6 +15,7 @@ from meshcast.http import HttpService
 from meshcast.ingest import PacketSink
 from meshcast.keys import KeyStore
 from meshcast.nats_bus import make_bus
+from origin.coordinator import Coordinator, coordinator_routes
 from origin.demo import DemoSettings, DemoSource
 from origin.http_app import create_app
 from origin.registry import LiveStream, PublishRefused, StreamRegistry
@@ -49,12 +50,20 @@ class OriginService:
         self.transcoders = TranscoderDirectory(self.bus)
         self.registry.add_sink_factory(self._start_transcoder)
         self.whip = WhipServer(config.whip, self.registry, self.keys, self.metrics)
+        # The origin coordinates the contributor network (node registry, receipts, ledger).
+        self.coordinator: Coordinator | None = None
+        if config.network.enabled:
+            self.coordinator = Coordinator(config.data_dir, config.network, self.bus)
         self.app = create_app(
             self.registry,
             self.bus,
             self.metrics,
             config.data_dir,
-            extra_routes=whip_routes(self.whip),
+            extra_routes=[
+                *whip_routes(self.whip),
+                *(coordinator_routes(self.coordinator) if self.coordinator else []),
+            ],
+            on_peer_fetch=self.coordinator.record_fetch if self.coordinator else None,
         )
         self.http = HttpService(self.app, config.host, config.http_port, "origin")
         self.demo = DemoSource(self.registry, demo_settings) if config.demo else None
@@ -100,6 +109,8 @@ class OriginService:
         self.transcoders.start()
         await self.rtmp.start()
         await self.http.start()
+        if self.coordinator is not None:
+            self.coordinator.start()
         log.info("origin HTTP on %s", self.url)
         if self.demo is not None:
             await self.demo.start()
@@ -119,4 +130,6 @@ class OriginService:
                     await remote.flushed()
         await self.transcoders.close()
         await self.http.close()
+        if self.coordinator is not None:
+            await self.coordinator.close()
         await self.bus.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import stat
 from pathlib import Path
@@ -36,7 +37,9 @@ KEY = NodeKey.generate()
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -68,11 +71,11 @@ def test_sign_verify_round_trip_and_any_bit_flip_fails(message: bytes, data: st.
     flipped[bit // 8] ^= 1 << (bit % 8)
     with pytest.raises(SignatureError):
         verify(KEY.public_key, bytes(flipped), sig)
-    raw = bytearray(__import__("base64").b64decode(sig))
+    raw = bytearray(base64.b64decode(sig))
     sbit = data.draw(st.integers(0, len(raw) * 8 - 1))
     raw[sbit // 8] ^= 1 << (sbit % 8)
     with pytest.raises(SignatureError):
-        verify(KEY.public_key, message, __import__("base64").b64encode(bytes(raw)).decode())
+        verify(KEY.public_key, message, base64.b64encode(bytes(raw)).decode())
 
 
 @given(json_values)
