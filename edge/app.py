@@ -27,6 +27,7 @@ from edge.accesslog import AccessLog
 from edge.cache import CachedObject, TieredCache, read_range
 from edge.fill import Fill, FillError, Upstream
 from edge.http_semantics import RangeNotSatisfiable, etag_matches, freshness, parse_range
+from edge.metering import UsageMeter
 from edge.ml_policy import DemandTracker, MlPolicy
 from edge.policies import EvictionPolicy
 from edge.prefetch import PrefetchConfig, Prefetcher
@@ -101,6 +102,9 @@ class Edge:
         )
         self.ring = PeerRing(self.self_url, config.peers)
         self.metrics = EdgeMetrics(metrics or CollectorRegistry())
+        # Per-stream bytes for the usage receipts, counted beside bytes_served.
+        self.meter = UsageMeter()
+        self.metrics.registry.register(self.meter)
         self.trainer: BackgroundTrainer | None = None
         if self.demand is not None:
             self.trainer = BackgroundTrainer(
@@ -220,6 +224,7 @@ class Edge:
         self.metrics.upstream_bytes.labels("peer" if fill.source.is_peer else "origin").inc(
             fill.received
         )
+        self.meter.fetched(fill.key, fill.received)
         media = parse_media_path(fill.key)
         fresh = freshness(
             fill.headers.get("cache-control"),
@@ -278,9 +283,12 @@ class Edge:
         size = fill.headers.get("content-length")
         self.access_log.write_request(request, int(size) if size else fill.received)
 
+        peer = request.headers.get(PEER_HEADER)
+
         async def body() -> AsyncIterator[bytes]:
             async for chunk in fill.stream():
                 self.metrics.bytes_served.inc(len(chunk))
+                self.meter.served(fill.key, len(chunk), peer)
                 yield chunk
 
         return StreamingResponse(body(), 200, headers=headers)
@@ -336,6 +344,7 @@ class Edge:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{obj.size}"
         headers["Content-Length"] = str(end - start)
         self.metrics.bytes_served.inc(end - start)
+        self.meter.served(obj.key, end - start, request.headers.get(PEER_HEADER))
         self.access_log.write_request(request, end - start)
         if obj.body is not None:
             return Response(obj.body[start:end], status, headers=headers)
@@ -368,22 +377,25 @@ class FastPath:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             obj = self.edge.cache.memory.entries.get(scope["path"])
             if obj is not None and obj.body is not None and obj.expires_at is None:
-                cors = peer = False
-                for name, _ in scope["headers"]:
+                cors = False
+                peer: bytes | None = None
+                for name, value in scope["headers"]:
                     if name in (b"range", b"if-none-match", b"if-range"):
                         break  # validators and ranges take the full path
                     if name == b"origin":
                         cors = True
                     elif name == _PEER_HEADER_RAW:
-                        peer = True
+                        peer = value
                 else:
-                    await self._hit(scope, send, obj, cors)
+                    await self._hit(scope, send, obj, cors, peer)
                     if self._observing:
-                        self.edge.observe(obj.key, obj.size, peer)
+                        self.edge.observe(obj.key, obj.size, peer is not None)
                     return
         await self.app(scope, receive, send)
 
-    async def _hit(self, scope: Scope, send: Send, obj: CachedObject, cors: bool) -> None:
+    async def _hit(
+        self, scope: Scope, send: Send, obj: CachedObject, cors: bool, peer: bytes | None
+    ) -> None:
         self.edge.cache.memory.policy.accessed(obj.key)
         headers = obj.hit_headers
         if headers is None:
@@ -404,6 +416,7 @@ class FastPath:
         await send({"type": "http.response.body", "body": body})
         self._hits.inc()
         self.edge.metrics.bytes_served.inc(len(body))
+        self.edge.meter.served(obj.key, len(body), peer.decode("latin-1") if peer else None)
         client = scope.get("client")
         self.edge.access_log.write(client[0] if client else "-", scope["path"], len(body))
 
