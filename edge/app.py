@@ -133,6 +133,9 @@ class Edge:
         )
         self.access_log = AccessLog(config.cache_dir / "access.csv")
         self._fills: dict[str, Fill] = {}
+        # {"node": id, "coordinator": URL} once this edge joined a network (edge/network.py):
+        # players read it to know where to send their beacons.
+        self.network: dict[str, str] | None = None
 
     # ---- entry point ------------------------------------------------------------------
 
@@ -439,9 +442,15 @@ def create_app(edge: Edge) -> ASGIApp:
             }
         )
 
+    async def network(request: Request) -> Response:
+        if edge.network is None:
+            return json_error(404, "this edge has not joined a contributor network")
+        return JSONResponse(edge.network, headers={"Cache-Control": "no-store"})
+
     handler: Callable[[Request], Awaitable[Response]] = edge.handle
     routes = [
         Route("/healthz", healthz),
+        Route("/api/network", network),
         Route("/metrics", metrics_endpoint(edge.metrics.registry)),
         Route("/{path:path}", handler, methods=["GET", "HEAD"]),
     ]

@@ -65,6 +65,7 @@ class NodeAgent:
         self.key = key
         self.coordinator = config.join.rstrip("/")
         self.node_dir = config.node_dir or config.cache_dir
+        edge.network = {"node": key.node_id, "coordinator": self.coordinator}
         self.journal = self.node_dir / RECEIPTS_FILE
         self.builder = ReceiptBuilder(key)
         self.pending: list[dict[str, Any]] = []
