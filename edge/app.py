@@ -346,9 +346,12 @@ class Edge:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{obj.size}"
         headers["Content-Length"] = str(end - start)
-        self.metrics.bytes_served.inc(end - start)
-        self.meter.served(obj.key, end - start, request.headers.get(PEER_HEADER))
-        self.access_log.write_request(request, end - start)
+        # HEAD sends no body: counting it would make receipts claim bytes never sent
+        # (the fast path already counts 0 for HEAD).
+        sent = 0 if request.method == "HEAD" else end - start
+        self.metrics.bytes_served.inc(sent)
+        self.meter.served(obj.key, sent, request.headers.get(PEER_HEADER))
+        self.access_log.write_request(request, sent)
         if obj.body is not None:
             return Response(obj.body[start:end], status, headers=headers)
         return StreamingResponse(read_range(obj, start, end), status, headers=headers)

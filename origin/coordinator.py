@@ -303,14 +303,17 @@ class Coordinator:
         self.verifiers = {v.kind: v for v in verifiers}
         data_dir.mkdir(parents=True, exist_ok=True)
         self.key = NodeKey.load_or_create(data_dir / COORDINATOR_KEY_FILE)
-        self._lock = threading.Lock()
+        # Reentrant: close_due holds it across a whole close; close() waits for that.
+        self._lock = threading.RLock()
         self.db = sqlite3.connect(data_dir / DB_FILE, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(_SCHEMA + _TRIGGERS)
         self._fetches: dict[tuple[str, str], int] = {}
         self._fetches_since = 0.0
+        self._fetch_lock = threading.Lock()
         self._beacon_limit = TokenBucket(config.beacon_rate, config.beacon_burst, time.monotonic)
         self._task: asyncio.Task[None] | None = None
+        self._shut = False
 
     # ---- epochs -----------------------------------------------------------------------
 
@@ -535,17 +538,19 @@ class Coordinator:
         if len(parts) < 4 or size <= 0:
             return
         key = (peer_url.rstrip("/")[:300], f"{parts[1]}/{parts[2]}")
-        if not self._fetches:
-            self._fetches_since = self.clock()
-        self._fetches[key] = self._fetches.get(key, 0) + size
+        with self._fetch_lock:  # uncontended but for a flush in a worker thread
+            if not self._fetches:
+                self._fetches_since = self.clock()
+            self._fetches[key] = self._fetches.get(key, 0) + size
 
     def flush_fetches(self) -> None:
-        pending, self._fetches = self._fetches, {}
+        with self._fetch_lock:
+            pending, self._fetches = self._fetches, {}
+            # Stamped with the batch's first fetch: a flush at epoch close must not push
+            # the evidence past the epoch it belongs to.
+            now = self._fetches_since
         if not pending:
             return
-        # Stamped with the batch's first fetch: a flush at epoch close must not push the
-        # evidence past the epoch it belongs to.
-        now = self._fetches_since
         with self._lock:
             self.db.executemany(
                 "INSERT INTO fetch_log VALUES (?, ?, ?, ?)",
@@ -596,21 +601,23 @@ class Coordinator:
 
     def close_due(self) -> list[int]:
         """Close every epoch whose end is ``grace`` seconds past; returns those closed."""
-        self.flush_fetches()
-        now = self.clock()
-        closed = []
+        closed: list[int] = []
         with self._lock:
+            if self._shut:
+                return closed
+            self.flush_fetches()
+            now = self.clock()
             (last,) = self.db.execute("SELECT MAX(epoch) FROM epochs").fetchone()
             if last is None:
                 (first,) = self.db.execute("SELECT MIN(epoch) FROM receipts").fetchone()
                 if first is None:
-                    return []
+                    return closed
                 last = first - 1
-        epoch = last + 1
-        while self.epoch_bounds(epoch)[1] + self.config.close_grace <= now:
-            self.close_epoch(epoch)
-            closed.append(epoch)
-            epoch += 1
+            epoch = last + 1
+            while self.epoch_bounds(epoch)[1] + self.config.close_grace <= now:
+                self.close_epoch(epoch)
+                closed.append(epoch)
+                epoch += 1
         return closed
 
     def close_epoch(self, epoch: int) -> dict[str, Any]:
@@ -736,6 +743,7 @@ class Coordinator:
                 await self._task
         await asyncio.to_thread(self.flush_fetches)
         with self._lock:
+            self._shut = True
             self.db.close()
 
 

@@ -286,3 +286,53 @@ def test_pool_adapts_to_demand_and_supply() -> None:
     assert weight_of(100, 100, 1.0) == 100
     assert weight_of(200, 100, 1.0) == 0
     assert weight_of(150, 100, 1.0) == 50
+
+
+def test_beacons_are_validated_rate_limited_and_closed_epochs_ignore_them(
+    coordinator: Coordinator, clock: Clock
+) -> None:
+    node = Node(coordinator, clock, 9001)
+
+    def beacon(**patch: Any) -> dict[str, Any]:
+        body = {"edge": node.url, "stream": "live/a", "bytes": 10,
+                "period": [clock.t - 1, clock.t], "viewer": "v"}  # fmt: skip
+        return coordinator.accept_beacon(dict(body, **patch), "10.0.0.1")
+
+    assert beacon()["counted"] is True
+    for patch, reason in (
+        ({"bytes": -1}, "bytes"),
+        ({"bytes": 1.5}, "bytes"),
+        ({"stream": "a"}, "stream"),
+        ({"period": [clock.t, clock.t - 5]}, "period"),
+        ({"period": [clock.t - 3 * EPOCH, clock.t - 2 * EPOCH]}, "too old"),
+        ({"viewer": "x" * 65}, "viewer"),
+    ):
+        with pytest.raises(Rejected, match=reason) as exc:
+            beacon(**patch)
+        assert exc.value.code == 400
+    with pytest.raises(Rejected, match="no registered node") as exc:
+        beacon(edge="http://127.0.0.1:1")
+    assert exc.value.code == 404
+    # one address gets a burst, then a steady rate: a flood is refused, not stored
+    refused = 0
+    for _ in range(200):
+        try:
+            beacon()
+        except Rejected as e:
+            assert e.code == 429
+            refused += 1
+    assert refused >= 50
+    (stored,) = coordinator.db.execute("SELECT COUNT(*) FROM beacons").fetchone()
+    assert stored <= 200 - refused + 1
+    assert coordinator.accept_beacon(
+        {"edge": node.url, "stream": "live/a", "bytes": 1, "period": [clock.t - 1, clock.t]},
+        "10.0.0.2",
+    )["counted"]
+    coordinator.accept_receipt(node.receipt())
+    clock.t = T0 + EPOCH + 10
+    coordinator.close_due()
+    late = coordinator.accept_beacon(
+        {"edge": node.url, "stream": "live/a", "bytes": 1, "period": [T0 + 50, T0 + 60]},
+        "10.0.0.3",
+    )
+    assert late == {"counted": False, "reason": "epoch 10000 is closed"}
