@@ -211,23 +211,41 @@ class NodeAgent:
                     self.pending.pop(0)
                     accepted += 1
                     continue
-                if r.status_code == 409:
-                    # The coordinator already has this seq (our earlier POST went through
-                    # but its answer was lost): skip what it accepted.
-                    status = await self.client.get(
-                        f"{self.coordinator}/api/nodes/{self.key.node_id}", timeout=5
-                    )
-                    last = status.json().get("last_seq", 0)
-                    before = len(self.pending)
-                    self.pending = [e for e in self.pending if e["body"]["seq"] > last]
-                    if len(self.pending) < before:
-                        continue
+                if r.status_code == 409 and await self._resync():
+                    continue
                 log.error(
                     "edge %s: receipt #%d refused (%d): %s; dropped",
                     self.edge.self_url, envelope["body"]["seq"], r.status_code, _reason(r),
                 )  # fmt: skip
                 self.pending.pop(0)
+                if r.status_code == 409:
+                    await self._resync(reanchor=True)
         return accepted
+
+    async def _resync(self, reanchor: bool = False) -> bool:
+        """After a 409, line our pending receipts up with the coordinator's chain head.
+
+        Our POST may have gone through with its answer lost (skip what it has), or the
+        coordinator may have lost its last commits (resend them from our journal). With
+        ``reanchor`` (our history and its history differ) new receipts continue its chain;
+        the bytes of the receipts it never took are lost, and logged."""
+        status = await self.client.get(
+            f"{self.coordinator}/api/nodes/{self.key.node_id}", timeout=5
+        )
+        head = ChainHead(status.json()["last_seq"], status.json()["last_hash"])
+        journal = [e for e in self._read_journal() if e["body"]["seq"] > head.seq]
+        links = journal[0]["body"]["prev"] == head.hash if journal else True
+        if not reanchor and links and journal != self.pending:
+            self.pending = journal
+            return True
+        if reanchor:
+            log.error(
+                "edge %s: receipts fork from the coordinator's chain at #%d; continuing its chain",
+                self.edge.self_url, head.seq + 1,
+            )  # fmt: skip
+            self.pending = []
+            self.builder.head = ChainHead(head.seq, head.hash, self.builder.head.period_end)
+        return False
 
     async def _receipts(self) -> None:
         await self.registered.wait()

@@ -357,3 +357,22 @@ async def test_a_restarted_edge_continues_its_chain(net: Net, tmp_path: Path) ->
         finally:
             await restarted.close()
     assert status["last_seq"] > last and status["rejected"] == 0
+
+
+async def test_a_lost_answer_is_resynced_not_dropped(net: Net) -> None:
+    agent = net.edges[0].agent
+    assert agent is not None
+    await agent.registered.wait()
+    async with httpx.AsyncClient(timeout=10) as client:
+        async with agent._send_lock:  # hold the agent's own sender off meanwhile
+            envelope = agent.cut_receipt()
+            # the POST reaches the coordinator but the agent never hears the answer
+            r = await client.post(f"{net.origin.url}/api/receipts", json=envelope)
+            assert r.status_code == 201
+        agent.cut_receipt()
+        await agent.send_pending()  # 409 for the first, then resync from the journal
+        assert agent.pending == []
+        status = (await client.get(f"{net.origin.url}/api/nodes/{agent.key.node_id}")).json()
+    assert status["last_seq"] == agent.builder.head.seq
+    assert status["last_hash"] == agent.builder.head.hash
+    assert [x["reason"][:6] for x in status["rejections"]] == ["replay"]
