@@ -28,7 +28,9 @@ Verification is one ``Verifier`` per contribution kind, run when an epoch closes
   rate) and fetch logs (the origin records the bytes it sent to each edge, named by the
   ``X-Meshcast-Peer`` header edges send upstream, and each edge's receipts say what it
   sent to which peer: an edge cannot serve a stream that it, by both accounts, never
-  fetched). Formula in ``meshcast/rewards.py``.
+  fetched). Formula in ``meshcast/rewards.py``. Bytes sent to peers are evidence for the
+  fetching peer, not rewarded: paying for internal fill traffic invites ping-pong between
+  colluding nodes.
 - ``storage`` (after the storage plugin, issue 12): a ``Verifier`` that issues random chunk
   challenges (``POST`` a CID + offset, the node answers the bytes' hash within a deadline)
   against the pins the node claims, and verifies ``stored_byte_seconds`` by the share of
