@@ -13,12 +13,11 @@ import multiprocessing
 import tempfile
 from pathlib import Path
 
+from bench.results import write_block
 from edge.simulate import simulate, working_set_bytes
 from edge.tracegen import Workload, write_trace
 
 HERE = Path(__file__).parent
-RESULTS = HERE / "RESULTS.md"
-START, END = "<!-- cache:start -->", "<!-- cache:end -->"
 WORKLOADS = {"mixed": (11, 0.5), "live-heavy": (12, 0.1), "vod-heavy": (13, 0.9)}
 SIZES = (1, 2, 5, 10, 20, 30)
 POLICIES = ("lru", "s3fifo", "sieve", "ml", "prefetch")
@@ -86,13 +85,7 @@ def main() -> None:
         )
         lines.append("")
     block = "\n".join(lines)
-    text = RESULTS.read_text()
-    if START in text:
-        head, rest = text.split(START, 1)
-        text = head + START + "\n" + block + "\n" + END + rest.split(END, 1)[1]
-    else:
-        text += f"\n### Miss ratio vs cache size\n\n{START}\n{block}\n{END}\n"
-    RESULTS.write_text(text)
+    write_block("cache", "### Miss ratio vs cache size", block)
     print(block)
 
 

@@ -20,13 +20,11 @@ from pathlib import Path
 
 import httpx
 
+from bench.results import write_block
 from edge.service import EdgeService
 from meshcast.config import EdgeConfig, OriginConfig, TranscodeConfig
 from origin.demo import DemoSettings
 from origin.service import OriginService
-
-RESULTS = Path(__file__).with_name("RESULTS.md")
-START, END = "<!-- prefetch:start -->", "<!-- prefetch:end -->"
 
 
 async def player(
@@ -148,13 +146,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        body = RESULTS.read_text()
-        block = f"{START}\n{text}\n{END}"
-        if START in body:
-            body = body[: body.index(START)] + block + body[body.index(END) + len(END) :]
-        else:
-            body += f"\n## Edge prefetch, live (`bench/prefetch.py`)\n\n{block}\n"
-        RESULTS.write_text(body)
+        write_block("prefetch", "## Edge prefetch, live (`bench/prefetch.py`)", text)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.results import write_block
 from meshcast.config import NetworkConfig
 from meshcast.receipts import ReceiptBuilder, Usage
 from meshcast.rewards import RewardParams, verify_export
 from meshcast.signing import NodeKey
 from origin.coordinator import Coordinator
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-START, END = "<!-- receipts:start -->", "<!-- receipts:end -->"
 EPOCH = 3600.0
 
 
@@ -83,20 +82,15 @@ def main() -> None:
     print(json.dumps(r, indent=2))
     if args.no_write:
         return
-    table = (
-        f"{START}\nRun {datetime.date.today()}: {args.nodes} nodes x {args.receipts} receipts "
+    text = (
+        f"Run {datetime.date.today()}: {args.nodes} nodes x {args.receipts} receipts "
         "(4 streams each), one epoch.\n\n"
         "| receipts | accepted/s | epoch close | export | export verify | verified/s |\n"
         "|---|---|---|---|---|---|\n"
         f"| {r['receipts']} | {r['accept_per_s']:.0f} | {r['close_s']:.2f} s | "
-        f"{r['export_mb']:.1f} MB | {r['verify_s']:.2f} s | {r['verify_per_s']:.0f} |\n{END}"
+        f"{r['export_mb']:.1f} MB | {r['verify_s']:.2f} s | {r['verify_per_s']:.0f} |"
     )
-    text = RESULTS.read_text()
-    if START in text:
-        text = text[: text.index(START)] + table + text[text.index(END) + len(END) :]
-    else:
-        text += "\n## Contributor network: receipts (`bench/receipts.py`)\n\n" + table + "\n"
-    RESULTS.write_text(text)
+    write_block("receipts", "## Contributor network: receipts (`bench/receipts.py`)", text)
 
 
 if __name__ == "__main__":

@@ -22,13 +22,12 @@ import httpx
 
 from bench.edge import free_port
 from bench.prefetch import player
+from bench.results import write_block
 from edge.service import EdgeService
 from meshcast.config import EdgeConfig, OriginConfig, TranscodeConfig
 from origin.demo import DemoSettings
 from origin.service import OriginService
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-START, END = "<!-- scale:start -->", "<!-- scale:end -->"
 GRID = [(1, 4), (1, 16), (1, 48), (2, 16), (2, 48), (4, 16), (4, 48)]
 
 
@@ -121,14 +120,9 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        body = RESULTS.read_text()
-        block = f"{START}\n{text}\n{END}"
-        if START in body:
-            body = body[: body.index(START)] + block + body[body.index(END) + len(END) :]
-        else:
-            title = "## Scale-out: origin egress vs edges and viewers (`bench/scale.py`)"
-            body += f"\n{title}\n\n{block}\n"
-        RESULTS.write_text(body)
+        write_block(
+            "scale", "## Scale-out: origin egress vs edges and viewers (`bench/scale.py`)", text
+        )
 
 
 if __name__ == "__main__":

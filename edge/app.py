@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.accesslog import AccessLog
@@ -29,6 +29,7 @@ from edge.fill import Fill, FillError, Upstream
 from edge.http_semantics import RangeNotSatisfiable, etag_matches, freshness, parse_range
 from edge.metering import UsageMeter
 from edge.ml_policy import DemandTracker, MlPolicy
+from edge.plugins import EdgePlugin, find_plugin
 from edge.policies import EvictionPolicy
 from edge.prefetch import PrefetchConfig, Prefetcher
 from edge.ring import PeerRing
@@ -89,6 +90,8 @@ class Edge:
 
     def __init__(self, config: EdgeConfig, metrics: CollectorRegistry | None = None) -> None:
         self.config = config
+        # Resolved first: an unknown plugin fails before any file or socket is opened.
+        plugin_factories = [find_plugin(name) for name in dict.fromkeys(config.plugins)]
         self.origin = config.origin.rstrip("/")
         self.self_url = (config.advertise or f"http://{config.host}:{config.port}").rstrip("/")
         policy: str | Callable[[int], EvictionPolicy] = config.cache_policy
@@ -136,6 +139,8 @@ class Edge:
         # {"node": id, "coordinator": URL} once this edge joined a network (edge/network.py):
         # players read it to know where to send their beacons.
         self.network: dict[str, str] | None = None
+        # Last: plugins may use anything above (ring, cache, client, metrics).
+        self.plugins: list[EdgePlugin] = [factory(self) for factory in plugin_factories]
 
     # ---- entry point ------------------------------------------------------------------
 
@@ -451,10 +456,11 @@ def create_app(edge: Edge) -> ASGIApp:
         return JSONResponse(edge.network, headers={"Cache-Control": "no-store"})
 
     handler: Callable[[Request], Awaitable[Response]] = edge.handle
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/healthz", healthz),
         Route("/api/network", network),
         Route("/metrics", metrics_endpoint(edge.metrics.registry)),
+        *(route for plugin in edge.plugins for route in plugin.routes()),
         Route("/{path:path}", handler, methods=["GET", "HEAD"]),
     ]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=[cors()])

@@ -30,6 +30,11 @@ def rendezvous_owner(key: str, nodes: Iterable[str]) -> str | None:
     return best
 
 
+def rendezvous_owners(key: str, nodes: Iterable[str], k: int) -> list[str]:
+    """The ``k`` highest-scoring nodes for ``key``, best first (replica placement)."""
+    return sorted(nodes, key=lambda node: _score(node, key), reverse=True)[:k]
+
+
 class PeerRing:
     def __init__(self, self_url: str, peers: Iterable[str], *, down_for: float = 5.0) -> None:
         self.self_url = self_url.rstrip("/")
@@ -76,6 +81,10 @@ class PeerRing:
         owner = rendezvous_owner(key, [self.self_url, *self.alive_peers()])
         assert owner is not None
         return owner
+
+    def owners(self, key: str, k: int) -> list[str]:
+        """The ``k`` live nodes (this edge included) that hold replicas of ``key``."""
+        return rendezvous_owners(key, [self.self_url, *self.alive_peers()], k)
 
     def mark_down(self, peer: str, reason: str) -> None:
         if self._down_until.get(peer, 0.0) <= time.monotonic():

@@ -52,9 +52,11 @@ class EdgeService:
             ]
         if self.edge.prefetcher is not None:
             self._prefetch = asyncio.create_task(self.edge.prefetcher.run())
+        for plugin in self.edge.plugins:
+            await plugin.start()
         log.info(
             "edge listening on %s (origin %s, peers %s, cache %d MiB memory + %d MiB disk, "
-            "policy %s, prefetch %s)",
+            "policy %s, prefetch %s, plugins %s)",
             self.url,
             self.config.origin,
             ", ".join(self.edge.ring.peers) or "none",
@@ -62,6 +64,7 @@ class EdgeService:
             self.config.cache_disk >> 20,
             self.config.cache_policy,
             f"{self.config.prefetch_budget >> 20} MiB/s" if self.config.prefetch_budget else "off",
+            ", ".join(p.name for p in self.edge.plugins) or "none",
         )
 
     async def _announce(self, bus: NatsBus) -> None:
@@ -97,6 +100,8 @@ class EdgeService:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        for plugin in self.edge.plugins:
+            await plugin.close()
         await self.http.close()
         await self.edge.close()
         if self.bus is not None:

@@ -23,6 +23,13 @@ from transcoder.ladder import parse_ladder
 
 def _add_transcode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--store",
+        default="",
+        metavar="URL",
+        help="segment store: s3://BUCKET[/PREFIX]?endpoint=http://HOST:PORT/s3 (credentials "
+        "from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY); default: DATA/live on disk",
+    )
+    p.add_argument(
         "--encoder",
         choices=["auto", "nvenc", "x264"],
         default="auto",
@@ -103,7 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument(
         "--cache-dir", type=Path, default=None, help="disk tier and access log (data/edge-PORT)"
     )
-    edge.add_argument("--plugin", action="append", default=[])
+    edge.add_argument("--plugin", action="append", default=[], help="edge plugin to enable")
+    edge.add_argument(
+        "--data", type=Path, default=Path("data"), help="data directory (S3 keys for storage)"
+    )
     edge.add_argument("--bus", default=None, metavar="URL", help="NATS event bus: peers, streams")
     edge.add_argument("--advertise", default=None, metavar="URL", help="URL peers reach us at")
     edge.add_argument(
@@ -177,7 +187,12 @@ def _parser() -> argparse.ArgumentParser:
             k.add_argument("name")
         k.add_argument("--data", type=Path, default=Path("data"))
         if name == "create":
-            k.add_argument("--kind", choices=["stream"], default="stream")
+            k.add_argument(
+                "--kind",
+                choices=["stream", "s3"],
+                default="stream",
+                help="stream key, or an S3 access key (prints ACCESS_KEY_ID SECRET_ACCESS_KEY)",
+            )
     return parser
 
 
@@ -194,11 +209,19 @@ def _add_edge_cache_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _transcode_config(args: argparse.Namespace) -> cfg.TranscodeConfig:
+    if args.store:
+        from meshcast.s3store import S3Location
+
+        try:
+            S3Location.parse(args.store)
+        except ValueError as exc:
+            raise SystemExit(f"meshcast: --store: {exc}") from None
     transcode = cfg.TranscodeConfig(
         segment_duration=args.segment_duration,
         window_segments=args.dvr_window,
         encoder=args.encoder,
         source_rung=args.source_rung,
+        segment_store=args.store,
     )
     if args.ladder:
         ladder = tuple((spec.height, spec.video_kbps) for spec in args.ladder)
@@ -376,6 +399,7 @@ async def _up(args: argparse.Namespace) -> None:
                 prefetch_budget=args.prefetch_budget,
                 plugins=tuple(args.plugin),
                 bus=args.bus,
+                data_dir=args.data,
             )
         )
         for port in edge_ports
@@ -428,6 +452,7 @@ async def _edge(args: argparse.Namespace) -> None:
             node_dir=args.node_dir,
             receipt_interval=args.receipt_interval,
             bandwidth=args.bandwidth,
+            data_dir=args.data,
         )
     )
     await run_services([edge], on_ready=lambda: f"edge ready: {edge.url}")
@@ -463,11 +488,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_rewards(args)
     if args.command == "bench":
         return _cmd_bench_cache(args) if args.bench_command == "cache" else _cmd_gen_trace(args)
+    from edge.plugins import UnknownPlugin
+
     runner = {"up": _up, "origin": _origin, "edge": _edge, "transcoder": _transcoder}[args.command]
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
             loop_runner.run(runner(args))
-    except (OSError, EncoderUnavailable) as exc:
+    except (OSError, EncoderUnavailable, UnknownPlugin) as exc:
         print(f"meshcast: {exc}", file=sys.stderr)
         return 1
     except TimeoutError as exc:

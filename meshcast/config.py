@@ -24,6 +24,9 @@ class TranscodeConfig:
     source_rung: bool = False
     # Packets queued for a stream's worker before the ingest side starts dropping.
     queue_packets: int = 2000
+    # Where segments and manifests go: "" = DATA/live on local disk; "s3://BUCKET[/PREFIX]
+    # ?endpoint=URL" = any S3 API (meshcast/s3store.py), read back by the origin from there.
+    segment_store: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,24 @@ class OriginConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """The edge plugin ``storage`` (S3 API, pinning): see README, Storage."""
+
+    # Copies of every chunk and manifest, on the first k nodes by rendezvous hashing.
+    replicas: int = 2
+    chunk_size: int = 4 * 1024 * 1024
+    max_object: int = 5 * 1024**3
+    # How often each edge pushes what it holds to the owners that lack it.
+    repair_interval: float = 10.0
+    # How often each edge re-hashes every chunk it holds (bit rot, tampering).
+    scrub_interval: float = 3600.0
+    # Memory for recently read, verified chunks (0: every read goes to disk and re-hashes).
+    chunk_cache: int = 64 * 1024 * 1024
+    # Objects larger than this are streamed from /ipfs/ without entering the edge cache.
+    ipfs_cache_max: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class EdgeConfig:
     origin: str
     host: str = "127.0.0.1"
@@ -116,3 +137,6 @@ class EdgeConfig:
     receipt_interval: float = 10.0
     # Advertised upload capacity in bytes per second (the coordinator's supply estimate).
     bandwidth: int = 12_500_000
+    # Shared data directory: S3 access keys (keys.json) and the peers' storage secret.
+    data_dir: Path = Path("data")
+    storage: StorageConfig = field(default_factory=StorageConfig)

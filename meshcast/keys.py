@@ -3,6 +3,11 @@
 A key is ``<kind>_<key id>_<secret>``. The id finds the record in O(1) (so publishing does
 not try every hash); only a salted SHA-256 of the secret is stored. The secret is 256
 random bits, so a slow KDF would add latency to every publish without adding security.
+
+S3 access keys (kind ``s3``) are the exception: SigV4 is an HMAC keyed by the secret, so the
+verifier needs the secret itself, not a hash. They are kept in the same file, which is only
+ever written 0600 by its owner. Encrypting them at rest would need a key stored next to the
+file (same protection) or typed in at every start (no unattended edges), so we don't pretend.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from typing import Final
 
 KEYS_FILE: Final = "keys.json"
 STREAM_KIND: Final = "stream"
+S3_KIND: Final = "s3"
+KINDS: Final = (STREAM_KIND, S3_KIND)
+_AKID_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -63,6 +71,8 @@ class KeyRecord:
     hash: str
     created: float
     revoked: float | None = None
+    # Only for S3 keys: the secret in clear (see the module docstring); None otherwise.
+    secret: str | None = None
 
     @property
     def active(self) -> bool:
@@ -107,18 +117,45 @@ class KeyStore:
         self._mtime = None
 
     def create(self, name: str, kind: str = STREAM_KIND) -> str:
+        """A new key; for kind ``s3`` the result is ``ACCESS_KEY_ID SECRET_ACCESS_KEY``."""
         validate_stream_name(name)
+        if kind not in KINDS:
+            raise InvalidName(f"unknown key kind {kind!r} (known: {', '.join(KINDS)})")
         with self._lock:
             records = dict(self._load())
             existing = records.get(name)
             if existing is not None and existing.active:
                 raise DuplicateName(f"a key named {name!r} exists; revoke it first")
-            key_id = secrets.token_hex(6)
-            secret = secrets.token_hex(32)
             salt = secrets.token_hex(16)
-            records[name] = KeyRecord(name, kind, key_id, salt, _digest(salt, secret), time.time())
+            if kind == S3_KIND:
+                # AWS-shaped: 20 upper-case characters and a 40-character secret, so tools
+                # that validate the shape accept them.
+                key_id = "MC" + "".join(secrets.choice(_AKID_CHARS) for _ in range(18))
+                secret = secrets.token_urlsafe(30)
+                record = KeyRecord(
+                    name, kind, key_id, salt, _digest(salt, secret), time.time(), secret=secret
+                )
+                result = f"{key_id} {secret}"
+            else:
+                key_id = secrets.token_hex(6)
+                secret = secrets.token_hex(32)
+                record = KeyRecord(name, kind, key_id, salt, _digest(salt, secret), time.time())
+                result = f"{kind}_{key_id}_{secret}"
+            records[name] = record
             self._save(records)
-        return f"{kind}_{key_id}_{secret}"
+        return result
+
+    def s3_secret(self, access_key_id: str) -> tuple[str, str]:
+        """(name, secret) of an active S3 key; KeyRejected names why not."""
+        with self._lock:
+            records = self._load()
+        for record in records.values():
+            if record.kind == S3_KIND and record.key_id == access_key_id:
+                if not record.active:
+                    raise KeyRejected(f"the key of {record.name!r} was revoked")
+                assert record.secret is not None
+                return record.name, record.secret
+        raise KeyRejected("unknown access key id")
 
     def revoke(self, name: str) -> None:
         with self._lock:

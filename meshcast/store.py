@@ -50,3 +50,13 @@ class LocalStore:
 
     def clear(self, prefix: str) -> None:
         shutil.rmtree(self.path(prefix), ignore_errors=True)
+
+
+def open_store(spec: str, root: Path) -> SegmentStore:
+    """The store a ``--store`` value names: empty → local disk under ``root``;
+    ``s3://BUCKET[/PREFIX]?endpoint=URL`` → any S3-compatible service (meshcast/s3store.py)."""
+    if not spec:
+        return LocalStore(root)
+    from meshcast.s3store import S3Location, S3Store
+
+    return S3Store(S3Location.parse(spec))

@@ -7,9 +7,10 @@ import contextlib
 import html
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
+import httpx
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,6 +27,7 @@ from meshcast.events import EventBus
 from meshcast.http import EXCEPTION_HANDLERS, cors, json_error
 from meshcast.metrics import metrics_endpoint
 from meshcast.paths import IMMUTABLE, parse_media_path
+from meshcast.s3store import S3Store, S3StoreError
 from origin.registry import LiveStream, StreamRegistry
 
 SSE_HEARTBEAT_S = 15.0
@@ -85,6 +87,7 @@ def create_app(
     player_dir: Path = PLAYER_DIR,
     extra_routes: Sequence[BaseRoute] = (),
     on_peer_fetch: Callable[[str, str, int], None] | None = None,
+    segment_store: S3Store | None = None,
 ) -> Starlette:
     """``on_peer_fetch(edge_url, path, bytes)`` is told of every media response to an edge
     (one that names itself in ``X-Meshcast-Peer``): the coordinator's fetch log."""
@@ -177,6 +180,16 @@ def create_app(
             landing_page(registry.listing()), headers={"Cache-Control": "public, max-age=2"}
         )
 
+    live_handler = live_file
+    if segment_store is not None:
+        from_store = live_from_store(segment_store, registry)
+
+        async def live_handler(request: Request) -> Response:
+            response = await from_store(request)
+            if response.status_code == 200:
+                sent(request, request.url.path, len(response.body))
+            return response
+
     routes = [
         Route("/", landing),
         Route("/player/", player_file),
@@ -186,9 +199,40 @@ def create_app(
         Route("/api/streams", list_streams),
         Route("/api/streams/{name}", get_stream),
         Route("/api/events", event_stream),
-        Route("/live/{path:path}", live_file, methods=["GET", "HEAD"]),
+        Route("/live/{path:path}", live_handler, methods=["GET", "HEAD"]),
         *extra_routes,
     ]
     # WHIP publishers in browsers POST/DELETE from other origins and read Location/Link.
     middleware = [cors(("POST", "DELETE", "PATCH"), ("Location", "Link"))]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=middleware)
+
+
+def live_from_store(
+    store: S3Store, registry: StreamRegistry
+) -> Callable[[Request], Awaitable[Response]]:
+    """Live files read back from an S3 segment store (``--store s3://…``), not local disk."""
+
+    async def live_file(request: Request) -> Response:
+        media = parse_media_path(request.url.path)
+        if media is None or media.kind != "live":
+            return json_error(404, "not found", path=request.url.path)
+        try:
+            data = await asyncio.to_thread(store.get, f"live/{media.name}/{media.relative}")
+        except (S3StoreError, httpx.HTTPError) as exc:
+            return json_error(502, f"segment store: {exc}", path=request.url.path)
+        if data is None:
+            stream = registry.get(media.name)
+            reason = "stream not live" if stream is None else "not available (yet)"
+            return json_error(404, reason, path=request.url.path)
+        if media.is_manifest:
+            stream = registry.get(media.name)
+            cache = (
+                "public, max-age=1" if stream is not None and stream.live else "public, max-age=10"
+            )
+        else:
+            cache = IMMUTABLE
+        body = b"" if request.method == "HEAD" else data
+        headers = {"Cache-Control": cache, "Content-Length": str(len(data))}
+        return Response(body, media_type=media.content_type, headers=headers)
+
+    return live_file

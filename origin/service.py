@@ -15,6 +15,7 @@ from meshcast.http import HttpService
 from meshcast.ingest import PacketSink
 from meshcast.keys import KeyStore
 from meshcast.nats_bus import make_bus
+from meshcast.s3store import S3Location, S3Store
 from origin.coordinator import Coordinator, coordinator_routes
 from origin.demo import DemoSettings, DemoSource
 from origin.http_app import create_app
@@ -54,6 +55,12 @@ class OriginService:
         self.coordinator: Coordinator | None = None
         if config.network.enabled:
             self.coordinator = Coordinator(config.data_dir, config.network, self.bus)
+        # Live files are read back from S3 when the transcoders write there (--store).
+        self.segment_store = (
+            S3Store(S3Location.parse(config.transcode.segment_store))
+            if config.transcode.segment_store
+            else None
+        )
         self.app = create_app(
             self.registry,
             self.bus,
@@ -64,6 +71,7 @@ class OriginService:
                 *(coordinator_routes(self.coordinator) if self.coordinator else []),
             ],
             on_peer_fetch=self.coordinator.record_fetch if self.coordinator else None,
+            segment_store=self.segment_store,
         )
         self.http = HttpService(self.app, config.host, config.http_port, "origin")
         self.demo = DemoSource(self.registry, demo_settings) if config.demo else None
@@ -133,3 +141,5 @@ class OriginService:
         if self.coordinator is not None:
             await self.coordinator.close()
         await self.bus.close()
+        if self.segment_store is not None:
+            self.segment_store.close()

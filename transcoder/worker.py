@@ -25,7 +25,7 @@ from meshcast.ingest import (
     deliver,
 )
 from meshcast.logs import ignore_terminal_signals, setup_logging
-from meshcast.store import LocalStore
+from meshcast.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def worker_main(
     setup_logging(logging.getLevelName(log_level))
     from transcoder.pipeline import LadderPipeline
 
-    store = LocalStore(data_dir)
+    store = open_store(config.segment_store, data_dir)
     store.clear(f"live/{name}")  # a new publication starts a new timeline
     pipeline = LadderPipeline(name, store, config)
     try:

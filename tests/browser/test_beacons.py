@@ -5,7 +5,6 @@ reports the media bytes it got from that edge to the coordinator."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
 from playwright.async_api import async_playwright
@@ -15,13 +14,13 @@ from meshcast.config import EdgeConfig, OriginConfig
 from meshcast.signing import NodeKey
 from origin.demo import DemoSettings
 from origin.service import OriginService
-from tests.browser.test_player import CHROMIUM, wait_playing
+from tests.browser.chromium import launch
+from tests.browser.test_player import wait_playing
 from tests.conftest import free_port
 from tests.e2e.test_ladder import wait_for_url
 
 
 async def test_player_beacons_the_bytes_its_edge_served(tmp_path: Path) -> None:
-    assert shutil.which(CHROMIUM) or Path(CHROMIUM).exists(), "Debian chromium missing"
     origin = OriginService(
         OriginConfig(data_dir=tmp_path / "o", http_port=0, rtmp_port=0, demo=True),
         demo_settings=DemoSettings(width=640, height=360, fps=25, video_kbps=800),
@@ -43,14 +42,7 @@ async def test_player_beacons_the_bytes_its_edge_served(tmp_path: Path) -> None:
     try:
         await wait_for_url(f"{edge.url}/live/demo/master.m3u8", 60)
         async with async_playwright() as pw:
-            browser = await pw.chromium.launch(
-                executable_path=CHROMIUM,
-                args=[
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--autoplay-policy=no-user-gesture-required",
-                ],
-            )
+            browser = await launch(pw)
             try:
                 page = await browser.new_page()
                 await page.goto(f"{edge.url}/player/?stream=demo")

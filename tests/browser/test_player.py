@@ -4,7 +4,6 @@ the demo stream through an edge with hls.js and shaka-player."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +15,11 @@ from edge.service import EdgeService
 from meshcast.config import EdgeConfig, OriginConfig
 from origin.demo import DemoSettings
 from origin.service import OriginService
+from tests.browser.chromium import ARTIFACTS, launch
 from tests.conftest import free_port
 from tests.e2e.test_ladder import wait_for_url
 
 pytestmark = pytest.mark.e2e
-
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @dataclass
@@ -34,9 +31,6 @@ class Site:
 
 @pytest.fixture
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    assert shutil.which(CHROMIUM) or Path(CHROMIUM).exists(), (
-        "Debian chromium missing: `make test` installs it"
-    )
     # 480p demo: a two-rung ladder (480p, 360p) that 2 cores encode while Chromium decodes.
     origin = OriginService(
         OriginConfig(data_dir=tmp_path / "o", http_port=0, rtmp_port=0, demo=True),
@@ -47,15 +41,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     await edge.start()
     await wait_for_url(f"{edge.url}/live/demo/master.m3u8", 60)
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--autoplay-policy=no-user-gesture-required",
-            ],
-        )
+        browser = await launch(pw)
         try:
             yield Site(origin, edge, browser)
         finally:

@@ -5,15 +5,13 @@ the stream's HLS then decodes with libavformat."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-from pathlib import Path
 
 import pytest
 from playwright.async_api import Page, async_playwright
 
 from meshcast.keys import KeyStore
 from origin.service import OriginService
-from tests.browser.test_player import ARTIFACTS, CHROMIUM
+from tests.browser.chromium import ARTIFACTS, launch
 from tests.conftest import wait_for_state
 from tests.e2e.test_whip import check_ended_hls
 
@@ -28,21 +26,10 @@ async def publish_state(page: Page) -> dict[str, object]:
 async def test_publish_page_goes_live_from_the_fake_camera(
     origin: OriginService, keys: KeyStore
 ) -> None:
-    assert shutil.which(CHROMIUM) or Path(CHROMIUM).exists(), (
-        "Debian chromium missing: `make test` installs it"
-    )
     key = keys.create("browsercam")
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--autoplay-policy=no-user-gesture-required",
-                "--use-fake-device-for-media-stream",
-                "--use-fake-ui-for-media-stream",
-            ],
+        browser = await launch(
+            pw, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"
         )
         try:
             page = await browser.new_page()
