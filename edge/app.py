@@ -28,6 +28,7 @@ from edge.accesslog import AccessLog
 from edge.cache import CachedObject, TieredCache, read_range
 from edge.fill import Fill, FillError, Upstream
 from edge.http_semantics import RangeNotSatisfiable, etag_matches, freshness, parse_range
+from edge.metering import UsageMeter
 from edge.ml_policy import DemandTracker, MlPolicy
 from edge.plugins import EdgePlugin, PluginHooks, PluginOptions, check_options, find_plugin
 from edge.policies import EvictionPolicy
@@ -116,6 +117,9 @@ class Edge:
         )
         self.ring = PeerRing(self.self_url, config.peers)
         self.metrics = EdgeMetrics(metrics or CollectorRegistry())
+        # Per-stream bytes for the usage receipts, counted beside bytes_served.
+        self.meter = UsageMeter()
+        self.metrics.registry.register(self.meter)
         self.trainer: BackgroundTrainer | None = None
         if self.demand is not None:
             self.trainer = BackgroundTrainer(
@@ -150,6 +154,9 @@ class Edge:
         self._fills: dict[str, Fill] = {}
         # Set by EdgeService with --bus: plugins publish their events (moderation.flagged).
         self.bus: EventBus | None = None
+        # {"node": id, "coordinator": URL} once this edge joined a network (edge/network.py):
+        # players read it to know where to send their beacons.
+        self.network: dict[str, str] | None = None
         # Last: plugins may use anything above (ring, cache, client, metrics).
         self.plugins: list[EdgePlugin] = [factory(self) for factory in plugin_factories]
         self.hooks = PluginHooks(self.plugins)
@@ -296,6 +303,7 @@ class Edge:
         self.metrics.upstream_bytes.labels("peer" if fill.source.is_peer else "origin").inc(
             fill.received
         )
+        self.meter.fetched(fill.key, fill.received)
         media = parse_media_path(fill.key)
         fresh = freshness(
             fill.headers.get("cache-control"),
@@ -371,9 +379,12 @@ class Edge:
         size = fill.headers.get("content-length")
         self.access_log.write_request(request, int(size) if size else fill.received)
 
+        peer = request.headers.get(PEER_HEADER)
+
         async def body() -> AsyncIterator[bytes]:
             async for chunk in fill.stream():
                 self.metrics.bytes_served.inc(len(chunk))
+                self.meter.served(fill.key, len(chunk), peer)
                 yield chunk
 
         return StreamingResponse(body(), 200, headers=headers)
@@ -428,8 +439,12 @@ class Edge:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{obj.size}"
         headers["Content-Length"] = str(end - start)
-        self.metrics.bytes_served.inc(end - start)
-        self.access_log.write_request(request, end - start)
+        # HEAD sends no body: counting it would make receipts claim bytes never sent
+        # (the fast path already counts 0 for HEAD).
+        sent = 0 if request.method == "HEAD" else end - start
+        self.metrics.bytes_served.inc(sent)
+        self.meter.served(obj.key, sent, request.headers.get(PEER_HEADER))
+        self.access_log.write_request(request, sent)
         if obj.body is not None:
             return Response(obj.body[start:end], status, headers=headers)
         return StreamingResponse(read_range(obj, start, end), status, headers=headers)
@@ -502,18 +517,19 @@ class FastPath:
                 if self._filters and (refused := self.edge.hooks.check(obj.key)) is not None:
                     await refused(scope, receive, send)
                     return
-                cors = peer = False
-                for name, _ in scope["headers"]:
+                cors = False
+                peer: bytes | None = None
+                for name, value in scope["headers"]:
                     if name in (b"range", b"if-none-match", b"if-range"):
                         break  # validators and ranges take the full path
                     if name == b"origin":
                         cors = True
                     elif name == _PEER_HEADER_RAW:
-                        peer = True
+                        peer = value
                 else:
-                    await self._hit(scope, send, obj, cors)
+                    await self._hit(scope, send, obj, cors, peer)
                     if self._observing:
-                        self.edge.observe(obj.key, obj.size, peer)
+                        self.edge.observe(obj.key, obj.size, peer is not None)
                     return
         await self.app(scope, receive, send)
 
@@ -526,7 +542,9 @@ class FastPath:
         token = token_from_query(query.decode("latin-1")) if _TOKEN_RAW in query else None
         return self.edge.access.fast_allow(parts[1], parts[2], token)
 
-    async def _hit(self, scope: Scope, send: Send, obj: CachedObject, cors: bool) -> None:
+    async def _hit(
+        self, scope: Scope, send: Send, obj: CachedObject, cors: bool, peer: bytes | None
+    ) -> None:
         self.edge.cache.memory.policy.accessed(obj.key)
         headers = obj.hit_headers
         if headers is None:
@@ -547,6 +565,7 @@ class FastPath:
         await send({"type": "http.response.body", "body": body})
         self._hits.inc()
         self.edge.metrics.bytes_served.inc(len(body))
+        self.edge.meter.served(obj.key, len(body), peer.decode("latin-1") if peer else None)
         client = scope.get("client")
         self.edge.access_log.write(client[0] if client else "-", scope["path"], len(body))
 
@@ -570,9 +589,15 @@ def create_app(edge: Edge) -> ASGIApp:
             }
         )
 
+    async def network(request: Request) -> Response:
+        if edge.network is None:
+            return json_error(404, "this edge has not joined a contributor network")
+        return JSONResponse(edge.network, headers={"Cache-Control": "no-store"})
+
     handler: Callable[[Request], Awaitable[Response]] = edge.handle
     routes: list[BaseRoute] = [
         Route("/healthz", healthz),
+        Route("/api/network", network),
         Route("/metrics", metrics_endpoint(edge.metrics.registry)),
         *(route for plugin in edge.plugins for route in plugin.routes()),
         Route("/{path:path}", handler, methods=["GET", "HEAD"]),

@@ -1,5 +1,6 @@
 """Runs one edge: its HTTP app, the peer health checks and, with ``--bus``, its membership
-in the ring over NATS (heartbeats out, peers and stream events in)."""
+in the ring over NATS (heartbeats out, peers and stream events in); with ``--join``, its
+membership in the contributor network (edge/network.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 
 from edge.access import KEYS_REFRESH_S
 from edge.app import Edge, create_app
+from edge.network import NodeAgent, load_node_key
 from meshcast import events
 from meshcast.config import EdgeConfig
 from meshcast.http import HttpService
@@ -28,6 +30,11 @@ class EdgeService:
         self._keys: asyncio.Task[None] | None = None
         self._bus_tasks: list[asyncio.Task[None]] = []
         self.bus = NatsBus(config.bus, f"edge@{self.edge.self_url}") if config.bus else None
+        self.agent: NodeAgent | None = None
+        if config.join:
+            self.agent = NodeAgent(
+                self.edge, config, load_node_key(config.node_dir or config.cache_dir)
+            )
 
     @property
     def url(self) -> str:
@@ -40,7 +47,9 @@ class EdgeService:
             await self.edge.access.refresh_keys()
             self._keys = asyncio.create_task(self._refresh_keys_later())
         await self.http.start()
-        if self.edge.ring.peers or self.bus is not None:
+        if self.agent is not None:
+            await self.agent.start()
+        if self.edge.ring.peers or self.bus is not None or self.agent is not None:
             self._health = asyncio.create_task(self.edge.ring.health_loop(self.edge.client))
         if self.bus is not None:
             await self.bus.start()
@@ -96,6 +105,8 @@ class EdgeService:
     async def close(self) -> None:
         if self.bus is not None:
             self.bus.publish(events.NODE_LEFT, role="edge", url=self.edge.self_url)
+        if self.agent is not None:
+            await self.agent.close()
         for task in (*self._bus_tasks, self._health, self._prefetch, self._keys):
             if task is not None:
                 task.cancel()

@@ -8,12 +8,14 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
 from meshcast import config as cfg
 from meshcast.logs import setup_logging
 from meshcast.paths import player_url, rtmp_publish_url
+from meshcast.rewards import RewardParams
 from meshcast.sizes import parse_size
 from transcoder.encoders import EncoderUnavailable
 from transcoder.ladder import parse_ladder
@@ -64,6 +66,17 @@ def _add_origin_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--transcoder-secret", default="", help="shared with `meshcast transcoder`")
     p.add_argument(
+        "--epoch",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="contributor network: rewards epoch length",
+    )
+    p.add_argument("--reward-pool", type=int, default=1_000_000, help="reward units per epoch")
+    p.add_argument(
+        "--beacon-sample-rate", type=float, default=1.0, help="share of players sending beacons"
+    )
+    p.add_argument(
         "--ice-server",
         action="append",
         default=[],
@@ -111,6 +124,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     edge.add_argument("--bus", default=None, metavar="URL", help="NATS event bus: peers, streams")
     edge.add_argument("--advertise", default=None, metavar="URL", help="URL peers reach us at")
+    edge.add_argument(
+        "--join", default=None, metavar="URL", help="contributor network coordinator (origin URL)"
+    )
+    edge.add_argument(
+        "--node-dir", type=Path, default=None, help="node.key and receipts (default: cache dir)"
+    )
+    edge.add_argument(
+        "--receipt-interval", type=float, default=10.0, help="seconds between usage receipts"
+    )
+    edge.add_argument(
+        "--bandwidth", type=parse_size, default=12_500_000, help="advertised bytes per second"
+    )
+
+    node = sub.add_parser("node", help="contributor network node identity")
+    nsub = node.add_subparsers(dest="node_command", required=True)
+    ninit = nsub.add_parser("init", help="create the node's Ed25519 key pair")
+    ninit.add_argument("--data", type=Path, default=Path("data"))
+    ninit.add_argument("--force", action="store_true", help="replace an existing key")
+    nshow = nsub.add_parser("show", help="print the node id and public key")
+    nshow.add_argument("--data", type=Path, default=Path("data"))
+
+    rewards = sub.add_parser("rewards", help="contributor rewards ledger")
+    rewards.add_argument("--coordinator", default=None, metavar="URL", help="origin URL")
+    rewards.add_argument("--data", type=Path, default=None, help="coordinator data directory")
+    rewards.add_argument("--node", default=None, help="one node id")
+    rsub = rewards.add_subparsers(dest="rewards_command")
+    rverify = rsub.add_parser("verify", help="verify a signed epoch export with public keys")
+    rverify.add_argument("file", type=Path)
+    rverify.add_argument(
+        "--pubkeys", type=Path, default=None, help='JSON {"node_…": "base64 key"} to pin'
+    )
+    rverify.add_argument("--coordinator-key", default=None, help="coordinator public key")
 
     tr = sub.add_parser("transcoder", help="a transcoder node: takes live streams from origins")
     tr.add_argument("--bus", required=True, metavar="URL", help="NATS event bus")
@@ -227,6 +272,13 @@ def _origin_config(args: argparse.Namespace) -> cfg.OriginConfig:
         bus=args.bus,
         transcoders=args.transcoders,
         transcoder_secret=args.transcoder_secret,
+        network=cfg.NetworkConfig(
+            rewards=RewardParams(
+                epoch_seconds=args.epoch,
+                base_pool=args.reward_pool,
+                beacon_sample_rate=args.beacon_sample_rate,
+            )
+        ),
     )
 
 
@@ -271,6 +323,75 @@ def _cmd_vod(args: argparse.Namespace) -> int:
         wait=not args.no_wait,
     )
     return add(options)
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    from meshcast.signing import NODE_KEY_FILE, KeyFileExists, NodeKey
+
+    path = args.data / NODE_KEY_FILE
+    try:
+        if args.node_command == "init":
+            key = NodeKey.create(path, force=args.force)
+        else:
+            key = NodeKey.load(path)
+    except (KeyFileExists, OSError, ValueError) as exc:
+        print(f"meshcast: {exc}", file=sys.stderr)
+        return 1
+    print(f"node_id {key.node_id}")
+    print(f"public_key {key.public_key}")
+    return 0
+
+
+def _cmd_rewards(args: argparse.Namespace) -> int:
+    import json
+
+    if args.rewards_command == "verify":
+        from meshcast.rewards import ExportInvalid, verify_export
+
+        try:
+            doc = json.loads(args.file.read_text())
+            pins = json.loads(args.pubkeys.read_text()) if args.pubkeys else None
+            summary = verify_export(doc, args.coordinator_key, pins)
+        except (OSError, ValueError, ExportInvalid) as exc:
+            print(f"meshcast: export does not verify: {exc}", file=sys.stderr)
+            return 1
+        print(
+            f"epoch {summary.epoch} verifies: {summary.nodes} nodes, {summary.receipts} "
+            f"receipts, pool {summary.pool}, paid {sum(summary.rewards.values())}"
+        )
+        return 0
+    try:
+        rows = _reward_rows(args)
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"meshcast: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'epoch':>8} {'node':<38} {'claimed B':>14} {'verified B':>14} {'reward':>10}  flags")
+    for row in rows:
+        bw = row["kinds"].get("bandwidth", {"claimed": 0, "verified": 0, "flags": []})
+        flags = sorted({f for k in row["kinds"].values() for f in k["flags"]})
+        print(
+            f"{row['epoch']:>8} {row['node']:<38} {bw['claimed']:>14} {bw['verified']:>14} "
+            f"{row['reward']:>10}  {','.join(flags) or '-'}"
+        )
+    return 0
+
+
+def _reward_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.coordinator:
+        import httpx
+
+        params = {"node": args.node} if args.node else {}
+        try:
+            r = httpx.get(f"{args.coordinator.rstrip('/')}/api/rewards", params=params, timeout=10)
+        except httpx.HTTPError as exc:
+            raise RuntimeError(f"coordinator {args.coordinator}: {exc}") from exc
+        if r.status_code != 200:
+            raise RuntimeError(f"coordinator answered {r.status_code}: {r.text[:200]}")
+        rows: list[dict[str, Any]] = r.json()["epochs"]
+        return rows
+    from origin.coordinator import read_only_rewards
+
+    return read_only_rewards(args.data or Path("data"), args.node)
 
 
 def _cmd_gen_trace(args: argparse.Namespace) -> int:
@@ -382,6 +503,10 @@ async def _edge(args: argparse.Namespace) -> None:
             plugin_options=tuple(args.plugin_option),
             bus=args.bus,
             advertise=args.advertise,
+            join=args.join,
+            node_dir=args.node_dir,
+            receipt_interval=args.receipt_interval,
+            bandwidth=args.bandwidth,
             data_dir=args.data,
         )
     )
@@ -414,6 +539,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_keys(args)
     if args.command == "vod":
         return _cmd_vod(args)
+    if args.command == "node":
+        return _cmd_node(args)
+    if args.command == "rewards":
+        return _cmd_rewards(args)
     if args.command == "bench":
         return _cmd_bench_cache(args) if args.bench_command == "cache" else _cmd_gen_trace(args)
     from edge.plugins import PluginOptionError, UnknownPlugin

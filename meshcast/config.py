@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshcast.rewards import RewardParams
+
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_RTMP_PORT = 1935
 
@@ -52,6 +54,23 @@ class VodConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    """The origin as contributor-network coordinator (origin/coordinator.py)."""
+
+    enabled: bool = True
+    rewards: RewardParams = field(default_factory=RewardParams)
+    # An epoch closes this long after its end, so receipts of its last period can arrive.
+    close_grace: float = 60.0
+    # Signed timestamps and receipt periods may be this far ahead of our clock.
+    max_skew: float = 30.0
+    # A node is live while it heartbeats at least this often.
+    node_ttl: float = 10.0
+    beacon_rate: float = 20.0  # beacons per second per client address
+    beacon_burst: float = 100.0
+    beacon_max_bytes: int = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
 class OriginConfig:
     data_dir: Path = Path("data")
     host: str = "127.0.0.1"
@@ -79,6 +98,7 @@ class OriginConfig:
     # when one is alive, else local).
     transcoders: str = "auto"
     transcoder_secret: str = ""
+    network: NetworkConfig = field(default_factory=NetworkConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +153,13 @@ class EdgeConfig:
     advertise: str | None = None
     # Seconds between membership heartbeats; a peer silent for 4 of them leaves the ring.
     heartbeat: float = 2.0
+    # Contributor network: the coordinator (origin) URL to register with, sign heartbeats
+    # and usage receipts for; the node key lives in node_dir (default: cache_dir).
+    join: str | None = None
+    node_dir: Path | None = None
+    receipt_interval: float = 10.0
+    # Advertised upload capacity in bytes per second (the coordinator's supply estimate).
+    bandwidth: int = 12_500_000
     # Shared data directory: S3 access keys (keys.json) and the peers' storage secret.
     data_dir: Path = Path("data")
     storage: StorageConfig = field(default_factory=StorageConfig)

@@ -4,6 +4,7 @@ media files (live and VOD) from the segment store."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import json
 import os
@@ -95,9 +96,17 @@ def create_app(
     player_dir: Path = PLAYER_DIR,
     extra_routes: Sequence[BaseRoute] = (),
     guard: MediaGuard | None = None,
+    on_peer_fetch: Callable[[str, str, int], None] | None = None,
     segment_store: S3Store | None = None,
 ) -> CorsOnly:
+    """``on_peer_fetch(edge_url, path, bytes)`` is told of every media response to an edge
+    (one that names itself in ``X-Meshcast-Peer``): the coordinator's fetch log."""
     store = LocalStore(data_dir)
+
+    def sent(request: Request, path: str, size: int) -> None:
+        peer = request.headers.get("x-meshcast-peer")
+        if peer is not None and on_peer_fetch is not None and request.method == "GET":
+            on_peer_fetch(peer, path, size)
 
     async def vod_file(request: Request) -> Response:
         media = parse_media_path(request.url.path)
@@ -124,12 +133,16 @@ def create_app(
             if rewrite and token is not None:
                 # A viewer straight on the origin: children carry the token (see live_file).
                 data, cache = rewrite_manifest(media.relative, data, token), "private, no-store"
+            sent(request, request.url.path, len(data))
             body = b"" if request.method == "HEAD" else data
             headers = {"Cache-Control": cache, "Content-Length": str(len(data))}
             return Response(body, media_type=media.content_type, headers=headers)
         path = store.path(key)
         if not path.is_file():
             return json_error(404, "no such VOD file (yet)", path=request.url.path)
+        if on_peer_fetch is not None and PEER_HEADER in request.headers:
+            with contextlib.suppress(OSError):
+                sent(request, request.url.path, path.stat().st_size)
         return FileResponse(path, media_type=media.content_type, headers={"Cache-Control": cache})
 
     async def live_file(request: Request) -> Response:
@@ -162,9 +175,13 @@ def create_app(
                 body = await asyncio.to_thread(path.read_bytes)
             except FileNotFoundError:
                 return json_error(404, "not available (yet)", path=request.url.path)
+            sent(request, request.url.path, len(body))
             if rewrite and token is not None:
                 body = rewrite_manifest(media.relative, body, token)
             return Response(body, media_type=media.content_type, headers={"Cache-Control": cache})
+        if on_peer_fetch is not None and "x-meshcast-peer" in request.headers:
+            with contextlib.suppress(OSError):
+                sent(request, request.url.path, path.stat().st_size)
         return FileResponse(
             path, media_type=media.content_type, headers={"Cache-Control": IMMUTABLE}
         )
@@ -222,6 +239,16 @@ def create_app(
             landing_page(registry.listing()), headers={"Cache-Control": "public, max-age=2"}
         )
 
+    live_handler = live_file
+    if segment_store is not None:
+        from_store = live_from_store(segment_store, registry, guard)
+
+        async def live_handler(request: Request) -> Response:
+            response = await from_store(request)
+            if response.status_code == 200:
+                sent(request, request.url.path, len(response.body))
+            return response
+
     routes = [
         Route("/", landing),
         Route("/player/", player_file),
@@ -231,11 +258,7 @@ def create_app(
         Route("/api/streams", list_streams),
         Route("/api/streams/{name}", get_stream),
         Route("/api/events", event_stream),
-        Route(
-            "/live/{path:path}",
-            live_file if segment_store is None else live_from_store(segment_store, registry, guard),
-            methods=["GET", "HEAD"],
-        ),
+        Route("/live/{path:path}", live_handler, methods=["GET", "HEAD"]),
         Route("/vod/{path:path}", vod_file, methods=["GET", "HEAD"]),
         *extra_routes,
     ]

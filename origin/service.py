@@ -18,6 +18,7 @@ from meshcast.nats_bus import make_bus
 from meshcast.ratelimit import FailureLimiter
 from meshcast.s3store import S3Location, S3Store
 from origin.access_api import AccessApi, access_routes
+from origin.coordinator import Coordinator, coordinator_routes
 from origin.demo import DemoSettings, DemoSource
 from origin.entitlements import AccessStore
 from origin.http_app import create_app
@@ -62,6 +63,10 @@ class OriginService:
         self._remote: set[RemoteSink] = set()
         self.transcoders = TranscoderDirectory(self.bus)
         self.registry.add_sink_factory(self._start_transcoder)
+        # The origin coordinates the contributor network (node registry, receipts, ledger).
+        self.coordinator: Coordinator | None = None
+        if config.network.enabled:
+            self.coordinator = Coordinator(config.data_dir, config.network, self.bus)
         # Live and VOD files are read back from S3 when they are written there (--store).
         self.segment_store = (
             S3Store(S3Location.parse(config.transcode.segment_store))
@@ -87,8 +92,10 @@ class OriginService:
                 *whip_routes(self.whip),
                 *self.vod.routes(),
                 *access_routes(self.access_api),
+                *(coordinator_routes(self.coordinator) if self.coordinator else []),
             ],
             guard=self.access_api.guard,
+            on_peer_fetch=self.coordinator.record_fetch if self.coordinator else None,
             segment_store=self.segment_store,
         )
         self.http = HttpService(self.app, config.host, config.http_port, "origin")
@@ -136,6 +143,8 @@ class OriginService:
         await self.rtmp.start()
         await self.vod.start()
         await self.http.start()
+        if self.coordinator is not None:
+            self.coordinator.start()
         log.info("origin HTTP on %s", self.url)
         if self.demo is not None:
             await self.demo.start()
@@ -157,6 +166,8 @@ class OriginService:
         await self.http.close()
         await self.vod.close()
         self.access.close()
+        if self.coordinator is not None:
+            await self.coordinator.close()
         await self.bus.close()
         if self.segment_store is not None:
             self.segment_store.close()

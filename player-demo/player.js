@@ -279,6 +279,61 @@
     }
   }
 
+  // ---- contributor-network beacons ------------------------------------------------------
+  // Played through an edge that joined a network (GET /api/network answers), a sampled
+  // share of players tell the coordinator how many media bytes they got from that edge:
+  // independent evidence for the edge's signed usage receipts (origin/coordinator.py).
+  // Bytes come from Resource Timing, so hls.js, shaka and native playback count alike;
+  // answers from the browser cache (transferSize 0) never left the edge and do not count.
+  // `&beacons=0` turns them off, `&coordinator=URL` overrides the edge's coordinator.
+  const beacons = (window.meshcastBeacons = { sampled: false, sent: 0, bytes: 0, flush: () => null });
+  async function startBeacons() {
+    if (params.get("beacons") === "0") return;
+    let coordinator = params.get("coordinator");
+    if (!coordinator) {
+      const res = await fetch("/api/network", { cache: "no-store" }).catch(() => null);
+      if (!res || !res.ok) return; // not an edge of a network (e.g. the origin itself)
+      coordinator = (await res.json()).coordinator;
+    }
+    coordinator = coordinator.replace(/\/$/, "");
+    const info = await fetch(`${coordinator}/api/coordinator`).then((r) => r.json()).catch(() => null);
+    const rate = info && info.params ? Number(info.params.beacon_sample_rate) : 0;
+    if (!(Math.random() < rate)) return;
+    beacons.sampled = true;
+    const viewer = Math.random().toString(36).slice(2, 14);
+    const media = new RegExp(`^/(live|vod)/${name.replace(/[.]/g, "\\.")}/`);
+    const pending = new Map(); // edge origin -> bytes not yet reported
+    const count = (entries) => {
+      for (const entry of entries) {
+        const url = new URL(entry.name);
+        if (!media.test(url.pathname) || !entry.transferSize) continue;
+        pending.set(url.origin, (pending.get(url.origin) || 0) + entry.encodedBodySize);
+      }
+    };
+    const observer = new PerformanceObserver((list) => count(list.getEntries()));
+    observer.observe({ type: "resource", buffered: true });
+    let since = Date.now() / 1000;
+    beacons.flush = (useBeacon = false) => {
+      count(observer.takeRecords()); // entries not yet delivered to the callback
+      const now = Date.now() / 1000;
+      for (const [edge, bytes] of pending) {
+        if (!bytes) continue;
+        // text/plain: a "simple" cross-origin request, no preflight
+        const body = JSON.stringify({ edge, stream: `${vod ? "vod" : "live"}/${name}`, bytes,
+                                      period: [since, now], viewer });
+        if (useBeacon && navigator.sendBeacon) navigator.sendBeacon(`${coordinator}/api/beacons`, body);
+        else fetch(`${coordinator}/api/beacons`, { method: "POST", body, keepalive: true }).catch(() => {});
+        beacons.sent += 1;
+        beacons.bytes += bytes;
+      }
+      pending.clear();
+      since = now;
+      return beacons.bytes;
+    };
+    setInterval(() => beacons.flush(), 10_000);
+    addEventListener("pagehide", () => beacons.flush(true));
+  }
+
   const page = location.origin + location.pathname.replace(/[^/]*$/, "");
   const query = vod ? `vod=${encodeURIComponent(vod)}` : `stream=${encodeURIComponent(name)}`;
   $("title").textContent = `meshcast — ${name}`;
@@ -287,4 +342,5 @@
     `<script src="${page}meshcast-player.js"></script>\n<meshcast-player ${vod ? "vod" : "stream"}="${name}"></meshcast-player>`;
   if (embed) document.title = `${name} — meshcast`;
   start();
+  startBeacons();
 })();
