@@ -36,7 +36,9 @@ from origin.registry import LiveStream, StreamRegistry
 SSE_HEARTBEAT_S = 15.0
 # Browsers call these from other origins (players, WHIP publishers); the admin API is
 # server-to-server and gets no CORS headers at all.
-CORS_PREFIXES = ("/live/", "/vod/", "/player/", "/whip/")
+# Browsers call these from pages on other origins: playback, publishing, and the player's
+# contributor-network beacons (public endpoints; the admin APIs stay same-origin only).
+CORS_PREFIXES = ("/live/", "/vod/", "/player/", "/whip/", "/api/beacons", "/api/coordinator")
 PEER_HEADER = "x-meshcast-peer"
 # (refusal, token for child URLs): see origin/access_api.py AccessApi.guard.
 MediaGuard = Callable[[Request, MediaPath], tuple[Response | None, str | None]]
