@@ -197,7 +197,7 @@ class CaptionsPlugin:
         self._vod_jobs: dict[str, asyncio.Task[None]] = {}
         self._vod_failed: dict[str, float] = {}  # asset -> time of the failure
         self._nudged: dict[str, float] = {}  # asset -> when this edge last nudged its owner
-        self._nudges: set[asyncio.Task[bytes | None]] = set()
+        self._nudges: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -232,7 +232,7 @@ class CaptionsPlugin:
             pending.cancel()
         for pending in [*self._vod_jobs.values(), *self._nudges]:
             with contextlib.suppress(asyncio.CancelledError):
-                await pending
+                await pending  # both kinds catch their own errors
         if self._pool is not None:
             await self._pool.close()
 
@@ -272,16 +272,15 @@ class CaptionsPlugin:
         media = parse_media_path(path)
         if media is None or self._edge is None:
             return None
-        is_owner = self._owner(media.kind, media.name) == self._edge.self_url
         if media.kind == "vod" and media.relative in ("master.m3u8", "manifest.mpd"):
-            if is_owner:
+            if self._owner(media.kind, media.name) == self._edge.self_url:
                 self._schedule_vod(media.name)
             elif not from_peer:
                 self._nudge_owner(media.name)
             return None  # the manifest itself takes the normal path (and the transform)
         if media.rendition != RENDITION:
-            return None
-        if not from_peer and not is_owner:
+            return None  # media segments: no ring lookup on this hot path
+        if not from_peer and self._owner(media.kind, media.name) != self._edge.self_url:
             return None  # filled from the owner through the normal path (upstream hook)
         state: StreamCaptions | None
         if media.kind == "vod":
@@ -433,11 +432,16 @@ class CaptionsPlugin:
         if len(self._nudged) > 10_000:  # bounded: an old entry only means one more nudge
             self._nudged.clear()
         self._nudged[asset] = now
-        nudge = asyncio.get_running_loop().create_task(
-            self._edge.fetch(f"/vod/{asset}/{RENDITION}/index.m3u8", refresh=True)
-        )
+        nudge = asyncio.get_running_loop().create_task(self._nudge(asset))
         self._nudges.add(nudge)
         nudge.add_done_callback(self._nudges.discard)
+
+    async def _nudge(self, asset: str) -> None:
+        assert self._edge is not None
+        try:
+            await self._edge.fetch(f"/vod/{asset}/{RENDITION}/index.m3u8", refresh=True)
+        except Exception as exc:  # the next nudge or a viewer's request tries again
+            log.debug("captions of VOD %s: nudging the owner failed: %r", asset, exc)
 
     async def _run_vod(self, asset: str) -> None:
         try:
@@ -450,6 +454,8 @@ class CaptionsPlugin:
         finally:
             self._vod_jobs.pop(asset, None)
         if state is None:
+            if len(self._vod_failed) > 10_000:  # bounded: forgetting only allows a retry
+                self._vod_failed.clear()
             self._vod_failed[asset] = time.time()
             return
         self._vod_failed.pop(asset, None)
