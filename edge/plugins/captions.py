@@ -27,6 +27,22 @@ longer, not more numerous. Delay bound: at most ``max_batch`` segments wait; old
 those whose job is not back ``max_delay`` s after they were listed, are published without
 cues (counted as skipped), so the captions playlist trails the audio by at most about
 ``max_delay``.
+
+VOD (``/vod/ASSET/…``): the ring owner of ``vod:ASSET`` captions an asset once, on demand:
+the first request on a captions edge for the asset's ``master.m3u8``, ``manifest.mpd`` or
+captions playlist schedules the job at the owner (another edge nudges the owner by filling
+the captions playlist from it, at most once per ``vod_nudge_s``). The job reads the audio
+rendition's complete playlist (it must carry ENDLIST) and its segments through the fill
+path, transcribes them in chunks of ``vod_batch`` segments with ``context`` segments heard
+again, in the same worker pool and with the same commit and alignment rules as live (a
+chunk waits for a free slot instead of queueing past the pool's bound: live jobs keep their
+turn). Until the captions are complete the captions playlist answers 404 (``no-store``;
+edges cache only 200s), then a VOD playlist with ENDLIST. The master and MPD always carry
+the track, ready or not: VOD manifests are cached for an hour by edges and players, and a
+track added only once ready would leave edges and caches serving different manifests; a
+player treats the not-yet-ready subtitle playlist as a non-fatal error. Nothing is
+persisted: captions live in the owner's memory (at most ``vod_assets`` assets, oldest
+evicted) and are redone on demand after a restart or an ownership move.
 """
 
 from __future__ import annotations
@@ -35,7 +51,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -46,7 +62,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from edge.plugins import PluginContext, asr
-from edge.plugins.live import OwnedStreams, PlaylistEntry, follow, stream_key
+from edge.plugins.live import (
+    OwnedStreams,
+    PlaylistEntry,
+    follow,
+    parse_media_playlist,
+    stream_key,
+)
 from edge.plugins.webvtt import (
     RENDITION,
     Cue,
@@ -76,6 +98,10 @@ class CaptionsConfig:
     context: int = 2  # earlier segments transcribed with each new one
     max_delay: float = 8.0
     poll_s: float = 0.5
+    vod_batch: int = 12  # segments per VOD job (24 s + context: within Whisper's 30 s)
+    vod_assets: int = 64  # captioned VOD assets kept in memory
+    vod_retry_s: float = 60.0  # a failed VOD job is not retried before this
+    vod_nudge_s: float = 30.0
 
     @classmethod
     def from_context(cls, context: PluginContext) -> CaptionsConfig:
@@ -88,6 +114,10 @@ class CaptionsConfig:
             context=int(context.number("context", d.context)),
             max_delay=context.number("max_delay", d.max_delay),
             poll_s=context.number("poll_s", d.poll_s),
+            vod_batch=int(context.number("vod_batch", d.vod_batch)),
+            vod_assets=int(context.number("vod_assets", d.vod_assets)),
+            vod_retry_s=context.number("vod_retry_s", d.vod_retry_s),
+            vod_nudge_s=context.number("vod_nudge_s", d.vod_nudge_s),
         )
 
 
@@ -108,8 +138,10 @@ class StreamCaptions:
     target: int = 2
     delays: deque[Delay] = field(default_factory=lambda: deque(maxlen=200))
 
+    vod: bool = False
+
     def playlist(self) -> str:
-        return media_playlist(list(self.entries), self.ended, self.target)
+        return media_playlist(list(self.entries), self.ended, self.target, vod=self.vod)
 
 
 @dataclass(slots=True)
@@ -124,6 +156,22 @@ class _Pending:
 class _Batch:
     items: list[_Pending]
     future: asyncio.Future[Timed] | None
+
+
+def vod_key(asset: str) -> str:
+    return f"vod:{asset}"
+
+
+def commit_segment(
+    transcript: asr.Transcript, index: int, lower: float | None, last: bool, margin: float
+) -> tuple[float, list[Cue], float | None, float]:
+    """(start, cues, new lower bound, end) of target segment ``index`` of a transcript:
+    the words starting in [lower, end - margin) (to the end for the last segment), shared by
+    the live and VOD paths so both cut words at segment boundaries the same way."""
+    start, end = transcript.spans[index]
+    low = lower if lower is not None else start - margin
+    high = None if last else end - margin
+    return start, group_cues(committed(transcript.words, low, high)), high, end
 
 
 def _wallclock(pdt: str | None) -> float | None:
@@ -145,6 +193,11 @@ class CaptionsPlugin:
         self._owned: OwnedStreams | None = None
         self._task: asyncio.Task[None] | None = None
         self._delay: Histogram | None = None
+        self.vod: OrderedDict[str, StreamCaptions] = OrderedDict()  # complete captions
+        self._vod_jobs: dict[str, asyncio.Task[None]] = {}
+        self._vod_failed: dict[str, float] = {}  # asset -> time of the failure
+        self._nudged: dict[str, float] = {}  # asset -> when this edge last nudged its owner
+        self._nudges: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -175,6 +228,11 @@ class CaptionsPlugin:
                 await self._task
         if self._owned is not None:
             await self._owned.close()
+        for pending in [*self._vod_jobs.values(), *self._nudges]:
+            pending.cancel()
+        for pending in [*self._vod_jobs.values(), *self._nudges]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending  # both kinds catch their own errors
         if self._pool is not None:
             await self._pool.close()
 
@@ -206,24 +264,41 @@ class CaptionsPlugin:
 
     # ---- request-path hooks -------------------------------------------------------------
 
-    def _owner(self, name: str) -> str:
+    def _owner(self, kind: str, name: str) -> str:
         assert self._edge is not None
-        return self._edge.ring.owner(stream_key(name))
+        return self._edge.ring.owner(vod_key(name) if kind == "vod" else stream_key(name))
 
     def serve(self, path: str, from_peer: bool) -> Response | None:
         media = parse_media_path(path)
-        if media is None or media.rendition != RENDITION or self._edge is None:
+        if media is None or self._edge is None:
             return None
-        if not from_peer and self._owner(media.name) != self._edge.self_url:
+        if media.kind == "vod" and media.relative in ("master.m3u8", "manifest.mpd"):
+            if self._owner(media.kind, media.name) == self._edge.self_url:
+                self._schedule_vod(media.name)
+            elif not from_peer:
+                self._nudge_owner(media.name)
+            return None  # the manifest itself takes the normal path (and the transform)
+        if media.rendition != RENDITION:
+            return None  # media segments: no ring lookup on this hot path
+        if not from_peer and self._owner(media.kind, media.name) != self._edge.self_url:
             return None  # filled from the owner through the normal path (upstream hook)
-        state = self.streams.get(media.name) if media.kind == "live" else None
+        state: StreamCaptions | None
+        if media.kind == "vod":
+            self._schedule_vod(media.name)
+            state = self.vod.get(media.name)
+        else:
+            state = self.streams.get(media.name)
         if state is not None and media.relative.endswith("index.m3u8"):
-            headers = {"Cache-Control": "public, max-age=1", "X-Cache": "HIT"}
+            age = 3600 if state.vod else 1  # a complete VOD playlist no longer changes
+            headers = {"Cache-Control": f"public, max-age={age}", "X-Cache": "HIT"}
             return Response(state.playlist(), 200, headers=headers, media_type=media.content_type)
         number = media.relative.rpartition("/")[2].partition(".")[0]
         body = state.segments.get(int(number)) if state and number.isdigit() else None
         if body is None:
-            return json_error(404, "not found", path=path)
+            missing = json_error(404, "not found", path=path)
+            # Not ready yet (VOD) or not captioned yet (live): ask again later.
+            missing.headers["Cache-Control"] = "no-store"
+            return missing
         headers = {"Cache-Control": IMMUTABLE, "X-Cache": "HIT"}
         return Response(body, 200, headers=headers, media_type=media.content_type)
 
@@ -231,10 +306,10 @@ class CaptionsPlugin:
         media = parse_media_path(path)
         if media is None or media.rendition != RENDITION:
             return None
-        return self._owner(media.name)
+        return self._owner(media.kind, media.name)
 
     def transform(self, path: str, body: bytes) -> bytes:
-        if not path.startswith("/live/"):
+        if not path.startswith(("/live/", "/vod/")):
             return body
         if path.endswith("/master.m3u8"):
             return add_hls_subtitles(body.decode()).encode()
@@ -322,17 +397,114 @@ class CaptionsPlugin:
             for i, item in enumerate(batch.items):
                 cues: list[Cue] = []
                 if transcript is not None and i < len(transcript.spans):
-                    start, end = transcript.spans[i]
-                    low = lower if lower is not None else start - self.config.margin
-                    high = None if item.last else end - self.config.margin
-                    cues = group_cues(committed(transcript.words, low, high))
-                    lower, estimate = high, end
+                    start, cues, lower, estimate = commit_segment(
+                        transcript, i, lower, item.last, self.config.margin
+                    )
                 else:
                     start = estimate
                     lower = None  # the next window starts where its own audio starts
                     estimate = start + item.entry.duration
                 self._add(state, item, vtt_segment(cues, start), transcript is not None, len(cues))
         state.ended = True
+
+    # ---- VOD: one job per asset, at the owner of vod:ASSET ------------------------------
+
+    def _schedule_vod(self, asset: str) -> None:
+        if asset in self.vod:
+            self.vod.move_to_end(asset)  # recently asked for: evicted last
+            return
+        running = self._vod_jobs.get(asset)
+        if running is not None and not running.done():
+            return
+        failed = self._vod_failed.get(asset)
+        if failed is not None and time.time() - failed < self.config.vod_retry_s:
+            return
+        task = asyncio.get_running_loop().create_task(self._run_vod(asset), name=f"vod {asset}")
+        self._vod_jobs[asset] = task
+
+    def _nudge_owner(self, asset: str) -> None:
+        """A non-owner edge makes the owner schedule the job by filling the captions
+        playlist from it (a 404 until ready, which no edge caches)."""
+        assert self._edge is not None
+        now = time.time()
+        if now - self._nudged.get(asset, 0.0) < self.config.vod_nudge_s:
+            return
+        if len(self._nudged) > 10_000:  # bounded: an old entry only means one more nudge
+            self._nudged.clear()
+        self._nudged[asset] = now
+        nudge = asyncio.get_running_loop().create_task(self._nudge(asset))
+        self._nudges.add(nudge)
+        nudge.add_done_callback(self._nudges.discard)
+
+    async def _nudge(self, asset: str) -> None:
+        assert self._edge is not None
+        try:
+            await self._edge.fetch(f"/vod/{asset}/{RENDITION}/index.m3u8", refresh=True)
+        except Exception as exc:  # the next nudge or a viewer's request tries again
+            log.debug("captions of VOD %s: nudging the owner failed: %r", asset, exc)
+
+    async def _run_vod(self, asset: str) -> None:
+        try:
+            state = await self._caption_vod(asset)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("captions of VOD %s failed: %r", asset, exc)
+            state = None
+        finally:
+            self._vod_jobs.pop(asset, None)
+        if state is None:
+            if len(self._vod_failed) > 10_000:  # bounded: forgetting only allows a retry
+                self._vod_failed.clear()
+            self._vod_failed[asset] = time.time()
+            return
+        self._vod_failed.pop(asset, None)
+        self.vod[asset] = state
+        while len(self.vod) > max(1, self.config.vod_assets):
+            self.vod.popitem(last=False)
+
+    async def _caption_vod(self, asset: str) -> StreamCaptions | None:
+        """Captions of a whole VOD asset, or None when its audio is not available (yet)."""
+        assert self._edge is not None and self._pool is not None
+        edge, pool, config = self._edge, self._pool, self.config
+        directory = f"/vod/{asset}/audio/"
+        body = await edge.fetch(f"{directory}index.m3u8")
+        if body is None:
+            return None
+        playlist = parse_media_playlist(body.decode("utf-8", "replace"))
+        if not playlist.ended or not playlist.entries:
+            return None  # not a finished VOD rendition: nothing to caption once
+        init = await edge.fetch(f"{directory}init.mp4")
+        segments: list[bytes] = []
+        for entry in playlist.entries:
+            segment = await edge.fetch(f"{directory}{entry.number}.m4s")
+            if segment is None or init is None:
+                return None  # a gap would shift every word after it
+            segments.append(segment)
+        assert init is not None
+        state = StreamCaptions(target=playlist.target_duration, vod=True)
+        lower: float | None = None
+        batch = max(1, config.vod_batch)
+        for first in range(0, len(segments), batch):
+            context = segments[max(0, first - config.context) : first]
+            targets = segments[first : first + batch]
+            future: asyncio.Future[Timed] | None = None
+            while future is None:
+                if pool.inflight < pool.limit:
+                    future = pool.submit(asr.transcribe, init, context, targets)
+                else:
+                    # Wait for a free slot rather than queue past the bound or skip: the
+                    # asset is captioned once, and live jobs get the slot as often as we do.
+                    await asyncio.sleep(config.poll_s)
+            transcript: asr.Transcript = (await future).value
+            for i, entry in enumerate(playlist.entries[first : first + batch]):
+                last = first + i == len(segments) - 1
+                start, cues, lower, _ = commit_segment(transcript, i, lower, last, config.margin)
+                state.segments[entry.number] = vtt_segment(cues, start)
+                state.entries.append(entry)
+        state.ended = True
+        log.info("captions of VOD %s: %d segments", asset, len(state.entries))
+        return state
 
     def _add(
         self, state: StreamCaptions, item: _Pending, vtt: bytes, transcribed: bool, cues: int

@@ -116,13 +116,17 @@ def parse_vtt(body: str) -> tuple[float | None, list[Cue]]:
     return local, cues
 
 
-def media_playlist(entries: Sequence[PlaylistEntry], ended: bool, target: int) -> str:
+def media_playlist(
+    entries: Sequence[PlaylistEntry], ended: bool, target: int, vod: bool = False
+) -> str:
     lines = [
         "#EXTM3U",
         "#EXT-X-VERSION:7",
         f"#EXT-X-TARGETDURATION:{target}",
         f"#EXT-X-MEDIA-SEQUENCE:{entries[0].number if entries else 0}",
     ]
+    if vod:
+        lines.append("#EXT-X-PLAYLIST-TYPE:VOD")  # like the asset's own media playlists
     for entry in entries:
         if entry.program_date_time:
             lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{entry.program_date_time}")

@@ -36,6 +36,7 @@ from origin.service import OriginService
 from tests.conftest import free_port, rtmp_url, wait_for_state
 from tests.e2e.test_edge import metric
 from tests.e2e.test_ladder import run_tool, wait_for_url
+from tests.e2e.test_vod import ffmpeg, origin_config, upload, wait_job
 
 pytestmark = pytest.mark.e2e
 
@@ -45,10 +46,14 @@ LEAD = 3.0  # seconds of silence before the speech
 
 @asynccontextmanager
 async def plugin_mesh(
-    tmp_path: Path, plugins: tuple[str, ...], options: tuple[str, ...] = (), edges: int = 2
+    tmp_path: Path,
+    plugins: tuple[str, ...],
+    options: tuple[str, ...] = (),
+    edges: int = 2,
+    config: OriginConfig | None = None,
 ) -> AsyncIterator[tuple[OriginService, list[EdgeService]]]:
     origin = OriginService(
-        OriginConfig(data_dir=tmp_path / "origin", http_port=free_port(), rtmp_port=0)
+        config or OriginConfig(data_dir=tmp_path / "origin", http_port=free_port(), rtmp_port=0)
     )
     await origin.start()
     ports = [free_port() for _ in range(edges)]
@@ -196,6 +201,58 @@ async def test_live_captions_from_espeak_speech(tmp_path: Path, ffmpeg_cli: str)
     assert metric(text, "meshcast_edge_plugin_cpu_seconds_total", '{plugin="captions"}') > 0
     # Bounded delay: every captions segment within max_delay of its audio segment.
     assert status["delays"] and all(d["since_listed"] <= 8.5 for d in status["delays"])
+
+
+async def test_vod_captions_from_espeak_speech(tmp_path: Path, ffmpeg_cli: str) -> None:
+    total = 10.0  # LEAD + about 6 s of speech, padded
+    wav, spoken_s = await speech_track(tmp_path, ffmpeg_cli, total)
+    clip = tmp_path / "talk.mp4"
+    await ffmpeg(
+        *("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-i", str(wav)),
+        *("-t", str(total), "-map", "0:v", "-map", "1:a", "-c:v", "libx264"),
+        *("-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", str(clip)),
+    )
+    config = origin_config(tmp_path / "origin")
+    async with plugin_mesh(tmp_path, ("captions",), config=config) as (origin, edges):
+        asset = await upload(origin, origin.keys.create("creator"), clip.read_bytes())
+        job = await wait_job(origin, asset, within=300)
+        assert job["state"] == "ready", job
+        viewer = edges[1].url
+        # The master request is what schedules the job at the owner of vod:ASSET.
+        master = await wait_for_url(f"{viewer}/vod/{asset}/master.m3u8")
+        mpd = await wait_for_url(f"{edges[0].url}/vod/{asset}/manifest.mpd")
+        playlist = await wait_for_url(f"{viewer}/vod/{asset}/captions/index.m3u8", 180, "ENDLIST")
+        audio = await wait_for_url(f"{origin.url}/vod/{asset}/audio/index.m3u8")
+        segments = re.findall(r"^(\d+)\.vtt$", playlist.text, re.M)
+        async with httpx.AsyncClient(timeout=10) as client:
+            vtts = [await client.get(f"{viewer}/vod/{asset}/captions/{n}.vtt") for n in segments]
+            init = (await client.get(f"{origin.url}/vod/{asset}/audio/init.mp4")).content
+            first = (await client.get(f"{origin.url}/vod/{asset}/audio/0.m4s")).content
+        start = asr.segment_span(init, first)[0]
+
+    assert re.search(
+        r'^#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="subs".*URI="captions/index.m3u8"',
+        master.text,
+        re.M,
+    ), master.text
+    assert 'contentType="text"' in mpd.text and 'mimeType="text/vtt"' in mpd.text
+    # One captions segment per audio segment, same numbers, a complete VOD playlist.
+    assert segments == re.findall(r"^(\d+)\.m4s$", audio.text, re.M)
+    assert "#EXT-X-PLAYLIST-TYPE:VOD" in playlist.text
+    assert all(v.status_code == 200 for v in vtts)
+    cues = []
+    for response in vtts:
+        mapping = re.search(r"X-TIMESTAMP-MAP=MPEGTS:(\d+),LOCAL:(\S+)", response.text)
+        local, segment_cues = parse_vtt(response.text)
+        assert mapping is not None and local is not None
+        assert int(mapping[1]) == round(local * 90000) % (1 << 33)
+        cues += segment_cues
+    heard = [w for cue in cues for w in words(cue.text)]
+    wer = word_error_rate(words(SPOKEN), heard)
+    print(f"VOD captions WER {wer:.3f}: {' '.join(heard)!r}")
+    assert wer <= 0.35, (wer, heard)
+    assert abs(cues[0].start - start - LEAD) <= 2.0, (cues[0], start)
+    assert abs(cues[-1].end - start - (LEAD + spoken_s)) <= 2.0, (cues[-1], start, spoken_s)
 
 
 def crafted_image() -> np.ndarray:

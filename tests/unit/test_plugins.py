@@ -17,10 +17,11 @@ from edge.plugins import (
     PluginOptionError,
     PluginOptions,
     UnknownPlugin,
+    asr,
     find_plugin,
     nsfw,
 )
-from edge.plugins.captions import CaptionsPlugin
+from edge.plugins.captions import CaptionsPlugin, commit_segment
 from edge.plugins.live import parse_media_playlist
 from edge.plugins.moderation import ModerationConfig, ModerationPlugin, lowest_rendition
 from edge.plugins.webvtt import (
@@ -215,3 +216,32 @@ def test_blurred_poster_keeps_no_detail() -> None:
         for x in (sharp, blurred)
     ]
     assert detail[1] < detail[0] / 100, detail
+
+
+async def test_vod_captions_route_to_the_owner_of_the_asset_and_rewrite_its_manifests(
+    tmp_path: Path,
+) -> None:
+    edge = edge_with(tmp_path, "captions")
+    try:
+        plugin = edge.plugins[0]
+        assert isinstance(plugin, CaptionsPlugin)
+        assert edge.hooks.upstream("/vod/a1/captions/index.m3u8") == edge.ring.owner("vod:a1")
+        assert edge.hooks.upstream("/vod/a1/audio/0.m4s") is None
+        video, audio = _renditions()
+        master = hls.master_playlist([video], audio).encode()
+        assert b"TYPE=SUBTITLES" in plugin.transform("/vod/a1/master.m3u8", master)
+    finally:
+        await edge.close()
+
+
+def test_commit_segment_cuts_a_whole_transcript_per_segment() -> None:
+    words = tuple(Word(t, t + 0.3, f"w{t}") for t in (0.5, 1.8, 2.4, 3.9, 5.0))
+    transcript = asr.Transcript(((0.0, 2.0), (2.0, 4.0), (4.0, 6.0)), words)
+    lower: float | None = None
+    texts = []
+    for i in range(3):
+        start, cues, lower, end = commit_segment(transcript, i, lower, i == 2, margin=0.5)
+        assert (start, end) == transcript.spans[i]
+        texts.append([c.text for c in cues])
+    # Words starting in the last margin of a segment go to the next one; each word once.
+    assert texts == [["w0.5"], ["w1.8 w2.4"], ["w3.9 w5.0"]]
