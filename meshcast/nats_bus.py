@@ -101,12 +101,18 @@ class NatsBus(EventBus):
     async def _jetstream(self, nc: Client) -> JetStreamContext | None:
         js = nc.jetstream()
         subjects = [f"{SUBJECT_PREFIX}{p}>" for p in DURABLE_PREFIXES]
-        try:
-            await js.add_stream(name=JETSTREAM_NAME, subjects=subjects)
-        except Exception as exc:
-            log.info("bus: no JetStream on %s (%s); durable events use core NATS", self.url, exc)
-            return None
-        return js
+        # A server that has just started answers before JetStream is ready, and two
+        # processes may create the stream at once: try a few times before deciding that
+        # this server has no JetStream.
+        for attempt in range(6):
+            try:
+                await js.add_stream(name=JETSTREAM_NAME, subjects=subjects)
+                return js
+            except Exception as exc:
+                error = exc
+                await asyncio.sleep(0.2 * (attempt + 1))
+        log.info("bus: no JetStream on %s (%s); durable events use core NATS", self.url, error)
+        return None
 
     async def _on_message(self, msg: Msg) -> None:
         try:

@@ -764,12 +764,17 @@ async def test_writes_during_an_outage_reach_the_returning_edge(tmp_path: Path) 
         for key, body in bodies.items():
             await call(s3.put_object, Bucket="outage", Key=key, Body=body)
         written = set(ring.plugin(0).store.chunks)
+        manifests = set(ring.plugin(0).store.manifests)
         assert len(written) == 4
         b = ring.edges[1] = EdgeService(b.config)  # same port and directory, restarted
         await b.start()
         deadline = asyncio.get_running_loop().time() + 20
-        while not written <= ring.plugin(1).store.chunks:
-            assert asyncio.get_running_loop().time() < deadline, "B never got the chunks"
+        # Repair pushes a peer's missing chunks, then its missing manifests: wait for both.
+        while not (
+            written <= ring.plugin(1).store.chunks
+            and manifests <= set(ring.plugin(1).store.manifests)
+        ):
+            assert asyncio.get_running_loop().time() < deadline, "B never got the objects"
             await asyncio.sleep(0.2)
         await a.close()  # now B alone must serve everything written while it was away
         for key, body in bodies.items():
