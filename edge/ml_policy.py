@@ -24,8 +24,6 @@ from __future__ import annotations
 import collections
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -35,6 +33,7 @@ from typing import Any, Final
 import numpy as np
 
 from edge.policies import S3FifoPolicy
+from meshcast.files import atomic_write
 from meshcast.paths import parse_media_path
 
 RUNG_INDEX: Final = {"audio": 0.0, "360p": 1.0, "480p": 2.0, "720p": 3.0, "1080p": 4.0}
@@ -109,12 +108,8 @@ class DemandModel:
 
     def save(self, directory: Path) -> Path:
         """``model-v000007.json``, written atomically; older versions are kept (a few)."""
-        directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"model-v{self.version:06d}.json"
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_json(), f)
-        Path(tmp).replace(path)
+        atomic_write(path, json.dumps(self.to_json()).encode())
         for old in sorted(directory.glob("model-v*.json"))[:-5]:
             old.unlink(missing_ok=True)
         return path

@@ -15,14 +15,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
+
+from meshcast.files import atomic_write
 
 KEYS_FILE: Final = "keys.json"
 STREAM_KIND: Final = "stream"
@@ -119,15 +119,8 @@ class KeyStore:
         return self._records
 
     def _save(self, records: dict[str, KeyRecord]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         body = json.dumps({"version": 1, "keys": [asdict(r) for r in records.values()]}, indent=1)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".keys.")
-        with os.fdopen(fd, "w") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).chmod(0o600)
-        Path(tmp).replace(self.path)
+        atomic_write(self.path, body.encode(), private=True, durable=True)
         self._mtime = None
 
     def create(self, name: str, kind: str = STREAM_KIND, owner: str | None = None) -> str:

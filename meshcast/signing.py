@@ -15,14 +15,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from meshcast.files import atomic_write
 
 NODE_KEY_FILE: Final = "node.key"
 COORDINATOR_KEY_FILE: Final = "coordinator.key"
@@ -124,18 +124,7 @@ class NodeKey:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".node-key.")
-        try:
-            os.fchmod(fd, 0o600)  # before any secret byte reaches the disk
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
-                f.flush()
-                os.fsync(f.fileno())
-            Path(tmp).replace(path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, pem, private=True, durable=True)
 
     def sign(self, message: bytes) -> str:
         return _b64(self._private.sign(message))

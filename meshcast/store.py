@@ -7,11 +7,11 @@ segment or half a playlist) or any S3-compatible service (``open_store``, meshca
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Protocol
+
+from meshcast.files import atomic_write
 
 
 class SegmentStore(Protocol):
@@ -37,16 +37,7 @@ class LocalStore:
     def put(self, key: str, data: bytes | str) -> None:
         if isinstance(data, str):
             data = data.encode()
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            Path(tmp).replace(path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path(key), data)
 
     def get(self, key: str) -> bytes | None:
         try:

@@ -14,6 +14,7 @@ from typing import IO, Any, Final
 
 import httpx
 
+from meshcast.files import atomic_write
 from meshcast.tus import OFFSET_CONTENT_TYPE, TUS_VERSION, encode_metadata
 
 CHUNK: Final = 8 * 1024 * 1024
@@ -70,11 +71,7 @@ def _cache_store(key: str, location: str | None) -> None:
         entries.pop(key, None)
     else:
         entries[key] = location
-    path = _cache_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(entries, indent=1))
-    tmp.replace(path)
+    atomic_write(_cache_file(), json.dumps(entries, indent=1).encode())
 
 
 def _size(n: float) -> str:

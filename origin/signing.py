@@ -8,9 +8,7 @@ by them can still be valid (the caller picks when: longer than the maximum token
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from typing import Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from meshcast.files import atomic_write
 from meshcast.tokens import Claims, b64url_decode, b64url_encode, public_key_json, sign
 
 KEYS_FILE: Final = "token_keys.json"
@@ -73,11 +72,7 @@ class Keyring:
                 for k in self._keys
             ],
         }
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".token_keys.")
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(body, f)
-        Path(tmp).replace(self.path)
+        atomic_write(self.path, json.dumps(body).encode(), private=True)
 
     def rotate(self) -> str:
         with self._lock:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from meshcast.files import atomic_write
 
 NS_OBJECT = "s3"
 NS_BUCKET = "bucket"
@@ -65,18 +65,8 @@ class Manifest:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            # Acknowledged means on disk: the PUT is answered only after this returns.
-            os.fsync(f.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Acknowledged means on disk: the PUT is answered only after this returns.
+    atomic_write(path, data, durable=True)
 
 
 class BlobStore:
