@@ -29,7 +29,7 @@ from meshcast.http import EXCEPTION_HANDLERS, CorsOnly, json_error
 from meshcast.metrics import metrics_endpoint
 from meshcast.paths import IMMUTABLE, MediaPath, parse_media_path
 from meshcast.s3store import S3Store, S3StoreError
-from meshcast.store import LocalStore
+from meshcast.store import LocalStore, SegmentStore
 from meshcast.tokens import rewrite_manifest
 from origin.registry import LiveStream, StreamRegistry
 
@@ -111,34 +111,26 @@ def create_app(
             on_peer_fetch(peer, path, size)
 
     async def vod_file(request: Request) -> Response:
-        media = parse_media_path(request.url.path)
-        if media is None or media.kind != "vod":
-            return json_error(404, "not found", path=request.url.path)
-        token = None
-        if guard is not None:
-            refusal, token = guard(request, media)
-            if refusal is not None:
-                return refusal
+        admitted = _admit(request, "vod", guard)
+        if isinstance(admitted, Response):
+            return admitted
+        media, token = admitted
         key = f"vod/{media.name}/{media.relative}"
         # An asset never changes once its master playlist exists (ids are never reused);
         # manifests get a shorter life only so a deleted asset disappears from caches.
         cache = "public, max-age=3600" if media.is_manifest else IMMUTABLE
         rewrite = media.is_manifest and token is not None and PEER_HEADER not in request.headers
         if segment_store is not None or rewrite:
-            source = segment_store or store
-            try:
-                data = await asyncio.to_thread(source.get, key)
-            except (S3StoreError, httpx.HTTPError) as exc:
-                return json_error(502, f"segment store: {exc}", path=request.url.path)
+            data = await _read(segment_store or store, key, request)
+            if isinstance(data, Response):
+                return data
             if data is None:
                 return json_error(404, "no such VOD file (yet)", path=request.url.path)
             if rewrite and token is not None:
                 # A viewer straight on the origin: children carry the token (see live_file).
                 data, cache = rewrite_manifest(media.relative, data, token), "private, no-store"
             sent(request, request.url.path, len(data))
-            body = b"" if request.method == "HEAD" else data
-            headers = {"Cache-Control": cache, "Content-Length": str(len(data))}
-            return Response(body, media_type=media.content_type, headers=headers)
+            return _bytes_response(request, data, media, cache)
         path = store.path(key)
         if not path.is_file():
             return json_error(404, "no such VOD file (yet)", path=request.url.path)
@@ -148,14 +140,10 @@ def create_app(
         return FileResponse(path, media_type=media.content_type, headers={"Cache-Control": cache})
 
     async def live_file(request: Request) -> Response:
-        media = parse_media_path(request.url.path)
-        if media is None or media.kind != "live":
-            return json_error(404, "not found", path=request.url.path)
-        token = None
-        if guard is not None:
-            refusal, token = guard(request, media)
-            if refusal is not None:
-                return refusal
+        admitted = _admit(request, "live", guard)
+        if isinstance(admitted, Response):
+            return admitted
+        media, token = admitted
         path = store.path(f"live/{media.name}/{media.relative}")
         if not path.is_file():
             stream = registry.get(media.name)
@@ -275,18 +263,13 @@ def live_from_store(
     """Live files read back from an S3 segment store (``--store s3://…``), not local disk."""
 
     async def live_file(request: Request) -> Response:
-        media = parse_media_path(request.url.path)
-        if media is None or media.kind != "live":
-            return json_error(404, "not found", path=request.url.path)
-        token = None
-        if guard is not None:
-            refusal, token = guard(request, media)
-            if refusal is not None:
-                return refusal
-        try:
-            data = await asyncio.to_thread(store.get, f"live/{media.name}/{media.relative}")
-        except (S3StoreError, httpx.HTTPError) as exc:
-            return json_error(502, f"segment store: {exc}", path=request.url.path)
+        admitted = _admit(request, "live", guard)
+        if isinstance(admitted, Response):
+            return admitted
+        media, token = admitted
+        data = await _read(store, f"live/{media.name}/{media.relative}", request)
+        if isinstance(data, Response):
+            return data
         if data is None:
             stream = registry.get(media.name)
             reason = "stream not live" if stream is None else "not available (yet)"
@@ -301,8 +284,34 @@ def live_from_store(
                 data = rewrite_manifest(media.relative, data, token)
         else:
             cache = IMMUTABLE
-        body = b"" if request.method == "HEAD" else data
-        headers = {"Cache-Control": cache, "Content-Length": str(len(data))}
-        return Response(body, media_type=media.content_type, headers=headers)
+        return _bytes_response(request, data, media, cache)
 
     return live_file
+
+
+def _admit(
+    request: Request, kind: str, guard: MediaGuard | None
+) -> tuple[MediaPath, str | None] | Response:
+    """The request's media path of ``kind`` and the viewer's token (None: public), or the
+    response refusing it (not a contract path, or the access guard said no)."""
+    media = parse_media_path(request.url.path)
+    if media is None or media.kind != kind:
+        return json_error(404, "not found", path=request.url.path)
+    if guard is None:
+        return media, None
+    refusal, token = guard(request, media)
+    return refusal if refusal is not None else (media, token)
+
+
+async def _read(store: SegmentStore, key: str, request: Request) -> bytes | Response | None:
+    """A stored object's bytes (None: absent), or a 502 when the store cannot answer."""
+    try:
+        return await asyncio.to_thread(store.get, key)
+    except (S3StoreError, httpx.HTTPError) as exc:
+        return json_error(502, f"segment store: {exc}", path=request.url.path)
+
+
+def _bytes_response(request: Request, data: bytes, media: MediaPath, cache: str) -> Response:
+    body = b"" if request.method == "HEAD" else data
+    headers = {"Cache-Control": cache, "Content-Length": str(len(data))}
+    return Response(body, media_type=media.content_type, headers=headers)
