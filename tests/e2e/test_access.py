@@ -13,12 +13,12 @@ import httpx
 import pytest
 
 from edge.service import EdgeService
-from meshcast.config import EdgeConfig, OriginConfig
+from meshcast.config import EdgeConfig
 from meshcast.keys import ADMIN_KIND, API_KIND
 from meshcast.tokens import Claims, b64url_encode
 from origin.service import OriginService
 from tests.conftest import free_port, rtmp_url, wait_for_state
-from tests.e2e.test_edge import Mesh, metric
+from tests.e2e.test_edge import Mesh, metric, running_mesh
 from tests.e2e.test_ladder import run_tool, wait_for_url
 from tests.e2e.test_rtmp_ingest import ffmpeg_push
 
@@ -27,32 +27,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
-    origin = OriginService(
-        OriginConfig(data_dir=tmp_path / "origin", http_port=free_port(), rtmp_port=0)
-    )
-    await origin.start()
-    ports = [free_port(), free_port()]
-    edges = [
-        EdgeService(
-            EdgeConfig(
-                origin=origin.url,
-                port=port,
-                peers=tuple(f"http://127.0.0.1:{p}" for p in ports if p != port),
-                cache_dir=tmp_path / f"edge-{port}",
-                # Long enough that "no origin request" below cannot be a policy refresh.
-                access_policy_ttl=120.0,
-            )
-        )
-        for port in ports
-    ]
-    for edge in edges:
-        await edge.start()
-    try:
-        yield Mesh(origin, edges)
-    finally:
-        for edge in edges:
-            await edge.close()
-        await origin.close()
+    # Long enough that "no origin request" below cannot be a policy refresh.
+    async with running_mesh(tmp_path, access_policy_ttl=120.0) as m:
+        yield m
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -43,33 +44,43 @@ async def origin_fetches(edges: list[EdgeService]) -> float:
     return total
 
 
-@pytest.fixture
-async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
+@contextlib.asynccontextmanager
+async def running_mesh(
+    tmp_path: Path, edges: int = 2, origin_config: OriginConfig | None = None, **edge_options: Any
+) -> AsyncIterator[Mesh]:
+    """An origin and a ring of ``edges`` edges (peers of each other), closed afterwards."""
     origin = OriginService(
-        OriginConfig(data_dir=tmp_path / "origin", http_port=free_port(), rtmp_port=0)
+        origin_config
+        or OriginConfig(data_dir=tmp_path / "origin", http_port=free_port(), rtmp_port=0)
     )
     await origin.start()
-    ports = [free_port(), free_port()]
-    edges = [
+    ports = [free_port() for _ in range(edges)]
+    services = [
         EdgeService(
             EdgeConfig(
                 origin=origin.url,
                 port=port,
                 peers=tuple(f"http://127.0.0.1:{p}" for p in ports if p != port),
                 cache_dir=tmp_path / f"edge-{port}",
-                cache_disk=64 * 1024 * 1024,
+                **edge_options,
             )
         )
         for port in ports
     ]
-    for edge in edges:
-        await edge.start()
+    for service in services:
+        await service.start()
     try:
-        yield Mesh(origin, edges)
+        yield Mesh(origin, services)
     finally:
-        for edge in edges:
-            await edge.close()
+        for service in services:
+            await service.close()
         await origin.close()
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
+    async with running_mesh(tmp_path, cache_disk=64 * 1024 * 1024) as m:
+        yield m
 
 
 async def published(mesh: Mesh, ffmpeg: str, name: str, seconds: float) -> str:

@@ -34,7 +34,7 @@ from meshcast.config import EdgeConfig, OriginConfig
 from meshcast.events import EventBus
 from origin.service import OriginService
 from tests.conftest import free_port, rtmp_url, wait_for_state
-from tests.e2e.test_edge import metric
+from tests.e2e.test_edge import metric, running_mesh
 from tests.e2e.test_ladder import run_tool, wait_for_url
 from tests.e2e.test_vod import ffmpeg, origin_config, upload, wait_job
 
@@ -52,32 +52,10 @@ async def plugin_mesh(
     edges: int = 2,
     config: OriginConfig | None = None,
 ) -> AsyncIterator[tuple[OriginService, list[EdgeService]]]:
-    origin = OriginService(
-        config or OriginConfig(data_dir=tmp_path / "origin", http_port=free_port(), rtmp_port=0)
-    )
-    await origin.start()
-    ports = [free_port() for _ in range(edges)]
-    services = [
-        EdgeService(
-            EdgeConfig(
-                origin=origin.url,
-                port=port,
-                peers=tuple(f"http://127.0.0.1:{p}" for p in ports if p != port),
-                cache_dir=tmp_path / f"edge-{port}",
-                plugins=plugins,
-                plugin_options=options,
-            )
-        )
-        for port in ports
-    ]
-    for service in services:
-        await service.start()
-    try:
-        yield origin, services
-    finally:
-        for service in services:
-            await service.close()
-        await origin.close()
+    async with running_mesh(
+        tmp_path, edges, config, plugins=plugins, plugin_options=options
+    ) as mesh:
+        yield mesh.origin, mesh.edges
 
 
 def words(text: str) -> list[str]:
