@@ -8,7 +8,9 @@ A receipt body::
      "served": {"live/NAME": bytes to viewers},
      "peer_served": {"live/NAME": {"http://peer": bytes sent to that peer}},
      "fetched": {"live/NAME": bytes fetched upstream (origin or peers)},
-     "stored_byte_seconds": 0, "inference_seconds": {}}
+     "stored_byte_seconds": 0, "inference_seconds": {},
+     "storage": {"root", "chunks", "bytes"}}   (only from nodes that store: the inventory
+     commitment that storage challenges check, ``meshcast/storage_proofs.py``)
 
 and the envelope sent over the wire is ``{"body": {...}, "sig": base64}``. Because each
 body names the hash of the previous one, a node cannot rewrite or drop history without
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from meshcast.signing import ZERO_HASH, NodeKey, canonical_json, sha256_hex
+from meshcast.storage_proofs import Commitment
 
 VERSION: Final = 1
 MAX_STREAMS: Final = 4096
@@ -69,6 +72,7 @@ class Receipt:
     stored_byte_seconds: int
     inference_seconds: dict[str, int]
     body: dict[str, Any] = field(repr=False)
+    storage: Commitment | None = None
     hash: str = ""
 
     @property
@@ -99,6 +103,12 @@ def parse_receipt(body: Any) -> Receipt:
     stored = body.get("stored_byte_seconds", 0)
     if type(stored) is not int or stored < 0:
         raise ReceiptRejected(400, "stored_byte_seconds must be a non-negative integer")
+    commitment = None
+    if "storage" in body:
+        try:
+            commitment = Commitment.from_json(body["storage"])
+        except ValueError as exc:
+            raise ReceiptRejected(400, str(exc)) from exc
     return Receipt(
         node=node,
         seq=seq,
@@ -113,6 +123,7 @@ def parse_receipt(body: Any) -> Receipt:
         inference_seconds=_bytes_map(body.get("inference_seconds", {}), "inference_seconds"),
         body=body,
         hash=receipt_hash(body),
+        storage=commitment,
     )
 
 
@@ -193,8 +204,18 @@ class ReceiptBuilder:
         self.head = head
         self._last = Usage()
 
-    def build(self, usage: Usage, now: float, period_start: float | None = None) -> dict[str, Any]:
-        """The next signed envelope; advances the head (the caller persists it)."""
+    def build(
+        self,
+        usage: Usage,
+        now: float,
+        period_start: float | None = None,
+        storage: Commitment | None = None,
+        inference_seconds: Mapping[str, int] | None = None,
+    ) -> dict[str, Any]:
+        """The next signed envelope; advances the head (the caller persists it).
+
+        ``storage`` is the inventory held now; the period's byte-seconds are its bytes times
+        the period's length (the inventory is sampled once per receipt)."""
         snapshot = usage.copy()
         peer: dict[str, dict[str, int]] = {}
         for stream, by_peer in snapshot.peer_served.items():
@@ -214,8 +235,12 @@ class ReceiptBuilder:
             "peer_served": peer,
             "fetched": _delta(snapshot.fetched, self._last.fetched),
             "stored_byte_seconds": 0,
-            "inference_seconds": {},
+            "inference_seconds": dict(inference_seconds or {}),
         }
+        if storage is not None:
+            span = body["period_end"] - body["period_start"]
+            body["stored_byte_seconds"] = math.floor(storage.bytes * span)
+            body["storage"] = storage.to_json()
         self._last = snapshot
         self.head = ChainHead(body["seq"], receipt_hash(body), body["period_end"])
         return {"body": body, "sig": self.key.sign_object(body)}

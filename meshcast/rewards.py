@@ -53,7 +53,11 @@ class RewardParams:
     tolerance: float = 0.05
     # Share of viewers that send beacons; evidence = beacon bytes / rate.
     beacon_sample_rate: float = 1.0
-    kind_shares: dict[str, float] = field(default_factory=lambda: {"bandwidth": 1.0})
+    # Split of the pool between contribution kinds (renormalized over the kinds that have
+    # verified work in the epoch, so a network without storage pays bandwidth in full).
+    kind_shares: dict[str, float] = field(
+        default_factory=lambda: {"bandwidth": 0.6, "storage": 0.25, "inference": 0.15}
+    )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,6 +153,39 @@ def bandwidth_verified(claimed: int, evidence: int, fetched: int, tolerance: flo
     return verified_amount(claimed, evidence, tolerance)
 
 
+def storage_verified(claimed: int, committed: int, passed: int, checks: int, tol: float) -> int:
+    """Verified byte-seconds of a storage line: the claim bounded by what the node's signed
+    inventory commitments cover (bytes x period), times the share of the coordinator's
+    random chunk challenges it passed. Never challenged in the epoch: nothing."""
+    if checks <= 0:
+        return 0
+    return math.floor(verified_amount(claimed, committed, tol) * Fraction(passed, checks))
+
+
+def line_verified(line: Mapping[str, Any], params: RewardParams) -> int | None:
+    """What a ledger line's ``verified`` must be by the formula, from the line alone;
+    None for a kind without a public rule."""
+    claimed, evidence = int(line["claimed"]), int(line["evidence"])
+    kind = line["kind"]
+    if kind == "bandwidth":
+        return bandwidth_verified(claimed, evidence, int(line["fetched"]), params.tolerance)
+    if kind == "storage":
+        passed, checks = int(line.get("passed", 0)), int(line.get("checks", 0))
+        return storage_verified(claimed, evidence, passed, checks, params.tolerance)
+    return None
+
+
+def storage_committed(receipt_bodies: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """node -> byte-seconds its receipts' signed inventory commitments cover."""
+    out: dict[str, int] = {}
+    for rbody in receipt_bodies:
+        r = parse_receipt(rbody)
+        if r.storage is not None:
+            span = Fraction(r.period_end) - Fraction(r.period_start)
+            out[r.node] = out.get(r.node, 0) + math.floor(r.storage.bytes * span)
+    return out
+
+
 def claims_of(receipt_bodies: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], int]:
     """(node, kind, stream) -> claimed units, summed over receipts."""
     out: dict[tuple[str, str, str], int] = {}
@@ -214,6 +251,7 @@ def _check_body(body: Mapping[str, Any], pinned: Mapping[str, str]) -> ExportSum
     stated = {(ln["node"], ln["kind"], ln["stream"]): int(ln["claimed"]) for ln in lines}
     if stated != claims:
         raise ExportInvalid("claimed amounts are not the sums of the included receipts")
+    committed = storage_committed(bodies)
     demand = 0
     for line in lines:
         node, kind, verified = line["node"], line["kind"], int(line["verified"])
@@ -221,12 +259,13 @@ def _check_body(body: Mapping[str, Any], pinned: Mapping[str, str]) -> ExportSum
             if verified:
                 raise ExportInvalid(f"{node} {kind}: verified without a verifier")
             continue
+        if kind == "storage" and int(line["evidence"]) != committed.get(node, 0):
+            raise ExportInvalid(f"{node} storage: evidence is not the receipts' commitments")
+        expected = line_verified(line, params)
+        if expected is not None and verified != expected:
+            where = f"{node} {kind} {line['stream']}"
+            raise ExportInvalid(f"{where}: verified {verified}, not {expected}")
         if kind == "bandwidth":
-            expected = bandwidth_verified(
-                int(line["claimed"]), int(line["evidence"]), int(line["fetched"]), params.tolerance
-            )
-            if verified != expected:
-                raise ExportInvalid(f"{node} {line['stream']}: verified {verified}, not {expected}")
             demand += verified
     if demand != body["demand"]:
         raise ExportInvalid(f"demand {body['demand']} is not the sum of verified bytes {demand}")

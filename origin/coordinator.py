@@ -125,6 +125,7 @@ CREATE TABLE IF NOT EXISTS lines (
   epoch INTEGER NOT NULL, node TEXT NOT NULL, kind TEXT NOT NULL, stream TEXT NOT NULL,
   claimed INTEGER NOT NULL, evidence INTEGER NOT NULL, fetched INTEGER NOT NULL,
   verified INTEGER NOT NULL, verifier INTEGER NOT NULL, flags TEXT NOT NULL,
+  passed INTEGER NOT NULL DEFAULT 0, checks INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (epoch, node, kind, stream));
 CREATE TABLE IF NOT EXISTS rewards (
   epoch INTEGER NOT NULL, node TEXT NOT NULL, weight TEXT NOT NULL, reward INTEGER NOT NULL,
@@ -184,6 +185,9 @@ class Line:
     verified: int = 0
     verifier: bool = True
     flags: tuple[str, ...] = ()
+    # Checks the coordinator ran itself (storage challenges, inference spot checks).
+    passed: int = 0
+    checks: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -196,6 +200,8 @@ class Line:
             "verified": self.verified,
             "verifier": self.verifier,
             "flags": list(self.flags),
+            "passed": self.passed,
+            "checks": self.checks,
         }
 
 
@@ -313,6 +319,7 @@ class Coordinator:
         # commits, which the edges resend from their journals (edge/network.py _resync).
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA + _TRIGGERS)
+        _migrate(self.db)
         self._fetches: dict[tuple[str, str], int] = {}
         self._fetches_since = 0.0
         self._fetch_lock = threading.Lock()
@@ -690,7 +697,7 @@ class Coordinator:
                 (epoch, start, end, self.clock(), pool, demand, supply, json.dumps(export)),
             )
             self.db.executemany(
-                "INSERT INTO lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [line_row(epoch, ln) for ln in lines],
             )
             self.db.executemany(
@@ -752,10 +759,18 @@ class Coordinator:
             self.db.close()
 
 
+def _migrate(db: sqlite3.Connection) -> None:
+    """Columns added after the first release (a ledger is never rebuilt)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(lines)")}
+    for name in ("passed", "checks"):
+        if name not in columns:
+            db.execute(f"ALTER TABLE lines ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0")
+
+
 def line_row(epoch: int, ln: Line) -> tuple[Any, ...]:
     flags = json.dumps(list(ln.flags))
     return (epoch, ln.node, ln.kind, ln.stream, ln.claimed, ln.evidence, ln.fetched,
-            ln.verified, int(ln.verifier), flags)  # fmt: skip
+            ln.verified, int(ln.verifier), flags, ln.passed, ln.checks)  # fmt: skip
 
 
 def _flags(concatenated: str | None) -> Iterable[str]:
