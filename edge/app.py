@@ -157,6 +157,9 @@ class Edge:
         # {"node": id, "coordinator": URL} once this edge joined a network (edge/network.py):
         # players read it to know where to send their beacons.
         self.network: dict[str, str] | None = None
+        # Routes of that membership (edge/network.py: the inference executor), mounted
+        # like plugin routes; set before the app is built.
+        self.network_routes: list[BaseRoute] = []
         # Last: plugins may use anything above (ring, cache, client, metrics).
         self.plugins: list[EdgePlugin] = [factory(self) for factory in plugin_factories]
         self.hooks = PluginHooks(self.plugins)
@@ -599,6 +602,7 @@ def create_app(edge: Edge) -> ASGIApp:
         Route("/healthz", healthz),
         Route("/api/network", network),
         Route("/metrics", metrics_endpoint(edge.metrics.registry)),
+        *edge.network_routes,
         *(route for plugin in edge.plugins for route in plugin.routes()),
         Route("/{path:path}", handler, methods=["GET", "HEAD"]),
     ]

@@ -2,9 +2,11 @@
 
 The node registers with the coordinator (signed, with its capacity), heartbeats, learns
 the other live registered nodes for its peer ring, and every ``receipt_interval`` seconds
-signs a usage receipt of what it served since the last one. Receipts are appended to
-``NODE_DIR/receipts.jsonl`` before they are sent and re-sent in order until accepted, so
-a coordinator outage or an edge restart loses no bytes and never forks the chain.
+signs a usage receipt of what it served since the last one (and the seconds of the
+inference-marketplace executions it ran for the coordinator, edge/inference.py). Receipts
+are appended to ``NODE_DIR/receipts.jsonl`` before they are sent and re-sent in order until
+accepted, so a coordinator outage or an edge restart loses no bytes and never forks the
+chain.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, Final
 import httpx
 
 from edge.app import Edge
+from edge.inference import InferenceExecutor
 from meshcast.config import EdgeConfig
 from meshcast.receipts import ChainHead, ReceiptBuilder, Usage, receipt_hash
 from meshcast.signing import NODE_KEY_FILE, NodeKey
@@ -68,6 +71,9 @@ class NodeAgent:
         edge.network = {"node": key.node_id, "coordinator": self.coordinator}
         self.journal = self.node_dir / RECEIPTS_FILE
         self.builder = ReceiptBuilder(key)
+        # Marketplace jobs ordered by the coordinator (edge/inference.py).
+        self.inference = InferenceExecutor(edge, key)
+        edge.network_routes = self.inference.routes()
         self.pending: list[dict[str, Any]] = []
         self.registered = asyncio.Event()
         self._ring_urls: set[str] = set()
@@ -116,6 +122,9 @@ class NodeAgent:
         if r.status_code != 200:
             raise JoinError(f"registration refused ({r.status_code}): {_reason(r)}")
         answer: dict[str, Any] = r.json()
+        info = await self.client.get(f"{self.coordinator}/api/coordinator", timeout=5)
+        # Inference orders must carry this key's signature.
+        self.inference.coordinator_key = str(info.json()["pubkey"])
         self._resume(ChainHead(answer["last_seq"], answer["last_hash"]))
         self.registered.set()
         log.info("edge %s joined %s as %s", self.edge.self_url, self.coordinator, self.key.node_id)
@@ -190,7 +199,12 @@ class NodeAgent:
     def cut_receipt(self) -> dict[str, Any]:
         """Sign the usage since the last receipt and journal it (also when nothing was
         served: the chain's periods stay contiguous)."""
-        envelope = self.builder.build(self.usage(), time.time(), self._started)
+        envelope = self.builder.build(
+            self.usage(),
+            time.time(),
+            self._started,
+            inference_seconds=self.inference.take_seconds(),
+        )
         with self.journal.open("a") as f:
             f.write(json.dumps(envelope, separators=(",", ":")) + "\n")
         self.pending.append(envelope)

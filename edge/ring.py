@@ -1,38 +1,21 @@
-"""Peer ring: which edge owns an object (rendezvous hashing) and which peers are alive.
-
-Rendezvous (highest random weight) hashing: every node scores (node, key) and the highest
-score owns the key. When a node dies only its keys move, spread over the survivors.
+"""Peer ring: which edge owns an object (rendezvous hashing, ``meshcast/rendezvous.py``)
+and which peers are alive. When a node dies only its keys move, spread over the survivors.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Iterable
 
 import httpx
 
+from meshcast.rendezvous import rendezvous_owner, rendezvous_owners
+
+__all__ = ["PeerRing", "rendezvous_owner", "rendezvous_owners"]
+
 log = logging.getLogger(__name__)
-
-
-def _score(node: str, key: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{node}\0{key}".encode(), digest_size=8).digest())
-
-
-def rendezvous_owner(key: str, nodes: Iterable[str]) -> str | None:
-    best, best_score = None, -1
-    for node in nodes:
-        score = _score(node, key)
-        if score > best_score:
-            best, best_score = node, score
-    return best
-
-
-def rendezvous_owners(key: str, nodes: Iterable[str], k: int) -> list[str]:
-    """The ``k`` highest-scoring nodes for ``key``, best first (replica placement)."""
-    return sorted(nodes, key=lambda node: _score(node, key), reverse=True)[:k]
 
 
 class PeerRing:

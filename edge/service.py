@@ -23,8 +23,6 @@ class EdgeService:
     def __init__(self, config: EdgeConfig) -> None:
         self.config = config
         self.edge = Edge(config)
-        self.app = create_app(self.edge)
-        self.http = HttpService(self.app, config.host, config.port, f"edge:{config.port}")
         self._health: asyncio.Task[None] | None = None
         self._prefetch: asyncio.Task[None] | None = None
         self._keys: asyncio.Task[None] | None = None
@@ -35,6 +33,9 @@ class EdgeService:
             self.agent = NodeAgent(
                 self.edge, config, load_node_key(config.node_dir or config.cache_dir)
             )
+        # After the agent: its routes (the inference executor) are part of the app.
+        self.app = create_app(self.edge)
+        self.http = HttpService(self.app, config.host, config.port, f"edge:{config.port}")
 
     @property
     def url(self) -> str:

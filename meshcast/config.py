@@ -68,6 +68,17 @@ class NetworkConfig:
     beacon_rate: float = 20.0  # beacons per second per client address
     beacon_burst: float = 100.0
     beacon_max_bytes: int = 1 << 30
+    # Inference marketplace (origin/inference.py): share of done jobs re-executed on
+    # another node and compared; executions of a job before it fails; seconds a node has
+    # to answer one; executions in flight in all and per node (a plugin pool's queue); how
+    # long a job waits for a capable node; jobs waiting at most.
+    spot_check_rate: float = 0.1
+    inference_attempts: int = 3
+    inference_timeout: float = 60.0
+    inference_concurrency: int = 16
+    inference_per_node: int = 2
+    inference_queue_timeout: float = 300.0
+    inference_max_queued: int = 1000
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ language gets the same numbers):
    ``verified = claimed`` if ``claimed <= evidence * (1 + tolerance)``, else
    ``min(claimed, evidence)`` and the line is flagged ``inflated``; bytes of a stream the
    node never fetched (from the origin or any peer) verify to 0 (``never_fetched``).
+   Storage: ``storage_verified``; inference (``origin/inference.py``): ``inference_verified``.
 2. ``weight = max(0, verified - penalty * (claimed - verified))``: an inflated claim costs
    ``penalty`` times the excess, so inflating never pays (with penalty 1, claiming twice
    what was served earns nothing).
@@ -162,6 +163,18 @@ def storage_verified(claimed: int, committed: int, passed: int, checks: int, tol
     return math.floor(verified_amount(claimed, committed, tol) * Fraction(passed, checks))
 
 
+def inference_verified(claimed: int, evidence: int, passed: int, checks: int, tol: float) -> int:
+    """Verified seconds of an inference line: the claim bounded by ``evidence``, the
+    coordinator-metered seconds (dispatch to answer) of the executions the node claims that
+    the coordinator really saw it complete, never paid before, and not contradicted by a
+    spot check; then times the share of spot checks of those executions it passed (none
+    checked: the whole)."""
+    verified = verified_amount(claimed, evidence, tol)
+    if checks <= 0:
+        return verified
+    return math.floor(verified * Fraction(passed, checks))
+
+
 def line_verified(line: Mapping[str, Any], params: RewardParams) -> int | None:
     """What a ledger line's ``verified`` must be by the formula, from the line alone;
     None for a kind without a public rule."""
@@ -172,6 +185,9 @@ def line_verified(line: Mapping[str, Any], params: RewardParams) -> int | None:
     if kind == "storage":
         passed, checks = int(line.get("passed", 0)), int(line.get("checks", 0))
         return storage_verified(claimed, evidence, passed, checks, params.tolerance)
+    if kind == "inference":
+        passed, checks = int(line.get("passed", 0)), int(line.get("checks", 0))
+        return inference_verified(claimed, evidence, passed, checks, params.tolerance)
     return None
 
 

@@ -19,7 +19,8 @@ API (JSON; signed messages are ``{"body": {...}, "sig": base64 Ed25519}``):
   "viewer"}`` from players, unauthenticated (see the trust model below).
 - ``GET /api/rewards[?node=ID]``, ``GET /api/epochs``, ``GET /api/epochs/N/export``,
   ``GET /api/coordinator`` (our public key and the reward parameters).
-- ``POST /api/inference``, ``GET /api/inference/ID``: 501 until the AI plugins (issue 10).
+- ``POST /api/inference``, ``GET /api/inference/ID``: the inference marketplace
+  (``origin/inference.py``: jobs placed on capable nodes, retried, metered, spot-checked).
 
 Verification is one ``Verifier`` per contribution kind, run when an epoch closes:
 
@@ -36,9 +37,11 @@ Verification is one ``Verifier`` per contribution kind, run when an epoch closes
   against the pins the node claims, and verifies ``stored_byte_seconds`` by the share of
   challenges passed. Until then storage claims are recorded with ``verifier: false`` and
   earn nothing.
-- ``inference`` (after the AI plugins, issue 10): a scheduler placing jobs on capable
-  nodes, metering ``inference_seconds`` per job, and a ``Verifier`` that re-executes a sample
-  of jobs on another node and compares outputs. Same treatment until then.
+- ``inference`` (``origin/inference.py``, ``InferenceVerifier``): the seconds a node claims
+  per execution are bounded by the coordinator's own metering (dispatch to answer) of the
+  executions it saw that node complete; unknown, already paid, spot-check-failed and
+  disputed executions earn nothing, and the line scales by the share of spot checks passed
+  (the marketplace re-executes a sample of jobs on another node and compares outputs).
 
 Trust model of beacons: anyone can send them, so they are only evidence in aggregate:
 rate-limited per client address, capped in size, and a node's claims are capped to them,
@@ -273,7 +276,6 @@ class BandwidthVerifier:
 
 _PENDING_VERIFIERS: Final = {
     "storage": "no storage verifier yet: chunk challenges need the storage plugin (issue 12)",
-    "inference": "no inference verifier yet: spot re-execution needs the AI plugins (issue 10)",
 }
 
 
@@ -886,9 +888,6 @@ def coordinator_routes(coordinator: Coordinator) -> list[BaseRoute]:
             }
         )
 
-    async def inference(request: Request) -> Response:
-        return json_error(501, "inference jobs need the AI plugins (issue 10)")
-
     return [
         Route("/api/coordinator", info),
         Route("/api/nodes", register, methods=["POST"]),
@@ -901,8 +900,6 @@ def coordinator_routes(coordinator: Coordinator) -> list[BaseRoute]:
         Route("/api/rewards", rewards),
         Route("/api/epochs", epochs),
         Route("/api/epochs/{epoch}/export", export),
-        Route("/api/inference", inference, methods=["POST"]),
-        Route("/api/inference/{job}", inference),
     ]
 
 

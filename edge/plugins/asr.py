@@ -115,3 +115,13 @@ def transcribe(init: bytes, context: Sequence[bytes], targets: Sequence[bytes]) 
     offset, audio = decode_audio(init, [*context, *targets])
     words = recognize(audio, offset) if audio.size else []
     return Transcript(spans, tuple(words))
+
+
+def job(init: bytes, segment: bytes) -> dict[str, Any]:
+    """An inference-marketplace job (``meshcast/inference.py``): the words of one audio
+    segment, as JSON."""
+    words = transcribe(init, [], [segment]).words
+    return {
+        "text": " ".join(w.text.strip() for w in words),
+        "words": [[w.start, w.end, w.text] for w in words],
+    }

@@ -236,6 +236,11 @@ class CaptionsPlugin:
         if self._pool is not None:
             await self._pool.close()
 
+    @property
+    def pool(self) -> InferencePool | None:
+        """The worker pool, once started: marketplace jobs run here too (edge/inference.py)."""
+        return self._pool
+
     def routes(self) -> list[BaseRoute]:
         return [Route("/api/captions/{name}", self._status)]
 

@@ -164,6 +164,11 @@ class ModerationPlugin:
         if self._pool is not None:
             await self._pool.close()
 
+    @property
+    def pool(self) -> InferencePool | None:
+        """The worker pool, once started: marketplace jobs run here too (edge/inference.py)."""
+        return self._pool
+
     def routes(self) -> list[BaseRoute]:
         return [
             Route("/api/moderation/{name}", self._findings),

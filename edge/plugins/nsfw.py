@@ -95,3 +95,10 @@ def moderate(
     hits = flagged(detections, labels, threshold)
     blurred = blur == "always" or (blur == "flagged" and bool(hits))
     return Sample(media_time, detections, hits, poster(image, blurred), blurred)
+
+
+def job(init: bytes, segment: bytes) -> dict[str, Any]:
+    """An inference-marketplace job (``meshcast/inference.py``): the detector's output for
+    the segment's first frame, as JSON."""
+    media_time, image = first_frame(init, segment)
+    return {"media_time": media_time, "detections": detect(image)}

@@ -15,6 +15,7 @@ import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -153,9 +154,13 @@ class InferencePool:
         if self._inflight >= self.limit:
             self._skipped.inc()
             return None
+        try:
+            future: Future[Timed] = self._executor().submit(_timed, fn, args)
+        except BrokenProcessPool:
+            self._replace_broken()
+            future = self._executor().submit(_timed, fn, args)
         self._inflight += 1
         self._depth.set(self._inflight)
-        future: Future[Timed] = self._executor().submit(_timed, fn, args)
         wrapped = asyncio.wrap_future(future)
         wrapped.add_done_callback(self._done)
         return wrapped
@@ -168,11 +173,22 @@ class InferencePool:
         if (exc := future.exception()) is not None:
             self._failed.inc()
             log.warning("edge plugin %s: inference failed: %r", self.plugin, exc)
+            if isinstance(exc, BrokenProcessPool):
+                self._replace_broken()
             return
         timed = future.result()
         self._jobs.inc()
         self._seconds.observe(timed.wall)
         self._cpu.inc(timed.cpu)
+
+    def _replace_broken(self) -> None:
+        """A worker process died (an input crashed it, or it was killed): the executor is
+        unusable from then on, so the next job starts a fresh one (loading the model
+        again) instead of every later job failing."""
+        broken, self._pool = self._pool, None
+        if broken is not None:
+            log.error("edge plugin %s: a worker process died; starting new ones", self.plugin)
+            broken.shutdown(wait=False, cancel_futures=True)
 
     async def close(self) -> None:
         if self._pool is not None:

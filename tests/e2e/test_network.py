@@ -334,7 +334,7 @@ async def test_forged_and_replayed_receipts_over_http(net: Net) -> None:
         )
         assert r.status_code == 404
         r = await client.post(f"{net.origin.url}/api/inference", json={})
-        assert r.status_code == 501 and "issue 10" in r.json()["error"]
+        assert r.status_code == 401 and "Bearer" in r.json()["error"]
 
 
 async def test_a_restarted_edge_continues_its_chain(net: Net, tmp_path: Path) -> None:

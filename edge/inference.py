@@ -1,0 +1,126 @@
+"""The node side of the inference marketplace (``origin/inference.py``): ``POST
+/_network/inference`` runs one execution ordered by the coordinator.
+
+The order must carry the coordinator's signature (its key learnt from ``GET
+/api/coordinator`` at join), name this node, be fresh, and not repeat an execution already
+run. The input segment and its init segment come through the edge's own cache fill (the
+scheduler prefers the node that owns the segment in the ring, so it is usually a HIT); the
+model runs in the plugin's worker pool, never on the event loop, behind the pool's bounded
+queue (full: 503, the coordinator places the job elsewhere). The answer is a result signed
+with the node key. Each execution's billed seconds wait here for the next usage receipt.
+
+Failure answers tell the coordinator what kind of failure it was: 422 the input is missing
+or the model could not use it, 500 with ``crashed`` when the worker process died on it (the
+pool then starts fresh workers), 503 busy or the plugin not running.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING, Any, Final
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from edge.plugins.workers import InferencePool
+from meshcast.http import BodyTooLarge, json_error, read_body
+from meshcast.inference import MAX_REQUEST, MODELS, JobRejected, make_result, parse_order
+from meshcast.signing import NodeKey, SignatureError, verify_object
+
+if TYPE_CHECKING:
+    from edge.app import Edge
+
+log = logging.getLogger(__name__)
+
+NODE_PATH: Final = "/_network/inference"
+MAX_SEEN: Final = 100_000
+
+
+def _job_function(model: str) -> Callable[[bytes, bytes], dict[str, Any]]:
+    # Imported here: the captions model's module is only needed on edges that run it.
+    if model == "moderation":
+        from edge.plugins import nsfw
+
+        return nsfw.job
+    from edge.plugins import asr
+
+    return asr.job
+
+
+class InferenceExecutor:
+    def __init__(self, edge: Edge, key: NodeKey, max_skew: float = 30.0) -> None:
+        self.edge = edge
+        self.key = key
+        self.max_skew = max_skew
+        self.coordinator_key: str | None = None  # set when the node joins
+        self._seen: OrderedDict[str, None] = OrderedDict()  # executions run (replay guard)
+        self._unclaimed: dict[str, int] = {}  # execution -> billed seconds, for the receipt
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route(NODE_PATH, self.handle, methods=["POST"])]
+
+    def take_seconds(self) -> dict[str, int]:
+        """The seconds of executions finished since the last receipt (for the next one)."""
+        taken, self._unclaimed = self._unclaimed, {}
+        return taken
+
+    def _pool(self, model: str) -> InferencePool | None:
+        plugin = MODELS[model].plugin
+        for p in self.edge.plugins:
+            if p.name == plugin:
+                pool = getattr(p, "pool", None)
+                return pool if isinstance(pool, InferencePool) else None
+        return None
+
+    async def handle(self, request: Request) -> Response:
+        if self.coordinator_key is None:
+            return json_error(503, "this node has not joined a coordinator yet")
+        try:
+            envelope = json.loads(await read_body(request, MAX_REQUEST))
+        except BodyTooLarge as exc:
+            return json_error(413, str(exc))
+        except (ValueError, RecursionError, TimeoutError):
+            return json_error(400, "body is not a JSON order")
+        if not isinstance(envelope, dict) or not isinstance(envelope.get("sig"), str):
+            return json_error(400, "expected {'body': {...}, 'sig': ...}")
+        try:
+            verify_object(self.coordinator_key, envelope.get("body"), envelope["sig"])
+            order = parse_order(envelope["body"], self.key.node_id, time.time(), self.max_skew)
+        except SignatureError as exc:
+            return json_error(401, f"order signature: {exc}")
+        except JobRejected as exc:
+            return json_error(exc.code, exc.reason)
+        if order.exec in self._seen:
+            return json_error(409, f"execution {order.exec} was already run here")
+        pool = self._pool(order.spec.model)
+        if pool is None:
+            return json_error(503, f"the {MODELS[order.spec.model].plugin} plugin is not running")
+        self._seen[order.exec] = None
+        while len(self._seen) > MAX_SEEN:
+            self._seen.popitem(last=False)
+        init = await self.edge.fetch(order.spec.init_path)
+        segment = await self.edge.fetch(order.spec.path)
+        if init is None or segment is None:
+            return json_error(422, f"input {order.spec.path} (or its init segment) not found")
+        future = pool.submit(_job_function(order.spec.model), init, segment)
+        if future is None:
+            return json_error(503, f"the {pool.plugin} queue is full", busy=True)
+        try:
+            timed = await future
+        except BrokenProcessPool:
+            return json_error(500, "the inference worker process died on this input", crashed=True)
+        except Exception as exc:
+            # The model is loaded and ran: what it raised is about this input.
+            return json_error(422, f"input unusable: {exc}")
+        result = make_result(order, timed.value, timed.wall, time.time())
+        self._unclaimed[order.exec] = result.seconds
+        body = result.body()
+        log.info("edge %s: inference %s (%s %s) in %.3f s", self.edge.self_url, order.exec,
+                 order.spec.model, order.spec.path, timed.wall)  # fmt: skip
+        return JSONResponse({"body": body, "sig": self.key.sign_object(body)})
