@@ -482,8 +482,9 @@ class Marketplace:
                 time.monotonic() - t0, error=f"no answer within {timeout:.0f} s", fault="transport"
             )
         except httpx.HTTPError as exc:
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return Outcome(
-                time.monotonic() - t0, error=f"connection lost: {exc!r}", fault="transport"
+                time.monotonic() - t0, error=f"connection lost ({detail})", fault="transport"
             )
         wall = time.monotonic() - t0
         if r.status_code != 200:

@@ -46,6 +46,31 @@ _POLICY = {
     },
 }
 
+# A media segment of a live stream or VOD asset (meshcast/inference.py checks the rendition
+# against the model: a video rung for moderation, audio for captions).
+_SEGMENT = {
+    "type": "string",
+    "pattern": (
+        "^/(live|vod)/[A-Za-z0-9][A-Za-z0-9._-]{0,63}/([0-9]{2,4}p|audio)/[0-9]{1,12}[.]m4s$"
+    ),
+}
+_JOB = {
+    "type": "object",
+    "required": ["id", "model", "input", "state", "attempts", "spot_check"],
+    "properties": {
+        "id": {"type": "string"},
+        "model": {"type": "string"},
+        "input": {"type": "object"},
+        "state": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
+        "node": {"type": "string", "nullable": True},
+        "attempts": {"type": "array", "items": {"type": "object"}},
+        "result": {"type": "object", "nullable": True},
+        "inference_seconds": {"type": "integer", "nullable": True},
+        "reason": {"type": "string", "nullable": True},
+        "spot_check": {"type": "object"},
+    },
+}
+
 
 def _json(schema: dict[str, Any], description: str = "ok") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
@@ -210,6 +235,42 @@ def openapi_schema() -> dict[str, Any]:
                         ),
                         **_errors(400, 401, 403, 413, 429),
                     },
+                }
+            },
+            "/api/inference": {
+                "post": {
+                    "security": _BEARER,
+                    "requestBody": _body(
+                        {
+                            "type": "object",
+                            "required": ["model", "input"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "model": {"type": "string", "enum": ["moderation", "captions"]},
+                                "input": {
+                                    "type": "object",
+                                    "required": ["path"],
+                                    "additionalProperties": False,
+                                    "properties": {"path": _SEGMENT},
+                                },
+                            },
+                        }
+                    ),
+                    "responses": {"202": _json(_JOB, "queued"), **_errors(400, 401, 413, 429)},
+                }
+            },
+            "/api/inference/{job}": {
+                "get": {
+                    "security": _BEARER,
+                    "parameters": [
+                        {
+                            "name": "job",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {"200": _json(_JOB), **_errors(401, 404, 429)},
                 }
             },
         },

@@ -66,6 +66,8 @@ def test_openapi_document_lists_the_api(api: Api) -> None:
         "/api/entitlements",
         "/api/products",
         "/api/access/{kind}/{name}",
+        "/api/inference",
+        "/api/inference/{job}",
     } <= paths
 
 
