@@ -78,6 +78,10 @@ NODE_PATH: Final = "/_network/inference"
 # Faults that say something about the input, not the node: two of them fail the job.
 INPUT_FAULTS: Final = ("input", "crash")
 INPUT_FAULT_LIMIT: Final = 2
+# A busy node (503, its plugin queue full) is neither blamed nor asked again for a moment;
+# a job that meets only busy nodes this many times fails.
+BUSY_COOL_DOWN: Final = 1.0
+BUSY_LIMIT: Final = 30
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS inference_jobs (
@@ -166,6 +170,7 @@ class Marketplace:
             self.c.db.executescript(SCHEMA)
         self._tasks: dict[str, asyncio.Task[None]] = {}  # job -> its execution in flight
         self._running: dict[str, int] = {}  # node -> executions in flight
+        self._busy_until: dict[str, float] = {}  # node -> monotonic end of its cool-down
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Task[None] | None = None
@@ -382,8 +387,12 @@ class Marketplace:
             plugin = MODELS[item.spec.model].plugin
             capable = [n for n in nodes if plugin in (n.capacity.get("plugins") or [])]
             eligible = [n for n in capable if n.node not in item.exclude]
+            now = time.monotonic()
             free = [
-                n for n in eligible if self._running.get(n.node, 0) < self.config.inference_per_node
+                n
+                for n in eligible
+                if self._running.get(n.node, 0) < self.config.inference_per_node
+                and self._busy_until.get(n.node, 0.0) <= now
             ]
             if not free:
                 if not eligible:
@@ -433,6 +442,9 @@ class Marketplace:
     async def _execute(self, item: Work, node: NodeRecord) -> None:
         order, _ = await asyncio.to_thread(self._begin, item, node)
         outcome = await self._dispatch(order, node)
+        if outcome.fault == "busy":
+            # Its plugin queue is full (its own live work counts too): leave it be a moment.
+            self._busy_until[node.node] = time.monotonic() + BUSY_COOL_DOWN
         log.log(
             logging.INFO if outcome.ok else logging.WARNING,
             "inference: %s (%s) on %s: %s in %.2f s",
@@ -535,7 +547,7 @@ class Marketplace:
                 self._end_run(item, order, outcome, metered, output)
             elif outcome.ok:
                 self._compare(item.job)
-            elif item.failed + 1 >= self.config.inference_attempts:
+            elif outcome.fault != "busy" and item.failed + 1 >= self.config.inference_attempts:
                 what = "re-execution" if item.purpose == "check" else "tie-break"
                 if item.purpose == "check":
                     self._set_spot(item.job, "skipped", f"{what} failed: {outcome.error}")
@@ -567,12 +579,17 @@ class Marketplace:
             return
         execs = [e for e in self._execs(item.job) if e["purpose"] == "run"]
         faults = [e for e in execs if e["fault"] in INPUT_FAULTS]
-        tries = [e for e in execs if e["state"] == "failed" and e["fault"] != "restart"]
+        tries = [
+            e for e in execs if e["state"] == "failed" and e["fault"] not in ("restart", "busy")
+        ]
+        busy = [e for e in execs if e["fault"] == "busy"]
         if len({e["node"] for e in faults}) >= INPUT_FAULT_LIMIT:
             what = "crashed the inference worker" if outcome.fault == "crash" else "was refused"
             self._fail(item.job, f"input {what} on {len(faults)} nodes: {outcome.error}")
         elif len(tries) >= self.config.inference_attempts:
             self._fail(item.job, f"{len(tries)} executions failed; last: {outcome.error}")
+        elif len(busy) >= BUSY_LIMIT:
+            self._fail(item.job, f"every capable node stayed busy ({len(busy)} tries)")
         else:
             self._write(
                 (

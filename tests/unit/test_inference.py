@@ -6,12 +6,17 @@ no HTTP (tests/e2e/test_inference.py runs the same code against real edges)."""
 from __future__ import annotations
 
 import json
+import operator
+import os
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from edge.plugins.workers import InferencePool, plugin_metrics
 from meshcast.config import NetworkConfig
 from meshcast.inference import (
     BOX_TOLERANCE_PX,
@@ -257,6 +262,14 @@ def test_retries_input_faults_and_restart(market: Marketplace, clock: Clock) -> 
     assert doc["attempts"][0]["error"].startswith("connection lost")
     assert doc["result"] == OUT and doc["inference_seconds"] == 2  # metered 1.5 s -> 2
 
+    # a busy node is not blamed: not excluded, no attempt used
+    waiting = market.submit(JobSpec("moderation", "/live/show/360p/11.m4s"), "alice")["id"]
+    _run(market, waiting, a, Outcome(0.01, error="node answered 503: full", fault="busy"))
+    (item,) = [w for w in market._work() if w.job == waiting]
+    assert item.exclude == frozenset() and item.failed == 0
+    _run(market, waiting, a, _ok())
+    assert market.job_json(waiting)["state"] == "done"  # type: ignore[index]
+
     # input faults on two nodes fail the job with the reason, without a third try
     bad = market.submit(JobSpec("moderation", "/live/show/360p/8.m4s"), "alice")["id"]
     crash = Outcome(0.1, error="node answered 500: worker died", fault="crash")
@@ -333,3 +346,19 @@ def test_verifier_pays_completed_executions_once_and_flags_the_rest(
     (line,) = [ln for ln in later["body"]["lines"] if ln["kind"] == "inference"]
     assert (line["claimed"], line["verified"], line["flags"]) == (3, 0, ["already_counted"])
     verify_export(later, market.c.key.public_key)
+
+
+async def test_a_worker_process_that_dies_is_replaced() -> None:
+    """An input that kills the worker process breaks a ProcessPoolExecutor for good; the
+    pool starts fresh workers for the next job instead (edge/plugins/workers.py)."""
+    pool = InferencePool("t", plugin_metrics(CollectorRegistry()), queue=2)
+    try:
+        dying = pool.submit(os._exit, 3)
+        assert dying is not None
+        with pytest.raises(BrokenProcessPool):
+            await dying
+        again = pool.submit(operator.add, 2, 3)
+        assert again is not None and (await again).value == 5
+        assert pool.inflight == 0
+    finally:
+        await pool.close()
