@@ -77,6 +77,12 @@ def _add_origin_args(p: argparse.ArgumentParser) -> None:
         "--beacon-sample-rate", type=float, default=1.0, help="share of players sending beacons"
     )
     p.add_argument(
+        "--spot-check-rate",
+        type=float,
+        default=0.1,
+        help="inference marketplace: share of done jobs re-executed on another node",
+    )
+    p.add_argument(
         "--ice-server",
         action="append",
         default=[],
@@ -277,7 +283,8 @@ def _origin_config(args: argparse.Namespace) -> cfg.OriginConfig:
                 epoch_seconds=args.epoch,
                 base_pool=args.reward_pool,
                 beacon_sample_rate=args.beacon_sample_rate,
-            )
+            ),
+            spot_check_rate=args.spot_check_rate,
         ),
     )
 
