@@ -440,6 +440,13 @@ class Marketplace:
     # ---- one execution --------------------------------------------------------------------
 
     async def _execute(self, item: Work, node: NodeRecord) -> None:
+        try:
+            await self._execute_once(item, node)
+        except Exception:
+            # Recorded as running: the next start re-queues it; meanwhile say why.
+            log.exception("inference: %s on %s: recording failed", item.job, node.url)
+
+    async def _execute_once(self, item: Work, node: NodeRecord) -> None:
         order, _ = await asyncio.to_thread(self._begin, item, node)
         outcome = await self._dispatch(order, node)
         if outcome.fault == "busy":

@@ -254,6 +254,7 @@ async def test_an_inference_job_survives_the_death_of_its_node(
             real = time.time()
             c.clock = lambda: real + 2 * DAY
             closed = await asyncio.to_thread(c.close_due)
+            c.clock = time.time  # back to now: the edges leave the network normally
             assert closed
             rewards = {
                 k.node_id: (await client.get(f"{origin.url}/api/rewards",
@@ -277,13 +278,21 @@ async def test_an_inference_job_survives_the_death_of_its_node(
     verify_export(export, c.key.public_key)
 
 
+def settled(job: dict[str, Any]) -> bool:
+    """Failed, or done and its spot check decided (or found impossible)."""
+    return job["state"] == "failed" or job["spot_check"]["state"] in (
+        "passed", "failed", "disputed", "skipped",
+    )  # fmt: skip
+
+
 # ---- a lying node is caught by a spot check --------------------------------------------------
 
 
 class LyingNode:
     """A contributor node with a valid key that answers every order without running the
     model: a signed result saying the frame holds nothing. It advertises a GPU, so the
-    scheduler prefers it."""
+    scheduler prefers it. Being registered, it is in the edges' peer ring: it serves media
+    (from the origin) like an edge would."""
 
     def __init__(self, coordinator_url: str) -> None:
         self.key = NodeKey.generate()
@@ -292,7 +301,14 @@ class LyingNode:
         self.coordinator = coordinator_url
         self.coordinator_key = ""
         self.ran: list[str] = []
-        app = Starlette(routes=[Route("/_network/inference", self.run, methods=["POST"])])
+        self.client = httpx.AsyncClient(timeout=10)
+        app = Starlette(
+            routes=[
+                Route("/_network/inference", self.run, methods=["POST"]),
+                Route("/healthz", lambda _: JSONResponse({"status": "ok"})),
+                Route("/{path:path}", self.media),
+            ]
+        )
         self.http = HttpService(app, "127.0.0.1", self.port, "liar")
         self.builder = ReceiptBuilder(self.key)
 
@@ -302,6 +318,10 @@ class LyingNode:
         result = make_result(order, {"media_time": 0.0, "detections": []}, 0.01, time.time())
         body = result.body()
         return JSONResponse({"body": body, "sig": self.key.sign_object(body)})
+
+    async def media(self, request: Request) -> Response:
+        r = await self.client.get(self.coordinator + request.url.path)
+        return Response(r.content, r.status_code, media_type=r.headers.get("content-type"))
 
     def signed(self, body: dict[str, Any]) -> dict[str, Any]:
         return {"body": body, "sig": self.key.sign_object(body)}
@@ -348,7 +368,8 @@ async def test_spot_checks_catch_a_lying_node_and_bad_requests_are_refused(
                     node_dir=node_dir,
                     receipt_interval=1.0,
                     heartbeat=0.5,
-                    plugins=("moderation",),
+                    # the first edge also runs Whisper: the only node for captions jobs
+                    plugins=("moderation", "captions") if i == 0 else ("moderation",),
                 )
             )
         )
@@ -394,6 +415,13 @@ async def test_spot_checks_catch_a_lying_node_and_bad_requests_are_refused(
                                         "input": {"path": "/live/show/360p/9999.m4s"}})  # fmt: skip
             missing = await poll(client, f"{api}/{r.json()['id']}",
                                  lambda b: b["state"] == "failed", 60, alice)  # fmt: skip
+            # A captions job: the audio segment through the real Whisper model.
+            audio = (await client.get(f"{origin.url}/live/show/audio/index.m3u8")).text
+            number = re.findall(r"^(\d+)\.m4s$", audio, re.M)[1]
+            order = {"model": "captions", "input": {"path": f"/live/show/audio/{number}.m4s"}}
+            r = await client.post(api, headers=alice, json=order)
+            assert r.status_code == 202, r.text
+            captions = await poll(client, f"{api}/{r.json()['id']}", settled, 60, alice)
             await stream.wait()
 
             # The liar claims its execution in a receipt of its own.
@@ -410,12 +438,14 @@ async def test_spot_checks_catch_a_lying_node_and_bad_requests_are_refused(
             real = time.time()
             c.clock = lambda: real + 2 * DAY
             closed = await asyncio.to_thread(c.close_due)
+            c.clock = time.time  # back to now: the edges leave the network normally
             assert closed
             export = (await client.get(f"{origin.url}/api/epochs/{closed[0]}/export")).json()
     finally:
         for edge in edges:
             await edge.close()
         await liar.http.close()
+        await liar.client.aclose()
         await origin.close()
 
     assert doc["attempts"][0]["node"] == liar.key.node_id  # the GPU node got the job
@@ -427,6 +457,10 @@ async def test_spot_checks_catch_a_lying_node_and_bad_requests_are_refused(
     assert missing["reason"].startswith("input was refused on 2 nodes")
     assert "not found" in missing["reason"]
     assert [x["fault"] for x in missing["attempts"]] == ["input", "input"]
+    assert edges[0].agent is not None and captions["node"] == edges[0].agent.key.node_id
+    assert captions["state"] == "done" and isinstance(captions["result"]["text"], str)
+    assert isinstance(captions["result"]["words"], list)  # a tone: no speech, no words needed
+    assert captions["spot_check"]["reason"] == "no other live node runs the captions plugin"
 
     lines = {ln["node"]: ln for ln in export["body"]["lines"] if ln["kind"] == "inference"}
     cheat = lines[liar.key.node_id]
