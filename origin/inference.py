@@ -511,7 +511,7 @@ class Marketplace:
             fault = "node"
             if r.status_code == 422:
                 fault = "input"
-            elif r.status_code == 503:
+            elif r.status_code == 503 and _field(r, "busy"):
                 fault = "busy"
             elif r.status_code == 500 and _field(r, "crashed"):
                 fault = "crash"
@@ -715,7 +715,9 @@ class InferenceVerifier:
     ``unknown_job`` (no such completed execution by this node: never ran it, ran another
     node's, or its answer never arrived), ``already_counted``, ``spot_check_failed``,
     ``disputed``, ``inflated`` (more seconds than metered). ``passed``/``checks`` count the
-    spot checks decided on the claimed executions."""
+    spot checks decided on the claimed executions. An execution whose spot check is still
+    under way when the epoch closes is paid (checks take seconds, the close grace a minute);
+    one checked later no longer changes a closed epoch."""
 
     kind = "inference"
 

@@ -35,12 +35,12 @@ from edge.plugins import nsfw
 from edge.service import EdgeService
 from meshcast.config import EdgeConfig, NetworkConfig, OriginConfig
 from meshcast.http import HttpService
-from meshcast.inference import make_result, parse_order
+from meshcast.inference import JobSpec, Order, make_result, parse_order, parse_result
 from meshcast.keys import ADMIN_KIND, API_KIND
 from meshcast.receipts import ChainHead, ReceiptBuilder, Usage
 from meshcast.rendezvous import rendezvous_owner
 from meshcast.rewards import RewardParams, verify_export
-from meshcast.signing import NodeKey
+from meshcast.signing import NodeKey, verify_object
 from origin.service import OriginService
 from tests.conftest import free_port, rtmp_url
 from tests.e2e.test_ladder import wait_for_url
@@ -441,6 +441,30 @@ async def test_spot_checks_catch_a_lying_node_and_bad_requests_are_refused(
             c.clock = time.time  # back to now: the edges leave the network normally
             assert closed
             export = (await client.get(f"{origin.url}/api/epochs/{closed[0]}/export")).json()
+
+            # A node runs only orders signed by its coordinator, for itself, once.
+            assert edges[0].agent is not None and edges[1].agent is not None
+            me = edges[0].agent.key
+            order = Order("j" + "1" * 16, "j" + "1" * 16 + ".1", me.node_id,
+                          JobSpec("moderation", path), time.time())  # fmt: skip
+            body = order.body()
+            node_api = f"{edges[0].url}/_network/inference"
+            forged = {"body": body, "sig": NodeKey.generate().sign_object(body)}
+            r = await client.post(node_api, json=forged)
+            assert r.status_code == 401 and "signature" in r.json()["error"]
+            signed = {"body": body, "sig": c.key.sign_object(body)}
+            r = await client.post(node_api, json=signed)
+            assert r.status_code == 200, r.text
+            result = parse_result(r.json()["body"], order)
+            verify_object(me.public_key, r.json()["body"], r.json()["sig"])
+            assert result.output["detections"] == expected
+            r = await client.post(node_api, json=signed)
+            assert r.status_code == 409 and "already run" in r.json()["error"]
+            theirs = Order(order.job, order.job + ".2", edges[1].agent.key.node_id,
+                           order.spec, time.time())  # fmt: skip
+            misdirected = {"body": theirs.body(), "sig": c.key.sign_object(theirs.body())}
+            r = await client.post(node_api, json=misdirected)
+            assert r.status_code == 409 and "another node" in r.json()["error"]
     finally:
         for edge in edges:
             await edge.close()

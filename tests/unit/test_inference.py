@@ -270,6 +270,20 @@ def test_retries_input_faults_and_restart(market: Marketplace, clock: Clock) -> 
     _run(market, waiting, a, _ok())
     assert market.job_json(waiting)["state"] == "done"  # type: ignore[index]
 
+    # nobody to run it: a job waits for a capable node, then fails saying so; a spot check
+    # without another node is skipped, a tie without a third node disputed
+    lonely = market.submit(JobSpec("moderation", "/live/show/360p/12.m4s"), "alice")["id"]
+    (item,) = [w for w in market._work() if w.job == lonely]
+    market._unplaceable(item, 0)
+    assert market.job_json(lonely)["state"] == "queued"  # type: ignore[index]
+    clock.t += market.config.inference_queue_timeout + 1
+    market._unplaceable(item, 0)
+    assert market.job_json(lonely)["reason"] == "no live node runs the moderation plugin"  # type: ignore[index]
+    market._unplaceable(Work(waiting, item.spec, "check", 0, frozenset(), 0, None), 1)
+    assert market.job_json(waiting)["spot_check"]["state"] == "skipped"  # type: ignore[index]
+    market._unplaceable(Work(waiting, item.spec, "tiebreak", 0, frozenset(), 0, None), 1)
+    assert market.job_json(waiting)["spot_check"]["state"] == "disputed"  # type: ignore[index]
+
     # input faults on two nodes fail the job with the reason, without a third try
     bad = market.submit(JobSpec("moderation", "/live/show/360p/8.m4s"), "alice")["id"]
     crash = Outcome(0.1, error="node answered 500: worker died", fault="crash")
