@@ -34,7 +34,7 @@ from starlette.routing import Route
 from edge.plugins import nsfw
 from edge.service import EdgeService
 from meshcast.config import EdgeConfig, NetworkConfig, OriginConfig
-from meshcast.http import HttpService
+from meshcast.http import HttpService, json_error
 from meshcast.inference import JobSpec, Order, make_result, parse_order, parse_result
 from meshcast.keys import ADMIN_KIND, API_KIND
 from meshcast.receipts import ChainHead, ReceiptBuilder, Usage
@@ -301,6 +301,8 @@ class LyingNode:
         self.coordinator = coordinator_url
         self.coordinator_key = ""
         self.ran: list[str] = []
+        # While set, orders are held unanswered until it is cleared (a node mid-job).
+        self.hold: asyncio.Event | None = None
         self.client = httpx.AsyncClient(timeout=10)
         app = Starlette(
             routes=[
@@ -315,6 +317,9 @@ class LyingNode:
     async def run(self, request: Request) -> Response:
         order = parse_order((await request.json())["body"], self.key.node_id, time.time(), 30)
         self.ran.append(order.exec)
+        if self.hold is not None:
+            await self.hold.wait()
+            return json_error(503, "released")
         result = make_result(order, {"media_time": 0.0, "detections": []}, 0.01, time.time())
         body = result.body()
         return JSONResponse({"body": body, "sig": self.key.sign_object(body)})
@@ -498,3 +503,40 @@ async def test_spot_checks_catch_a_lying_node_and_bad_requests_are_refused(
         )
     verify_export(export, c.key.public_key)
     assert re.fullmatch(r"j[0-9a-f]{16}\.1", lie)
+
+
+async def test_jobs_survive_an_origin_restart(tmp_path: Path) -> None:
+    """A job running when the origin stops is queued again by the next start (the database
+    is the queue) and completes; the lost execution is on record, blamed on nobody."""
+    first = origin_service(tmp_path, node_ttl=300.0)
+    await first.start()
+    key = first.keys.create("alice", API_KIND)
+    auth = {"Authorization": f"Bearer {key}"}
+    node = LyingNode(first.url)  # here simply a node that answers late, then at once
+    node.hold = asyncio.Event()
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            await node.join(client)
+            order = {"model": "moderation", "input": {"path": "/live/x/360p/1.m4s"}}
+            job = (await client.post(f"{first.url}/api/inference", headers=auth,
+                                     json=order)).json()  # fmt: skip
+            url = f"/api/inference/{job['id']}"
+            await poll(client, first.url + url, lambda b: b["state"] == "running", 20, auth)
+            await first.close()  # the execution is in flight on the node
+            node.hold.set()
+            node.hold = None
+            second = OriginService(first.config)
+            await second.start()
+            try:
+                done = await poll(client, f"{second.url}{url}",
+                                  lambda b: b["state"] == "done", 30, auth)  # fmt: skip
+            finally:
+                await second.close()
+    finally:
+        await node.http.close()
+        await node.client.aclose()
+    lost, again = done["attempts"]
+    assert lost["state"] == "failed" and lost["fault"] == "restart"
+    assert "restarted" in lost["error"]
+    assert again["state"] == "done" and again["node"] == node.key.node_id
+    assert node.ran == [lost["exec"], again["exec"]]
