@@ -365,13 +365,20 @@ def _cmd_rewards(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"meshcast: {exc}", file=sys.stderr)
         return 1
-    print(f"{'epoch':>8} {'node':<38} {'claimed B':>14} {'verified B':>14} {'reward':>10}  flags")
+    print(
+        f"{'epoch':>8} {'node':<38} {'claimed B':>14} {'verified B':>14} "
+        f"{'stored B*s':>16} {'infer s':>8} {'reward':>10}  flags"
+    )
+    none = {"claimed": 0, "verified": 0, "flags": []}
     for row in rows:
-        bw = row["kinds"].get("bandwidth", {"claimed": 0, "verified": 0, "flags": []})
-        flags = sorted({f for k in row["kinds"].values() for f in k["flags"]})
+        kinds = row["kinds"]
+        bw = kinds.get("bandwidth", none)
+        stored = kinds.get("storage", none)["verified"]
+        inferred = kinds.get("inference", none)["verified"]
+        flags = sorted({f for k in kinds.values() for f in k["flags"]})
         print(
             f"{row['epoch']:>8} {row['node']:<38} {bw['claimed']:>14} {bw['verified']:>14} "
-            f"{row['reward']:>10}  {','.join(flags) or '-'}"
+            f"{stored:>16} {inferred:>8} {row['reward']:>10}  {','.join(flags) or '-'}"
         )
     return 0
 

@@ -68,6 +68,11 @@ class NetworkConfig:
     beacon_rate: float = 20.0  # beacons per second per client address
     beacon_burst: float = 100.0
     beacon_max_bytes: int = 1 << 30
+    # Storage proofs: each live storing node gets this many random chunk challenges this
+    # often, each answered within the timeout (origin/storage_challenges.py).
+    challenge_interval: float = 60.0
+    challenges_per_round: int = 2
+    challenge_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

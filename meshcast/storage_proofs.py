@@ -145,7 +145,7 @@ def verify_proof(commitment: Commitment, offset: int, proof: Any, data: bytes | 
         if not isinstance(step, dict) or step.get("side") not in ("L", "R"):
             raise ProofInvalid("path step needs side L or R")
         h, n = step.get("hash"), step.get("bytes")
-        if not _is_digest(h) or type(n) is not int or n <= 0:
+        if not isinstance(h, str) or not _is_digest(h) or type(n) is not int or n <= 0:
             raise ProofInvalid("path step needs a hash and a positive byte total")
         sibling = (bytes.fromhex(h), n)
         if step["side"] == "L":

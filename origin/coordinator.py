@@ -31,11 +31,10 @@ Verification is one ``Verifier`` per contribution kind, run when an epoch closes
   fetched). Formula in ``meshcast/rewards.py``. Bytes sent to peers are evidence for the
   fetching peer, not rewarded: paying for internal fill traffic invites ping-pong between
   colluding nodes.
-- ``storage`` (after the storage plugin, issue 12): a ``Verifier`` that issues random chunk
-  challenges (``POST`` a CID + offset, the node answers the bytes' hash within a deadline)
-  against the pins the node claims, and verifies ``stored_byte_seconds`` by the share of
-  challenges passed. Until then storage claims are recorded with ``verifier: false`` and
-  earn nothing.
+- ``storage`` (``origin/storage_challenges.py``): storing nodes commit to their chunk
+  inventory in every receipt (a Merkle sum tree root); the coordinator challenges random
+  byte offsets of the newest commitment and checks the returned chunk and path;
+  ``stored_byte_seconds`` verify by the share of challenges passed.
 - ``inference`` (after the AI plugins, issue 10): a scheduler placing jobs on capable
   nodes, metering ``inference_seconds`` per job, and a ``Verifier`` that re-executes a sample
   of jobs on another node and compares outputs. Same treatment until then.
@@ -87,6 +86,8 @@ from meshcast.signing import (
     node_id_for,
     verify_object,
 )
+from origin.storage_challenges import SCHEMA as CHALLENGE_SCHEMA
+from origin.storage_challenges import ChallengeResult, StorageChallenger, StorageVerifier
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ CREATE TABLE IF NOT EXISTS rewards (
   PRIMARY KEY (epoch, node));
 """
 # The ledger is append-only: the database itself refuses to rewrite history.
-_APPEND_ONLY = ("receipts", "epochs", "lines", "rewards")
+_APPEND_ONLY = ("receipts", "epochs", "lines", "rewards", "challenges")
 _TRIGGERS = "".join(
     f"CREATE TRIGGER IF NOT EXISTS {t}_no_{op} BEFORE {op.upper()} ON {t} "
     f"BEGIN SELECT RAISE(ABORT, '{t} is append-only'); END;\n"
@@ -272,7 +273,6 @@ class BandwidthVerifier:
 
 
 _PENDING_VERIFIERS: Final = {
-    "storage": "no storage verifier yet: chunk challenges need the storage plugin (issue 12)",
     "inference": "no inference verifier yet: spot re-execution needs the AI plugins (issue 10)",
 }
 
@@ -302,12 +302,14 @@ class Coordinator:
         config: NetworkConfig,
         bus: EventBus | None = None,
         clock: Callable[[], float] = time.time,
-        verifiers: Sequence[Verifier] = (BandwidthVerifier(),),
+        verifiers: Sequence[Verifier] | None = None,
     ) -> None:
         self.config = config
         self.params = config.rewards
         self.bus = bus
         self.clock = clock
+        if verifiers is None:
+            verifiers = (BandwidthVerifier(), StorageVerifier())
         self.verifiers = {v.kind: v for v in verifiers}
         data_dir.mkdir(parents=True, exist_ok=True)
         self.key = NodeKey.load_or_create(data_dir / COORDINATOR_KEY_FILE)
@@ -318,7 +320,7 @@ class Coordinator:
         # WAL + NORMAL: no fsync per receipt (x10 receipts/s); a power cut may lose the last
         # commits, which the edges resend from their journals (edge/network.py _resync).
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA + _TRIGGERS)
+        self.db.executescript(_SCHEMA + CHALLENGE_SCHEMA + _TRIGGERS)
         _migrate(self.db)
         self._fetches: dict[tuple[str, str], int] = {}
         self._fetches_since = 0.0
@@ -326,6 +328,7 @@ class Coordinator:
         self._beacon_limit = TokenBucket(config.beacon_rate, config.beacon_burst, time.monotonic)
         self._task: asyncio.Task[None] | None = None
         self._shut = False
+        self.challenger = StorageChallenger(self)
 
     # ---- epochs -----------------------------------------------------------------------
 
@@ -402,6 +405,7 @@ class Coordinator:
             "last_seq": head.seq,
             "last_hash": head.hash,
             "heartbeat_s": self.config.node_ttl / 3,
+            "coordinator": self.key.public_key,
         }
 
     def _authenticated(self, node_id: str, envelope: Any, kind: str) -> NodeRecord:
@@ -432,6 +436,28 @@ class Coordinator:
             (node,),
         ).fetchone()
         return ChainHead(*row) if row else ChainHead()
+
+    def last_receipt_body(self, node: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self.db.execute(
+                "SELECT body FROM receipts WHERE node = ? ORDER BY seq DESC LIMIT 1", (node,)
+            ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def record_challenges(self, results: Sequence[ChallengeResult]) -> None:
+        now = self.clock()
+        epoch = self.epoch_of(now)
+        with self._lock:
+            if self._shut:
+                return
+            self.db.executemany(
+                "INSERT INTO challenges (node, root, offset, digest, ok, reason, seconds, ts, "
+                "epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.node, r.root, r.offset, r.digest, r.ok, r.reason, r.seconds, now, epoch)
+                    for r in results
+                ],
+            )
 
     def node_status(self, node: str) -> dict[str, Any] | None:
         with self._lock:
@@ -747,8 +773,10 @@ class Coordinator:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="coordinator")
+        self.challenger.start()
 
     async def close(self) -> None:
+        await self.challenger.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -77,7 +77,10 @@ class BlobStore:
         self.upload_dir = root / "uploads"
         for d in (self.chunk_dir, self.manifest_dir, self.upload_dir):
             d.mkdir(parents=True, exist_ok=True)
-        self.chunks: set[str] = {p.name for p in self.chunk_dir.glob("*/*") if len(p.name) == 64}
+        # digest -> size of the chunks held (the inventory storage proofs commit to).
+        self.chunks: dict[str, int] = {
+            p.name: p.stat().st_size for p in self.chunk_dir.glob("*/*") if len(p.name) == 64
+        }
         self.manifests: dict[str, Manifest] = {}
         for path in self.manifest_dir.glob("*/*.json"):
             try:
@@ -102,7 +105,7 @@ class BlobStore:
         path = self.chunk_path(digest)
         if digest not in self.chunks or not path.exists():
             _atomic_write(path, data)
-        self.chunks.add(digest)
+        self.chunks[digest] = len(data)
 
     def read_chunk(self, digest: str) -> bytes | None:
         """The verified chunk, None if absent; a corrupted copy is deleted, CorruptChunk."""
@@ -110,11 +113,11 @@ class BlobStore:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            self.chunks.discard(digest)
+            self.chunks.pop(digest, None)
             return None
         if hashlib.sha256(data).hexdigest() != digest:
             path.unlink(missing_ok=True)
-            self.chunks.discard(digest)
+            self.chunks.pop(digest, None)
             raise CorruptChunk(f"local replica of chunk {digest} is corrupted; removed")
         return data
 
