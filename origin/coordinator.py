@@ -479,7 +479,29 @@ class Coordinator:
         out = record.to_json(self.clock(), self.config.node_ttl)
         out |= {"last_seq": head.seq, "last_hash": head.hash, "rejected": count}
         out["rejections"] = rejections
+        out["storage"] = self._storage_status(node)
         return out
+
+    def _storage_status(self, node: str) -> dict[str, Any] | None:
+        """The newest inventory commitment and how the node did on its challenges."""
+        body = self.last_receipt_body(node)
+        commitment = body.get("storage") if body else None
+        passed, checks = self.db.execute(
+            "SELECT COALESCE(SUM(ok), 0), COUNT(*) FROM challenges WHERE node = ?", (node,)
+        ).fetchone()
+        if commitment is None and not checks:
+            return None
+        last_failure = self.db.execute(
+            "SELECT reason, ts FROM challenges WHERE node = ? AND ok = 0 ORDER BY id DESC LIMIT 1",
+            (node,),
+        ).fetchone()
+        return {
+            "commitment": commitment,
+            "challenges": {"passed": passed, "total": checks},
+            "last_failure": {"reason": last_failure[0], "at": last_failure[1]}
+            if last_failure
+            else None,
+        }
 
     # ---- receipts ---------------------------------------------------------------------
 

@@ -629,8 +629,9 @@ def test_meshcast_up_with_storage_plugin_and_cli_keys(tmp_path: Path) -> None:
     meshcast = [sys.executable, "-m", "meshcast.cli"]
     http_port, rtmp_port = free_port(), free_port()
     ports = ["--http-port", str(http_port), "--rtmp-port", str(rtmp_port)]
+    setup = ["--edges", "2", "--plugin", "storage", "--network"]
     proc = subprocess.Popen(
-        [*meshcast, "up", "--data", str(tmp_path), *ports, "--edges", "2", "--plugin", "storage"],
+        [*meshcast, "up", "--data", str(tmp_path), *ports, *setup],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -669,6 +670,21 @@ def test_meshcast_up_with_storage_plugin_and_cli_keys(tmp_path: Path) -> None:
             "get_object", Params={"Bucket": "cli", "Key": "hello.txt"}, ExpiresIn=60
         )
         assert httpx.get(url).content == b"hello from the CLI"
+        # --network: both edges joined the origin's contributor network, and their signed
+        # receipts commit to the chunks they store (what storage challenges check).
+        origin = f"http://127.0.0.1:{http_port}"
+        nodes = httpx.get(f"{origin}/api/nodes").json()["nodes"]
+        assert len(nodes) == 2 and all(n["live"] for n in nodes)
+        assert all(n["capacity"]["plugins"] == ["storage"] for n in nodes)
+        deadline = time.monotonic() + 30
+        stored: list[int] = []
+        while time.monotonic() < deadline:
+            status = [httpx.get(f"{origin}/api/nodes/{n['node']}").json() for n in nodes]
+            stored = [(s["storage"] or {}).get("commitment", {}).get("bytes", 0) for s in status]
+            if all(stored):
+                break
+            time.sleep(0.5)
+        assert stored == [len(b"hello from the CLI")] * 2  # k=2: both hold the one chunk
     finally:
         proc.send_signal(signal.SIGINT)
         try:
