@@ -76,6 +76,7 @@ class Inventory:
     """A snapshot of the chunks a node holds, with the tree to answer challenges."""
 
     def __init__(self, leaves: dict[str, int]) -> None:
+        self.held = leaves
         self.leaves = sorted((d, n) for d, n in leaves.items() if n > 0)
         # levels[0] = leaves, levels[-1] = [root]; each entry (hash, total bytes).
         level = [(_hash_leaf(d, n), n) for d, n in self.leaves]

@@ -44,6 +44,9 @@ class Prover:
     async def commit(self) -> Commitment:
         """A commitment to the chunks held now (the tree is built off the event loop)."""
         held = dict(self.store.chunks)
+        last = next(reversed(self._snapshots.values()), None)
+        if last is not None and last.held == held:
+            return last.commitment  # unchanged: no rebuild (0.5 s for 100k chunks)
         inventory = await asyncio.to_thread(Inventory, held)
         root = inventory.commitment.root
         self._snapshots[root] = inventory
