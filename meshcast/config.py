@@ -68,6 +68,9 @@ class NetworkConfig:
     beacon_rate: float = 20.0  # beacons per second per client address
     beacon_burst: float = 100.0
     beacon_max_bytes: int = 1 << 30
+    # Bytes per second one client address may report over an epoch (16 viewers at
+    # 8 Mbit/s): what a node forging beacons from one address can add at most.
+    beacon_address_rate: float = 16_000_000.0
     # Storage proofs: each live storing node gets this many random chunk challenges this
     # often, each answered within the timeout (origin/storage_challenges.py).
     challenge_interval: float = 60.0

@@ -41,9 +41,10 @@ Verification is one ``Verifier`` per contribution kind, run when an epoch closes
 
 Trust model of beacons: anyone can send them, so they are only evidence in aggregate:
 rate-limited per client address, capped in size, and a node's claims are capped to them,
-never raised by them. A node that also forges beacons for itself can inflate up to what
-its forged beacons claim, and only for streams it really fetched; signed player tokens
-(issued with the playlist) are the next step to close that.
+never raised by them. Each client address has a byte budget per epoch
+(``beacon_address_rate`` x epoch length, 16 viewers at 8 Mbit/s by default), so a node
+that forges beacons for itself can inflate by at most that much per address it controls,
+and only for streams it really fetched.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ CREATE TABLE IF NOT EXISTS beacons (
   viewer TEXT NOT NULL, client TEXT NOT NULL, period_end REAL NOT NULL,
   epoch INTEGER NOT NULL, received REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS beacons_epoch ON beacons (epoch);
+CREATE INDEX IF NOT EXISTS beacons_client ON beacons (client, epoch);
 CREATE INDEX IF NOT EXISTS receipts_epoch ON receipts (epoch, late);
 CREATE TABLE IF NOT EXISTS epochs (
   epoch INTEGER PRIMARY KEY, start REAL NOT NULL, end REAL NOT NULL, closed REAL NOT NULL,
@@ -650,6 +652,13 @@ class Coordinator:
                 raise Rejected(404, f"no registered node at {edge}")
             if self._closed(epoch):
                 return {"counted": False, "reason": f"epoch {epoch} is closed"}
+            (sent,) = self.db.execute(
+                "SELECT COALESCE(SUM(bytes), 0) FROM beacons WHERE client = ? AND epoch = ?",
+                (client, epoch),
+            ).fetchone()
+            budget = self.config.beacon_address_rate * self.params.epoch_seconds
+            if sent + size > budget:
+                raise Rejected(429, "this address reported more bytes than its epoch budget")
             self.db.execute(
                 "INSERT INTO beacons (node, stream, bytes, viewer, client, period_end, epoch, "
                 "received) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

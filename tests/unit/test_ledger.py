@@ -338,3 +338,26 @@ def test_beacons_are_validated_rate_limited_and_closed_epochs_ignore_them(
         "10.0.0.3",
     )
     assert late == {"counted": False, "reason": "epoch 10000 is closed"}
+
+
+def test_one_address_cannot_report_more_than_its_byte_budget(tmp_path: Path) -> None:
+    clock = Clock(T0 + 1)
+    config = NetworkConfig(
+        rewards=RewardParams(epoch_seconds=EPOCH), beacon_address_rate=1000.0, beacon_burst=1e6
+    )
+    coordinator = Coordinator(tmp_path, config, clock=clock)
+    node = Node(coordinator, clock, 9001)
+    budget = int(1000 * EPOCH)
+
+    def beacon(size: int, client: str = "10.0.0.9") -> dict[str, Any]:
+        body = {"edge": node.url, "stream": "live/a", "bytes": size,
+                "period": [clock.t - 1, clock.t], "viewer": "v"}  # fmt: skip
+        return coordinator.accept_beacon(body, client)
+
+    assert beacon(budget - 10)["counted"]
+    assert beacon(10)["counted"]
+    with pytest.raises(Rejected, match="budget") as exc:
+        beacon(1)
+    assert exc.value.code == 429
+    assert beacon(5, client="10.0.0.10")["counted"]  # another address has its own budget
+    coordinator.db.close()
