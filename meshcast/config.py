@@ -121,6 +121,10 @@ class StorageConfig:
     repair_interval: float = 10.0
     # How often each edge re-hashes every chunk it holds (bit rot, tampering).
     scrub_interval: float = 3600.0
+    # Garbage collection of chunks that no object, pin or upload refers to any more
+    # (deleted or overwritten objects, aborted uploads): how often, and the minimum age.
+    gc_interval: float = 3600.0
+    gc_grace: float = 3600.0
     # Memory for recently read, verified chunks (0: every read goes to disk and re-hashes).
     chunk_cache: int = 64 * 1024 * 1024
     # Objects larger than this are streamed from /ipfs/ without entering the edge cache.

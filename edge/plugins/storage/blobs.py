@@ -121,6 +121,19 @@ class BlobStore:
             raise CorruptChunk(f"local replica of chunk {digest} is corrupted; removed")
         return data
 
+    def remove_chunk(self, digest: str, older_than: float) -> int:
+        """Delete a chunk written before ``older_than`` (unix time); its size, 0 if kept."""
+        path = self.chunk_path(digest)
+        try:
+            if path.stat().st_mtime >= older_than:
+                return 0
+            size = self.chunks.pop(digest, 0)
+            path.unlink()
+        except FileNotFoundError:
+            self.chunks.pop(digest, None)
+            return 0
+        return size
+
     def scrub(self) -> list[str]:
         """Re-hash every chunk; returns the digests of the corrupted ones (removed)."""
         bad = []
@@ -160,6 +173,16 @@ class BlobStore:
         if not upload_id.isalnum() or len(upload_id) > 64:
             raise ValueError("bad upload id")
         return self.upload_dir / upload_id
+
+    def upload_chunks(self) -> set[str]:
+        """Chunks of the parts of multipart uploads still in progress here."""
+        out: set[str] = set()
+        for part in self.upload_dir.glob("*/part-*.json"):
+            try:
+                out.update(str(h) for h, _ in json.loads(part.read_bytes())["chunks"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # completed or aborted meanwhile
+        return out
 
     def write_json(self, path: Path, value: dict[str, Any]) -> None:
         _atomic_write(path, json.dumps(value).encode())

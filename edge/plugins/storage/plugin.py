@@ -58,6 +58,11 @@ class StoragePlugin:
             asyncio.create_task(
                 self.cluster.loop(self.config.scrub_interval, self.cluster.scrub_once)
             ),
+            asyncio.create_task(
+                self.cluster.loop(
+                    self.config.gc_interval, lambda: self.cluster.gc_once(self.config.gc_grace)
+                )
+            ),
         ]
 
     async def close(self) -> None:
