@@ -25,9 +25,12 @@ import httpx
 
 from edge.app import Edge
 from edge.inference import InferenceExecutor
+from edge.plugins.storage.plugin import StoragePlugin
+from edge.plugins.storage.proofs import Prover
 from meshcast.config import EdgeConfig
 from meshcast.receipts import ChainHead, ReceiptBuilder, Usage, receipt_hash
 from meshcast.signing import NODE_KEY_FILE, NodeKey
+from meshcast.storage_proofs import Commitment
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,10 @@ class NodeAgent:
         self._started = time.time()
         self._tasks: list[asyncio.Task[None]] = []
         self._send_lock = asyncio.Lock()
+        # With the storage plugin, receipts commit to the chunks held (storage proofs).
+        self.prover: Prover | None = next(
+            (p.prover for p in edge.plugins if isinstance(p, StoragePlugin)), None
+        )
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -122,9 +129,10 @@ class NodeAgent:
         if r.status_code != 200:
             raise JoinError(f"registration refused ({r.status_code}): {_reason(r)}")
         answer: dict[str, Any] = r.json()
-        info = await self.client.get(f"{self.coordinator}/api/coordinator", timeout=5)
-        # Inference orders must carry this key's signature.
-        self.inference.coordinator_key = str(info.json()["pubkey"])
+        if self.edge.network is not None and isinstance(answer.get("coordinator"), str):
+            # Storage challenges and inference orders must carry this key's signature.
+            self.edge.network["coordinator_key"] = answer["coordinator"]
+            self.inference.coordinator_key = answer["coordinator"]
         self._resume(ChainHead(answer["last_seq"], answer["last_hash"]))
         self.registered.set()
         log.info("edge %s joined %s as %s", self.edge.self_url, self.coordinator, self.key.node_id)
@@ -196,13 +204,18 @@ class NodeAgent:
         """What this node claims: the edge's own counters."""
         return self.edge.meter.usage
 
-    def cut_receipt(self) -> dict[str, Any]:
+    async def storage(self) -> Commitment | None:
+        """What this node claims to store: a commitment to the chunks it holds."""
+        return await self.prover.commit() if self.prover is not None else None
+
+    def cut_receipt(self, storage: Commitment | None = None) -> dict[str, Any]:
         """Sign the usage since the last receipt and journal it (also when nothing was
         served: the chain's periods stay contiguous)."""
         envelope = self.builder.build(
             self.usage(),
             time.time(),
             self._started,
+            storage,
             inference_seconds=self.inference.take_seconds(),
         )
         with self.journal.open("a") as f:
@@ -265,7 +278,7 @@ class NodeAgent:
         await self.registered.wait()
         while True:
             await asyncio.sleep(self.config.receipt_interval)
-            self.cut_receipt()
+            self.cut_receipt(await self.storage())
             try:
                 await self.send_pending()
             except (httpx.HTTPError, ValueError) as exc:
@@ -294,7 +307,7 @@ class NodeAgent:
         if not self.registered.is_set():
             return
         # A last receipt for the bytes since the previous one, then leave the ring at once.
-        self.cut_receipt()
+        self.cut_receipt(await self.storage())
         with contextlib.suppress(httpx.HTTPError, ValueError):
             await self.send_pending()
             await self._heartbeat("leave")

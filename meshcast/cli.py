@@ -108,6 +108,11 @@ def _parser() -> argparse.ArgumentParser:
         help="edge plugin option, e.g. moderation.policy=NAME:block (repeatable)",
     )
     _add_edge_cache_args(up)
+    up.add_argument(
+        "--network",
+        action="store_true",
+        help="join the edges to the origin's contributor network (node keys in DATA/edge-PORT)",
+    )
 
     origin = sub.add_parser("origin", help="origin only (HTTP + RTMP)")
     _add_origin_args(origin)
@@ -372,13 +377,20 @@ def _cmd_rewards(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"meshcast: {exc}", file=sys.stderr)
         return 1
-    print(f"{'epoch':>8} {'node':<38} {'claimed B':>14} {'verified B':>14} {'reward':>10}  flags")
+    print(
+        f"{'epoch':>8} {'node':<38} {'claimed B':>14} {'verified B':>14} "
+        f"{'stored B*s':>16} {'infer s':>8} {'reward':>10}  flags"
+    )
+    none = {"claimed": 0, "verified": 0, "flags": []}
     for row in rows:
-        bw = row["kinds"].get("bandwidth", {"claimed": 0, "verified": 0, "flags": []})
-        flags = sorted({f for k in row["kinds"].values() for f in k["flags"]})
+        kinds = row["kinds"]
+        bw = kinds.get("bandwidth", none)
+        stored = kinds.get("storage", none)["verified"]
+        inferred = kinds.get("inference", none)["verified"]
+        flags = sorted({f for k in kinds.values() for f in k["flags"]})
         print(
             f"{row['epoch']:>8} {row['node']:<38} {bw['claimed']:>14} {bw['verified']:>14} "
-            f"{row['reward']:>10}  {','.join(flags) or '-'}"
+            f"{stored:>16} {inferred:>8} {row['reward']:>10}  {','.join(flags) or '-'}"
         )
     return 0
 
@@ -441,15 +453,20 @@ def _cmd_bench_cache(args: argparse.Namespace) -> int:
 
 async def _up(args: argparse.Namespace) -> None:
     from edge.service import EdgeService
+    from meshcast.signing import NODE_KEY_FILE, NodeKey
     from meshcast.supervisor import run_services
     from origin.service import OriginService
 
     origin = OriginService(_origin_config(args))
+    origin_url = f"http://{args.host}:{args.http_port}"
     edge_ports = [args.http_port + i for i in range(1, args.edges + 1)]
+    if args.network:
+        for port in edge_ports:
+            NodeKey.load_or_create(args.data / f"edge-{port}" / NODE_KEY_FILE)
     edges = [
         EdgeService(
             cfg.EdgeConfig(
-                origin=f"http://{args.host}:{args.http_port}",
+                origin=origin_url,
                 host=args.host,
                 port=port,
                 # every edge knows the others: one ring
@@ -461,6 +478,7 @@ async def _up(args: argparse.Namespace) -> None:
                 plugin_options=tuple(args.plugin_option),
                 bus=args.bus,
                 data_dir=args.data,
+                join=origin_url if args.network else None,  # node key in cache_dir
             )
         )
         for port in edge_ports

@@ -68,6 +68,14 @@ class NetworkConfig:
     beacon_rate: float = 20.0  # beacons per second per client address
     beacon_burst: float = 100.0
     beacon_max_bytes: int = 1 << 30
+    # Bytes per second one client address may report over an epoch (16 viewers at
+    # 8 Mbit/s): what a node forging beacons from one address can add at most.
+    beacon_address_rate: float = 16_000_000.0
+    # Storage proofs: each live storing node gets this many random chunk challenges this
+    # often, each answered within the timeout (origin/storage_challenges.py).
+    challenge_interval: float = 60.0
+    challenges_per_round: int = 2
+    challenge_timeout: float = 10.0
     # Inference marketplace (origin/inference.py): share of done jobs re-executed on
     # another node and compared; executions of a job before it fails; seconds a node has
     # to answer one; executions in flight in all and per node (a plugin pool's queue); how
@@ -124,6 +132,10 @@ class StorageConfig:
     repair_interval: float = 10.0
     # How often each edge re-hashes every chunk it holds (bit rot, tampering).
     scrub_interval: float = 3600.0
+    # Garbage collection of chunks that no object, pin or upload refers to any more
+    # (deleted or overwritten objects, aborted uploads): how often, and the minimum age.
+    gc_interval: float = 3600.0
+    gc_grace: float = 3600.0
     # Memory for recently read, verified chunks (0: every read goes to disk and re-hashes).
     chunk_cache: int = 64 * 1024 * 1024
     # Objects larger than this are streamed from /ipfs/ without entering the edge cache.

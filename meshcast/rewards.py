@@ -10,7 +10,11 @@ language gets the same numbers):
    ``verified = claimed`` if ``claimed <= evidence * (1 + tolerance)``, else
    ``min(claimed, evidence)`` and the line is flagged ``inflated``; bytes of a stream the
    node never fetched (from the origin or any peer) verify to 0 (``never_fetched``).
-   Storage: ``storage_verified``; inference (``origin/inference.py``): ``inference_verified``.
+   Storage (``origin/storage_challenges.py``): ``evidence`` = the byte-seconds the node's
+   signed inventory commitments cover (recomputed here from the receipts), and
+   ``verified = floor(verified_amount(claimed, evidence) * passed / checks)`` with
+   ``passed``/``checks`` the coordinator's random chunk challenges in the epoch (0 if none).
+   Inference (``origin/inference.py``): ``inference_verified``.
 2. ``weight = max(0, verified - penalty * (claimed - verified))``: an inflated claim costs
    ``penalty`` times the excess, so inflating never pays (with penalty 1, claiming twice
    what was served earns nothing).

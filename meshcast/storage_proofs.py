@@ -76,6 +76,7 @@ class Inventory:
     """A snapshot of the chunks a node holds, with the tree to answer challenges."""
 
     def __init__(self, leaves: dict[str, int]) -> None:
+        self.held = leaves
         self.leaves = sorted((d, n) for d, n in leaves.items() if n > 0)
         # levels[0] = leaves, levels[-1] = [root]; each entry (hash, total bytes).
         level = [(_hash_leaf(d, n), n) for d, n in self.leaves]
@@ -145,7 +146,7 @@ def verify_proof(commitment: Commitment, offset: int, proof: Any, data: bytes | 
         if not isinstance(step, dict) or step.get("side") not in ("L", "R"):
             raise ProofInvalid("path step needs side L or R")
         h, n = step.get("hash"), step.get("bytes")
-        if not _is_digest(h) or type(n) is not int or n <= 0:
+        if not isinstance(h, str) or not _is_digest(h) or type(n) is not int or n <= 0:
             raise ProofInvalid("path step needs a hash and a positive byte total")
         sibling = (bytes.fromhex(h), n)
         if step["side"] == "L":

@@ -32,11 +32,10 @@ Verification is one ``Verifier`` per contribution kind, run when an epoch closes
   fetched). Formula in ``meshcast/rewards.py``. Bytes sent to peers are evidence for the
   fetching peer, not rewarded: paying for internal fill traffic invites ping-pong between
   colluding nodes.
-- ``storage`` (after the storage plugin, issue 12): a ``Verifier`` that issues random chunk
-  challenges (``POST`` a CID + offset, the node answers the bytes' hash within a deadline)
-  against the pins the node claims, and verifies ``stored_byte_seconds`` by the share of
-  challenges passed. Until then storage claims are recorded with ``verifier: false`` and
-  earn nothing.
+- ``storage`` (``origin/storage_challenges.py``): storing nodes commit to their chunk
+  inventory in every receipt (a Merkle sum tree root); the coordinator challenges random
+  byte offsets of the newest commitment and checks the returned chunk and path;
+  ``stored_byte_seconds`` verify by the share of challenges passed.
 - ``inference`` (``origin/inference.py``, ``InferenceVerifier``): the seconds a node claims
   per execution are bounded by the coordinator's own metering (dispatch to answer) of the
   executions it saw that node complete; unknown, already paid, spot-check-failed and
@@ -45,9 +44,10 @@ Verification is one ``Verifier`` per contribution kind, run when an epoch closes
 
 Trust model of beacons: anyone can send them, so they are only evidence in aggregate:
 rate-limited per client address, capped in size, and a node's claims are capped to them,
-never raised by them. A node that also forges beacons for itself can inflate up to what
-its forged beacons claim, and only for streams it really fetched; signed player tokens
-(issued with the playlist) are the next step to close that.
+never raised by them. Each client address has a byte budget per epoch
+(``beacon_address_rate`` x epoch length, 16 viewers at 8 Mbit/s by default), so a node
+that forges beacons for itself can inflate by at most that much per address it controls,
+and only for streams it really fetched.
 """
 
 from __future__ import annotations
@@ -90,6 +90,9 @@ from meshcast.signing import (
     node_id_for,
     verify_object,
 )
+from origin.inference import InferenceVerifier, Marketplace
+from origin.storage_challenges import SCHEMA as CHALLENGE_SCHEMA
+from origin.storage_challenges import ChallengeResult, StorageChallenger, StorageVerifier
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,7 @@ CREATE TABLE IF NOT EXISTS beacons (
   viewer TEXT NOT NULL, client TEXT NOT NULL, period_end REAL NOT NULL,
   epoch INTEGER NOT NULL, received REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS beacons_epoch ON beacons (epoch);
+CREATE INDEX IF NOT EXISTS beacons_client ON beacons (client, epoch);
 CREATE INDEX IF NOT EXISTS receipts_epoch ON receipts (epoch, late);
 CREATE TABLE IF NOT EXISTS epochs (
   epoch INTEGER PRIMARY KEY, start REAL NOT NULL, end REAL NOT NULL, closed REAL NOT NULL,
@@ -135,7 +139,7 @@ CREATE TABLE IF NOT EXISTS rewards (
   PRIMARY KEY (epoch, node));
 """
 # The ledger is append-only: the database itself refuses to rewrite history.
-_APPEND_ONLY = ("receipts", "epochs", "lines", "rewards")
+_APPEND_ONLY = ("receipts", "epochs", "lines", "rewards", "challenges")
 _TRIGGERS = "".join(
     f"CREATE TRIGGER IF NOT EXISTS {t}_no_{op} BEFORE {op.upper()} ON {t} "
     f"BEGIN SELECT RAISE(ABORT, '{t} is append-only'); END;\n"
@@ -274,9 +278,8 @@ class BandwidthVerifier:
         return int(origin) + int(peers)
 
 
-_PENDING_VERIFIERS: Final = {
-    "storage": "no storage verifier yet: chunk challenges need the storage plugin (issue 12)",
-}
+# Kinds a receipt may claim that no verifier checks yet (none today: every kind has one).
+_PENDING_VERIFIERS: Final[dict[str, str]] = {}
 
 
 class TokenBucket:
@@ -304,12 +307,14 @@ class Coordinator:
         config: NetworkConfig,
         bus: EventBus | None = None,
         clock: Callable[[], float] = time.time,
-        verifiers: Sequence[Verifier] = (BandwidthVerifier(),),
+        verifiers: Sequence[Verifier] | None = None,
     ) -> None:
         self.config = config
         self.params = config.rewards
         self.bus = bus
         self.clock = clock
+        if verifiers is None:
+            verifiers = (BandwidthVerifier(), StorageVerifier(), InferenceVerifier())
         self.verifiers = {v.kind: v for v in verifiers}
         data_dir.mkdir(parents=True, exist_ok=True)
         self.key = NodeKey.load_or_create(data_dir / COORDINATOR_KEY_FILE)
@@ -320,7 +325,7 @@ class Coordinator:
         # WAL + NORMAL: no fsync per receipt (x10 receipts/s); a power cut may lose the last
         # commits, which the edges resend from their journals (edge/network.py _resync).
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA + _TRIGGERS)
+        self.db.executescript(_SCHEMA + CHALLENGE_SCHEMA + _TRIGGERS)
         _migrate(self.db)
         self._fetches: dict[tuple[str, str], int] = {}
         self._fetches_since = 0.0
@@ -328,6 +333,8 @@ class Coordinator:
         self._beacon_limit = TokenBucket(config.beacon_rate, config.beacon_burst, time.monotonic)
         self._task: asyncio.Task[None] | None = None
         self._shut = False
+        self.challenger = StorageChallenger(self)
+        self.inference = Marketplace(self)
 
     # ---- epochs -----------------------------------------------------------------------
 
@@ -404,6 +411,7 @@ class Coordinator:
             "last_seq": head.seq,
             "last_hash": head.hash,
             "heartbeat_s": self.config.node_ttl / 3,
+            "coordinator": self.key.public_key,
         }
 
     def _authenticated(self, node_id: str, envelope: Any, kind: str) -> NodeRecord:
@@ -435,6 +443,28 @@ class Coordinator:
         ).fetchone()
         return ChainHead(*row) if row else ChainHead()
 
+    def last_receipt_body(self, node: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self.db.execute(
+                "SELECT body FROM receipts WHERE node = ? ORDER BY seq DESC LIMIT 1", (node,)
+            ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def record_challenges(self, results: Sequence[ChallengeResult]) -> None:
+        now = self.clock()
+        epoch = self.epoch_of(now)
+        with self._lock:
+            if self._shut:
+                return
+            self.db.executemany(
+                "INSERT INTO challenges (node, root, offset, digest, ok, reason, seconds, ts, "
+                "epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.node, r.root, r.offset, r.digest, r.ok, r.reason, r.seconds, now, epoch)
+                    for r in results
+                ],
+            )
+
     def node_status(self, node: str) -> dict[str, Any] | None:
         with self._lock:
             record = self._node(node)
@@ -455,7 +485,29 @@ class Coordinator:
         out = record.to_json(self.clock(), self.config.node_ttl)
         out |= {"last_seq": head.seq, "last_hash": head.hash, "rejected": count}
         out["rejections"] = rejections
+        out["storage"] = self._storage_status(node)
         return out
+
+    def _storage_status(self, node: str) -> dict[str, Any] | None:
+        """The newest inventory commitment and how the node did on its challenges."""
+        body = self.last_receipt_body(node)
+        commitment = body.get("storage") if body else None
+        passed, checks = self.db.execute(
+            "SELECT COALESCE(SUM(ok), 0), COUNT(*) FROM challenges WHERE node = ?", (node,)
+        ).fetchone()
+        if commitment is None and not checks:
+            return None
+        last_failure = self.db.execute(
+            "SELECT reason, ts FROM challenges WHERE node = ? AND ok = 0 ORDER BY id DESC LIMIT 1",
+            (node,),
+        ).fetchone()
+        return {
+            "commitment": commitment,
+            "challenges": {"passed": passed, "total": checks},
+            "last_failure": {"reason": last_failure[0], "at": last_failure[1]}
+            if last_failure
+            else None,
+        }
 
     # ---- receipts ---------------------------------------------------------------------
 
@@ -604,6 +656,13 @@ class Coordinator:
                 raise Rejected(404, f"no registered node at {edge}")
             if self._closed(epoch):
                 return {"counted": False, "reason": f"epoch {epoch} is closed"}
+            (sent,) = self.db.execute(
+                "SELECT COALESCE(SUM(bytes), 0) FROM beacons WHERE client = ? AND epoch = ?",
+                (client, epoch),
+            ).fetchone()
+            budget = self.config.beacon_address_rate * self.params.epoch_seconds
+            if sent + size > budget:
+                raise Rejected(429, "this address reported more bytes than its epoch budget")
             self.db.execute(
                 "INSERT INTO beacons (node, stream, bytes, viewer, client, period_end, epoch, "
                 "received) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -749,8 +808,12 @@ class Coordinator:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="coordinator")
+        self.challenger.start()
+        self.inference.start()
 
     async def close(self) -> None:
+        await self.challenger.close()
+        await self.inference.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

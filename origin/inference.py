@@ -43,7 +43,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 from starlette.requests import Request
@@ -70,7 +70,9 @@ from meshcast.inference import (
 from meshcast.rewards import inference_verified
 from meshcast.signing import SignatureError, verify_object
 from origin.access_api import ApiError, Principal
-from origin.coordinator import Coordinator, EpochEvidence, Line, NodeRecord
+
+if TYPE_CHECKING:  # the coordinator imports this module: no cycle at run time
+    from origin.coordinator import Coordinator, EpochEvidence, Line, NodeRecord
 
 log = logging.getLogger(__name__)
 
@@ -722,6 +724,8 @@ class InferenceVerifier:
     kind = "inference"
 
     def verify(self, ev: EpochEvidence) -> list[Line]:
+        from origin.coordinator import Line
+
         ev.db.executescript(SCHEMA)
         lines = []
         for (node, kind, stream), claimed in sorted(ev.claims.items()):

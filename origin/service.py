@@ -18,11 +18,11 @@ from meshcast.nats_bus import make_bus
 from meshcast.ratelimit import FailureLimiter
 from meshcast.s3store import S3Location, S3Store
 from origin.access_api import AccessApi, access_routes
-from origin.coordinator import BandwidthVerifier, Coordinator, coordinator_routes
+from origin.coordinator import Coordinator, coordinator_routes
 from origin.demo import DemoSettings, DemoSource
 from origin.entitlements import AccessStore
 from origin.http_app import create_app
-from origin.inference import InferenceVerifier, Marketplace, inference_routes
+from origin.inference import inference_routes
 from origin.registry import LiveStream, PublishRefused, StreamRegistry
 from origin.remote_transcode import RemoteSink, TranscoderDirectory
 from origin.rtmp_server import RtmpMetrics, RtmpServer
@@ -66,15 +66,8 @@ class OriginService:
         self.registry.add_sink_factory(self._start_transcoder)
         # The origin coordinates the contributor network (node registry, receipts, ledger).
         self.coordinator: Coordinator | None = None
-        self.inference: Marketplace | None = None
         if config.network.enabled:
-            self.coordinator = Coordinator(
-                config.data_dir,
-                config.network,
-                self.bus,
-                verifiers=(BandwidthVerifier(), InferenceVerifier()),
-            )
-            self.inference = Marketplace(self.coordinator)
+            self.coordinator = Coordinator(config.data_dir, config.network, self.bus)
         # Live and VOD files are read back from S3 when they are written there (--store).
         self.segment_store = (
             S3Store(S3Location.parse(config.transcode.segment_store))
@@ -102,8 +95,8 @@ class OriginService:
                 *access_routes(self.access_api),
                 *(coordinator_routes(self.coordinator) if self.coordinator else []),
                 *(
-                    inference_routes(self.inference, self.access_api.principal)
-                    if self.inference
+                    inference_routes(self.coordinator.inference, self.access_api.principal)
+                    if self.coordinator
                     else []
                 ),
             ],
@@ -158,8 +151,6 @@ class OriginService:
         await self.http.start()
         if self.coordinator is not None:
             self.coordinator.start()
-        if self.inference is not None:
-            self.inference.start()
         log.info("origin HTTP on %s", self.url)
         if self.demo is not None:
             await self.demo.start()
@@ -181,8 +172,6 @@ class OriginService:
         await self.http.close()
         await self.vod.close()
         self.access.close()
-        if self.inference is not None:
-            await self.inference.close()
         if self.coordinator is not None:
             await self.coordinator.close()
         await self.bus.close()

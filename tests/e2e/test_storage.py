@@ -629,8 +629,9 @@ def test_meshcast_up_with_storage_plugin_and_cli_keys(tmp_path: Path) -> None:
     meshcast = [sys.executable, "-m", "meshcast.cli"]
     http_port, rtmp_port = free_port(), free_port()
     ports = ["--http-port", str(http_port), "--rtmp-port", str(rtmp_port)]
+    setup = ["--edges", "2", "--plugin", "storage", "--network"]
     proc = subprocess.Popen(
-        [*meshcast, "up", "--data", str(tmp_path), *ports, "--edges", "2", "--plugin", "storage"],
+        [*meshcast, "up", "--data", str(tmp_path), *ports, *setup],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -669,6 +670,21 @@ def test_meshcast_up_with_storage_plugin_and_cli_keys(tmp_path: Path) -> None:
             "get_object", Params={"Bucket": "cli", "Key": "hello.txt"}, ExpiresIn=60
         )
         assert httpx.get(url).content == b"hello from the CLI"
+        # --network: both edges joined the origin's contributor network, and their signed
+        # receipts commit to the chunks they store (what storage challenges check).
+        origin = f"http://127.0.0.1:{http_port}"
+        nodes = httpx.get(f"{origin}/api/nodes").json()["nodes"]
+        assert len(nodes) == 2 and all(n["live"] for n in nodes)
+        assert all(n["capacity"]["plugins"] == ["storage"] for n in nodes)
+        deadline = time.monotonic() + 30
+        stored: list[int] = []
+        while time.monotonic() < deadline:
+            status = [httpx.get(f"{origin}/api/nodes/{n['node']}").json() for n in nodes]
+            stored = [(s["storage"] or {}).get("commitment", {}).get("bytes", 0) for s in status]
+            if all(stored):
+                break
+            time.sleep(0.5)
+        assert stored == [len(b"hello from the CLI")] * 2  # k=2: both hold the one chunk
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -771,7 +787,7 @@ async def test_writes_during_an_outage_reach_the_returning_edge(tmp_path: Path) 
         deadline = asyncio.get_running_loop().time() + 20
         # Repair pushes a peer's missing chunks, then its missing manifests: wait for both.
         while not (
-            written <= ring.plugin(1).store.chunks
+            written <= ring.plugin(1).store.chunks.keys()
             and manifests <= set(ring.plugin(1).store.manifests)
         ):
             assert asyncio.get_running_loop().time() < deadline, "B never got the objects"
@@ -813,3 +829,64 @@ async def test_upload_cut_short_commits_nothing(ring: Ring) -> None:
     # The edge still works.
     await call(s3.put_object, Bucket="cut", Key="whole", Body=b"fine")
     assert (await get_body(s3, Bucket="cut", Key="whole"))[1] == b"fine"
+
+
+def held_bytes(ring: Ring) -> int:
+    return sum(sum(ring.plugin(i).store.chunks.values()) for i in range(len(ring.edges)))
+
+
+async def test_garbage_collection_frees_only_what_nothing_refers_to(ring: Ring) -> None:
+    """Deleted and overwritten objects and aborted multipart uploads free their chunks;
+    live objects, pins' shared chunks and uploads in progress keep theirs; nothing goes
+    while a peer is down."""
+    s3 = ring.client(0)
+    await call(s3.create_bucket, Bucket="gcbucket")
+    keep, gone, old = os.urandom(600_000), os.urandom(700_000), os.urandom(500_000)
+    await call(s3.put_object, Bucket="gcbucket", Key="keep", Body=keep)
+    await call(s3.put_object, Bucket="gcbucket", Key="gone", Body=gone)
+    await call(s3.put_object, Bucket="gcbucket", Key="over", Body=old)
+    new = os.urandom(300_000)
+    await call(s3.put_object, Bucket="gcbucket", Key="over", Body=new)
+    aborted = await call(s3.create_multipart_upload, Bucket="gcbucket", Key="aborted")
+    await call(s3.upload_part, Bucket="gcbucket", Key="aborted", UploadId=aborted["UploadId"],
+               PartNumber=1, Body=os.urandom(300_000))  # fmt: skip
+    open_upload = await call(s3.create_multipart_upload, Bucket="gcbucket", Key="open")
+    open_part = os.urandom(200_000)
+    part1 = await call(s3.upload_part, Bucket="gcbucket", Key="open", UploadId=open_upload["UploadId"],
+                       PartNumber=1, Body=open_part)  # fmt: skip
+    await call(
+        s3.abort_multipart_upload, Bucket="gcbucket", Key="aborted", UploadId=aborted["UploadId"]
+    )
+    await call(s3.delete_object, Bucket="gcbucket", Key="gone")
+    before = held_bytes(ring)
+    # k=2 on 2 nodes: every byte twice
+    assert before == 2 * (600_000 + 700_000 + 500_000 + 300_000 + 300_000 + 200_000)
+    clusters = [ring.plugin(i).cluster for i in range(2)]
+
+    assert [await c.gc_once(grace=3600) for c in clusters] == [0, 0]
+    assert [await c.gc_once(grace=3600) for c in clusters] == [0, 0]  # all too young
+    assert held_bytes(ring) == before
+    # A peer down: nothing is collected, however old (it could hold the only reference).
+    clusters[0].ring.mark_down(ring.edges[1].url, "test")
+    assert await clusters[0].gc_once(grace=0) == 0
+    clusters[0].ring.mark_up(ring.edges[1].url)
+    # First pass with every peer up only marks; the second one collects.
+    freed = [await c.gc_once(grace=0) for c in clusters]
+    freed += [await c.gc_once(grace=0) for c in clusters]
+    garbage = 700_000 + 500_000 + 300_000  # deleted, overwritten, aborted
+    assert sum(freed) == 2 * garbage
+    assert held_bytes(ring) == before - 2 * garbage
+    for key, body in (("keep", keep), ("over", new)):
+        assert (await get_body(s3, Bucket="gcbucket", Key=key))[1] == body
+    # The upload still in progress completes with the part sent before the collection.
+    await call(
+        s3.complete_multipart_upload,
+        Bucket="gcbucket",
+        Key="open",
+        UploadId=open_upload["UploadId"],
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part1["ETag"]}]},
+    )
+    assert (await get_body(s3, Bucket="gcbucket", Key="open"))[1] == open_part
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{ring.edges[0].url}/metrics")).text
+    assert re.search(r"^meshcast_storage_gc_bytes_total [1-9]", text, re.M)

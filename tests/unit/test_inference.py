@@ -40,8 +40,8 @@ from meshcast.receipts import ReceiptBuilder, Usage
 from meshcast.rendezvous import rendezvous_owner
 from meshcast.rewards import RewardParams, inference_verified, verify_export
 from meshcast.signing import NodeKey
-from origin.coordinator import BandwidthVerifier, Coordinator, NodeRecord
-from origin.inference import InferenceVerifier, Marketplace, Outcome, Work
+from origin.coordinator import Coordinator, NodeRecord
+from origin.inference import Marketplace, Outcome, Work
 
 EPOCH = 100.0
 T0 = 1_000_000.0
@@ -220,9 +220,8 @@ def market(tmp_path: Path, clock: Clock) -> Iterator[Marketplace]:
         rewards=RewardParams(epoch_seconds=EPOCH), close_grace=10, spot_check_rate=0.0,
         inference_attempts=3,
     )  # fmt: skip
-    c = Coordinator(tmp_path, config, clock=clock,
-                    verifiers=(BandwidthVerifier(), InferenceVerifier()))  # fmt: skip
-    yield Marketplace(c)
+    c = Coordinator(tmp_path, config, clock=clock)  # every kind's verifier by default
+    yield c.inference
     c.db.close()
 
 

@@ -216,15 +216,15 @@ def test_close_is_idempotent_append_only_and_counts_each_receipt_once(
     assert sum(ln["claimed"] for ln in coordinator.export(10001)["body"]["lines"]) == 2000  # type: ignore[index]
 
 
-def test_never_fetched_streams_and_unverifiable_kinds_earn_nothing(
+def test_never_fetched_streams_and_unbacked_storage_claims_earn_nothing(
     coordinator: Coordinator, clock: Clock
 ) -> None:
     node = Node(coordinator, clock, 9001)
     node.serve("live/ghost", 5000, beacon=5000)  # beacons, but the node never fetched it
     envelope = node.receipt()
     coordinator.accept_receipt(envelope)
-    # Storage claims have no verifier until the storage plugin exists (the builder does
-    # not fill them in yet: the node signs one by hand).
+    # A storage claim with no inventory commitment behind it and never challenged (the
+    # node signs one by hand: the builder only claims what a commitment covers).
     body = dict(node.builder.build(node.usage, clock.t + 1)["body"], stored_byte_seconds=99)
     signed = {"body": body, "sig": node.key.sign_object(body)}
     coordinator.accept_receipt(signed)
@@ -234,7 +234,9 @@ def test_never_fetched_streams_and_unverifiable_kinds_earn_nothing(
     assert export is not None
     lines = {ln["kind"]: ln for ln in export["body"]["lines"]}
     assert lines["bandwidth"]["verified"] == 0 and lines["bandwidth"]["flags"] == ["never_fetched"]
-    assert lines["storage"]["verifier"] is False and "issue 12" in lines["storage"]["flags"][0]
+    storage = lines["storage"]
+    assert storage["verifier"] is True and storage["verified"] == 0
+    assert storage["flags"] == ["unchallenged", "inflated"] and storage["evidence"] == 0
     assert export["body"]["rewards"][0]["reward"] == 0
     verify_export(export, coordinator.key.public_key)
 
@@ -336,3 +338,26 @@ def test_beacons_are_validated_rate_limited_and_closed_epochs_ignore_them(
         "10.0.0.3",
     )
     assert late == {"counted": False, "reason": "epoch 10000 is closed"}
+
+
+def test_one_address_cannot_report_more_than_its_byte_budget(tmp_path: Path) -> None:
+    clock = Clock(T0 + 1)
+    config = NetworkConfig(
+        rewards=RewardParams(epoch_seconds=EPOCH), beacon_address_rate=1000.0, beacon_burst=1e6
+    )
+    coordinator = Coordinator(tmp_path, config, clock=clock)
+    node = Node(coordinator, clock, 9001)
+    budget = int(1000 * EPOCH)
+
+    def beacon(size: int, client: str = "10.0.0.9") -> dict[str, Any]:
+        body = {"edge": node.url, "stream": "live/a", "bytes": size,
+                "period": [clock.t - 1, clock.t], "viewer": "v"}  # fmt: skip
+        return coordinator.accept_beacon(body, client)
+
+    assert beacon(budget - 10)["counted"]
+    assert beacon(10)["counted"]
+    with pytest.raises(Rejected, match="budget") as exc:
+        beacon(1)
+    assert exc.value.code == 429
+    assert beacon(5, client="10.0.0.10")["counted"]  # another address has its own budget
+    coordinator.db.close()

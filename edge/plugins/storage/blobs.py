@@ -77,7 +77,10 @@ class BlobStore:
         self.upload_dir = root / "uploads"
         for d in (self.chunk_dir, self.manifest_dir, self.upload_dir):
             d.mkdir(parents=True, exist_ok=True)
-        self.chunks: set[str] = {p.name for p in self.chunk_dir.glob("*/*") if len(p.name) == 64}
+        # digest -> size of the chunks held (the inventory storage proofs commit to).
+        self.chunks: dict[str, int] = {
+            p.name: p.stat().st_size for p in self.chunk_dir.glob("*/*") if len(p.name) == 64
+        }
         self.manifests: dict[str, Manifest] = {}
         for path in self.manifest_dir.glob("*/*.json"):
             try:
@@ -102,7 +105,7 @@ class BlobStore:
         path = self.chunk_path(digest)
         if digest not in self.chunks or not path.exists():
             _atomic_write(path, data)
-        self.chunks.add(digest)
+        self.chunks[digest] = len(data)
 
     def read_chunk(self, digest: str) -> bytes | None:
         """The verified chunk, None if absent; a corrupted copy is deleted, CorruptChunk."""
@@ -110,13 +113,26 @@ class BlobStore:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            self.chunks.discard(digest)
+            self.chunks.pop(digest, None)
             return None
         if hashlib.sha256(data).hexdigest() != digest:
             path.unlink(missing_ok=True)
-            self.chunks.discard(digest)
+            self.chunks.pop(digest, None)
             raise CorruptChunk(f"local replica of chunk {digest} is corrupted; removed")
         return data
+
+    def remove_chunk(self, digest: str, older_than: float) -> int:
+        """Delete a chunk written before ``older_than`` (unix time); its size, 0 if kept."""
+        path = self.chunk_path(digest)
+        try:
+            if path.stat().st_mtime >= older_than:
+                return 0
+            size = self.chunks.pop(digest, 0)
+            path.unlink()
+        except FileNotFoundError:
+            self.chunks.pop(digest, None)
+            return 0
+        return size
 
     def scrub(self) -> list[str]:
         """Re-hash every chunk; returns the digests of the corrupted ones (removed)."""
@@ -157,6 +173,16 @@ class BlobStore:
         if not upload_id.isalnum() or len(upload_id) > 64:
             raise ValueError("bad upload id")
         return self.upload_dir / upload_id
+
+    def upload_chunks(self) -> set[str]:
+        """Chunks of the parts of multipart uploads still in progress here."""
+        out: set[str] = set()
+        for part in self.upload_dir.glob("*/part-*.json"):
+            try:
+                out.update(str(h) for h, _ in json.loads(part.read_bytes())["chunks"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # completed or aborted meanwhile
+        return out
 
     def write_json(self, path: Path, value: dict[str, Any]) -> None:
         _atomic_write(path, json.dumps(value).encode())

@@ -106,6 +106,11 @@ class StorageMetrics:
         self.peer_errors = Counter(
             "meshcast_storage_peer_errors", "Failed peer transfers", registry=registry
         )
+        self.collected = Counter(
+            "meshcast_storage_gc_bytes",
+            "Bytes of chunks deleted because no object, pin or upload refers to them",
+            registry=registry,
+        )
 
 
 class Cluster:
@@ -128,6 +133,8 @@ class Cluster:
         self.self_url = ring.self_url
         # Verified chunks recently read: content-addressed, so never stale.
         self.chunk_cache = ChunkCache(chunk_cache)
+        # Chunks no reference held at the last garbage collection pass.
+        self._unreferenced: set[str] = set()
 
     # ---- placement --------------------------------------------------------------------
 
@@ -385,6 +392,60 @@ class Cluster:
                 log.error("storage %s: %s", self.self_url, exc)
         return bad
 
+    async def gc_once(self, grace: float) -> int:
+        """Delete local chunks that nothing refers to; returns the bytes freed.
+
+        A chunk goes only when it is unreferenced in two passes in a row (a manifest being
+        written between the listing and the check cannot lose its chunks), older than
+        ``grace`` (uploads write chunks before their manifest), and when every peer of the
+        ring is alive and answered: a dead manifest owner could hold the only reference."""
+        peers = self.ring.peers
+        if set(self.ring.alive_peers()) != set(peers):
+            log.info("storage %s: garbage collection skipped: a peer is down", self.self_url)
+            return 0
+        newest: dict[str, Manifest] = dict(self.store.manifests)
+        referenced = await asyncio.to_thread(self.store.upload_chunks)
+        for peer, found in zip(
+            peers, await asyncio.gather(*(self._references_from(p) for p in peers)), strict=True
+        ):
+            if found is None:
+                log.info("storage %s: garbage collection skipped: %s did not answer",
+                         self.self_url, peer)  # fmt: skip
+                return 0
+            manifests, uploads = found
+            referenced |= uploads
+            for m in manifests:
+                if m.newer_than(newest.get(m.id)):
+                    newest[m.id] = m
+        for m in newest.values():
+            if not m.deleted:
+                referenced.update(d for d, _ in m.chunks)
+        unreferenced = {d for d in self.store.chunks if d not in referenced}
+        doomed, self._unreferenced = unreferenced & self._unreferenced, unreferenced
+        cutoff = time.time() - grace
+        freed = 0
+        for digest in doomed:
+            freed += await asyncio.to_thread(self.store.remove_chunk, digest, cutoff)
+            self.chunk_cache.discard(digest)
+        if freed:
+            self.metrics.collected.inc(freed)
+            log.info("storage %s: garbage collection freed %d bytes", self.self_url, freed)
+        return freed
+
+    async def _references_from(self, node: str) -> tuple[list[Manifest], set[str]] | None:
+        try:
+            r = await self.client.get(
+                f"{node}/_storage/references", headers=self._headers(), timeout=_TIMEOUT
+            )
+            r.raise_for_status()
+            body = r.json()
+            manifests = [Manifest.from_json(m) for m in body["manifests"]]
+            return manifests, {str(d) for d in body["uploads"]}
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            if isinstance(exc, httpx.HTTPError):
+                self._peer_failed(node, exc)
+            return None
+
     async def loop(
         self, every: float, job: Callable[[], Any], on_membership_change: bool = False
     ) -> None:
@@ -414,6 +475,7 @@ class Cluster:
             Route("/_storage/manifest/{mid}", self._manifest, methods=["GET", "PUT"]),
             Route("/_storage/list", self._list, methods=["GET"]),
             Route("/_storage/missing", self._missing, methods=["POST"]),
+            Route("/_storage/references", self._references, methods=["GET"]),
         ]
 
     def _authorized(self, request: Request) -> bool:
@@ -465,6 +527,13 @@ class Cluster:
         q = request.query_params
         found = self.local_matching(q.get("ns", ""), q.get("bucket", ""), q.get("prefix", ""))
         return JSONResponse({"manifests": [m.to_json() for m in found]})
+
+    async def _references(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return JSONResponse({"error": "forbidden"}, 403)
+        uploads = await asyncio.to_thread(self.store.upload_chunks)
+        manifests = [m.to_json() for m in list(self.store.manifests.values())]
+        return JSONResponse({"manifests": manifests, "uploads": sorted(uploads)})
 
     async def _missing(self, request: Request) -> Response:
         if not self._authorized(request):

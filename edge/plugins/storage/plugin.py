@@ -11,6 +11,7 @@ from starlette.routing import BaseRoute
 from edge.plugins.storage.blobs import BlobStore
 from edge.plugins.storage.cluster import Cluster, StorageMetrics, peer_secret
 from edge.plugins.storage.pins import Pins
+from edge.plugins.storage.proofs import Prover
 from edge.plugins.storage.s3api import S3Api
 from meshcast.keys import KeyStore
 
@@ -36,10 +37,16 @@ class StoragePlugin:
         )
         self.s3 = S3Api(self.cluster, keys, self.config)
         self.pins = Pins(edge, self.cluster, keys, self.config)
+        self.prover = Prover(self.store, edge)
         self._tasks: list[asyncio.Task[None]] = []
 
     def routes(self) -> list[BaseRoute]:
-        return [*self.cluster.routes(), *self.s3.routes(), *self.pins.routes()]
+        return [
+            *self.cluster.routes(),
+            *self.s3.routes(),
+            *self.pins.routes(),
+            *self.prover.routes(),
+        ]
 
     async def start(self) -> None:
         self._tasks = [
@@ -50,6 +57,11 @@ class StoragePlugin:
             ),
             asyncio.create_task(
                 self.cluster.loop(self.config.scrub_interval, self.cluster.scrub_once)
+            ),
+            asyncio.create_task(
+                self.cluster.loop(
+                    self.config.gc_interval, lambda: self.cluster.gc_once(self.config.gc_grace)
+                )
             ),
         ]
 

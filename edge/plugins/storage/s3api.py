@@ -674,6 +674,6 @@ class S3Api:
 
     async def _abort_upload(self, bucket: str, key: str, upload_id: str) -> Response:
         await self._upload_meta(bucket, key, upload_id)
-        # The parts' chunks stay until garbage collection (not implemented, see README).
+        # The parts' chunks go at the next garbage collection (Cluster.gc_once).
         await asyncio.to_thread(shutil.rmtree, self.store.upload_path(upload_id), True)
         return Response(status_code=204)
