@@ -211,11 +211,15 @@ class AccessControl:
             return None
         try:
             try:
-                claims = authorize(token, kind, name, policy.owner, self.keys, time.time())
+                claims = authorize(
+                    token, kind, name, policy.owner, self.keys, time.time(), CLOCK_SKEW
+                )
             except TokenError as exc:
                 if exc.reason != "unknown_key" or not await self._maybe_refetch_keys():
                     raise
-                claims = authorize(token, kind, name, policy.owner, self.keys, time.time())
+                claims = authorize(
+                    token, kind, name, policy.owner, self.keys, time.time(), CLOCK_SKEW
+                )
         except TokenError as exc:
             self.denied.labels(exc.reason).inc()
             raise

@@ -194,11 +194,12 @@ def authorize(
     owner: str | None,
     keys: Mapping[str, Ed25519PublicKey],
     now: float,
+    skew: int = CLOCK_SKEW,
 ) -> Claims:
     """A token-protected resource: the token must verify and cover ``kind/name``."""
     if not token:
         raise TokenError(401, "token_required", "this stream needs a playback token")
-    claims = verify(token, keys, now)
+    claims = verify(token, keys, now, skew)
     if not covers(claims, kind, name, owner):
         raise TokenError(403, "wrong_scope", f"token is for {claims.scope}, not {kind}/{name}")
     return claims

@@ -2,13 +2,15 @@
 // a dependency-free web component for dApps. It embeds meshcast's embed page in an iframe
 // and re-dispatches the player's events (play, pause, qualitychange, error, ended) as DOM
 // CustomEvents on the element, with the message in `event.detail`.
+// Token-protected streams: token="…"; on "tokenexpiring" set a fresh one (the attribute or
+// element.setToken(t)): it reaches the playing iframe without reloading it.
 (() => {
   "use strict";
   const script = document.currentScript;
   const base = new URL(".", script ? script.src : location.href);
 
   class MeshcastPlayer extends HTMLElement {
-    static get observedAttributes() { return ["stream", "vod", "src", "format"]; }
+    static get observedAttributes() { return ["stream", "vod", "src", "format", "token"]; }
 
     constructor() {
       super();
@@ -33,7 +35,21 @@
 
     disconnectedCallback() { window.removeEventListener("message", this._onMessage); }
 
-    attributeChangedCallback() { if (this.isConnected) this._update(); }
+    attributeChangedCallback(name, old, value) {
+      if (!this.isConnected) return;
+      if (name === "token" && this._frame.src && value) {
+        this._postToken(value);  // a renewal: the player keeps playing
+        return;
+      }
+      this._update();
+    }
+
+    setToken(token) { this.setAttribute("token", token); }
+
+    _postToken(token) {
+      const message = { source: "meshcast-host", type: "token", token };
+      if (this._frame.contentWindow) this._frame.contentWindow.postMessage(message, base.origin);
+    }
 
     _update() {
       const url = new URL("embed.html", base);

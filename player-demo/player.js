@@ -11,11 +11,22 @@
   const name = vod || params.get("stream") || "demo";
   const format = params.get("format") === "dash" ? "dash" : "hls";
   const base = `/${vod ? "vod" : "live"}/${encodeURIComponent(name)}`;
-  // A playback token (token-protected streams): on the master URL only; the server writes
-  // it into every child URL of the manifests it serves.
-  const token = params.get("token");
+  // A playback token (token-protected streams): on the master URL; the server writes it
+  // into every child URL of the manifests it serves. Tokens are short-lived: before this
+  // one expires the player asks its host page for a new one ("tokenexpiring" event) and
+  // the host hands it over (postMessage {source: "meshcast-host", type: "token", token},
+  // the <meshcast-player token> attribute, or window.meshcastSetToken); from then on every
+  // request, playlist reloads and segments included, carries the new token.
+  let token = params.get("token");
   const plainSrc = params.get("src") || `${base}/${format === "dash" ? "manifest.mpd" : "master.m3u8"}`;
-  const src = token ? `${plainSrc}${plainSrc.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : plainSrc;
+  const withToken = (url, always = false) => {
+    if (!token) return url;
+    const u = new URL(url, location.href);
+    if (!always && !u.searchParams.has("token")) return url; // not a URL the edge rewrote
+    u.searchParams.set("token", token);
+    return u.href;
+  };
+  const srcUrl = () => (token ? withToken(plainSrc, true) : plainSrc);
   const video = $("video");
   if (vod) {
     // VOD assets have a poster and a WebVTT thumbnails track (thumbnails.jpg#xywh=...)
@@ -68,7 +79,46 @@
     $("message").append(title, detail);
     $("message").classList.add("shown", "purchase");
     post("error", { detail: "purchase_required", status, reason });
+    // A host that renews tokens can still hand one over: setToken then resumes.
+    if (body && body.reason === "expired") post("tokenexpiring", { exp: claimsOf(token).exp || 0 });
   }
+
+  // ---- token renewal --------------------------------------------------------------------
+  function claimsOf(t) {
+    try {
+      const payload = t.split(".")[2].replace(/-/g, "+").replace(/_/g, "/");
+      return JSON.parse(atob(payload + "=".repeat((4 - (payload.length % 4)) % 4)));
+    } catch (_) {
+      return {};
+    }
+  }
+  let renewTimer = null;
+  function scheduleRenewal() {
+    clearTimeout(renewTimer);
+    const claims = token ? claimsOf(token) : {};
+    if (!claims.exp) return;
+    // Ask 30 s ahead, or half-way through a shorter token's life.
+    const lead = Math.min(30, (claims.exp - (claims.iat || claims.exp - 60)) / 2);
+    const wait = Math.max(0, (claims.exp - lead) * 1000 - Date.now());
+    renewTimer = setTimeout(() => post("tokenexpiring", { exp: claims.exp }), wait);
+  }
+  function setToken(fresh) {
+    if (typeof fresh !== "string" || !fresh || fresh === token) return;
+    token = fresh;
+    scheduleRenewal();
+    post("tokenrenewed", { exp: claimsOf(token).exp || 0 });
+    if (locked) {  // stopped on 401/403: try again with the new token
+      locked = false;
+      start();
+    }
+  }
+  window.meshcastSetToken = setToken;
+  addEventListener("message", (event) => {
+    const data = event.data;
+    if (event.source !== window.parent || !data || data.source !== "meshcast-host") return;
+    if (data.type === "token") setToken(data.token);
+  });
+  scheduleRenewal();
   async function denied(res) {
     const body = await res.json().catch(() => null);
     purchaseRequired(res.status, body);
@@ -93,7 +143,16 @@
   // ---- engines: one small interface over hls.js and shaka -------------------------------
   async function hlsEngine() {
     await loadScript("vendor/hls.min.js");
-    const hls = new window.Hls({ liveSyncDurationCount: 3, enableWorker: true });
+    const hls = new window.Hls({
+      liveSyncDurationCount: 3,
+      enableWorker: true,
+      // Playlist reloads and segments carry the newest token (URLs from manifests fetched
+      // before a refresh still hold the old one).
+      xhrSetup: (xhr, url) => {
+        const fresh = withToken(url);
+        if (fresh !== url) xhr.open("GET", fresh, true);
+      },
+    });
     hls.on(window.Hls.Events.MANIFEST_PARSED, () => { fillQualities(); video.play().catch(() => {}); });
     hls.on(window.Hls.Events.LEVEL_SWITCHED, (_, d) => {
       const level = hls.levels[d.level];
@@ -114,7 +173,7 @@
       if (d.type === window.Hls.ErrorTypes.MEDIA_ERROR) hls.recoverMediaError();
       else retryLater("Stream unavailable — retrying…");
     });
-    hls.loadSource(src);
+    hls.loadSource(srcUrl());
     hls.attachMedia(video);
     return {
       name: "hls.js",
@@ -134,6 +193,9 @@
     window.shaka.polyfill.installAll();
     const player = new window.shaka.Player();
     await player.attach(video);
+    player.getNetworkingEngine().registerRequestFilter((_, request) => {
+      request.uris = request.uris.map((u) => withToken(u));
+    });
     player.addEventListener("error", (e) => {
       const status = e.detail && e.detail.code === 1001 ? e.detail.data[1] : 0;  // BAD_HTTP_STATUS
       if (status === 401 || status === 403) {
@@ -149,7 +211,7 @@
       const t = player.getVariantTracks().find((v) => v.active);
       if (t) post("qualitychange", { height: t.height });
     });
-    await player.load(src);
+    await player.load(srcUrl());
     fillQualities();
     setCaptions(player.getTextTracks().length > 0);
     const byHeight = () => {
@@ -177,7 +239,7 @@
   }
 
   function nativeEngine() {
-    video.src = src;
+    video.src = srcUrl();
     return {
       name: "native", levels: () => [], current: () => null, select: () => {}, auto: () => true,
       date: () => (video.getStartDate ? new Date(video.getStartDate().getTime() + video.currentTime * 1000) : null),
@@ -246,7 +308,7 @@
 
   async function waitForNewPublication() {
     // A new publication rewrites the playlist without #EXT-X-ENDLIST (or a dynamic MPD).
-    const res = await fetch(src, { cache: "no-store" }).catch(() => null);
+    const res = await fetch(srcUrl(), { cache: "no-store" }).catch(() => null);
     if (res && (res.status === 401 || res.status === 403)) return denied(res);
     const text = res && res.ok ? await res.text() : "";
     if (text && !text.includes("#EXT-X-ENDLIST") && !text.includes('type="static"')) start();
@@ -255,7 +317,7 @@
 
   async function start() {
     clearTimeout(retryTimer);
-    const res = await fetch(src, { cache: "no-store" }).catch(() => null);
+    const res = await fetch(srcUrl(), { cache: "no-store" }).catch(() => null);
     if (res && (res.status === 401 || res.status === 403)) {
       await denied(res);
       return;

@@ -852,7 +852,8 @@ async def test_garbage_collection_frees_only_what_nothing_refers_to(ring: Ring) 
                PartNumber=1, Body=os.urandom(300_000))  # fmt: skip
     open_upload = await call(s3.create_multipart_upload, Bucket="gcbucket", Key="open")
     open_part = os.urandom(200_000)
-    part1 = await call(s3.upload_part, Bucket="gcbucket", Key="open", UploadId=open_upload["UploadId"],
+    upload_id = open_upload["UploadId"]
+    part1 = await call(s3.upload_part, Bucket="gcbucket", Key="open", UploadId=upload_id,
                        PartNumber=1, Body=open_part)  # fmt: skip
     await call(
         s3.abort_multipart_upload, Bucket="gcbucket", Key="aborted", UploadId=aborted["UploadId"]
@@ -883,7 +884,7 @@ async def test_garbage_collection_frees_only_what_nothing_refers_to(ring: Ring) 
         s3.complete_multipart_upload,
         Bucket="gcbucket",
         Key="open",
-        UploadId=open_upload["UploadId"],
+        UploadId=upload_id,
         MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part1["ETag"]}]},
     )
     assert (await get_body(s3, Bucket="gcbucket", Key="open"))[1] == open_part
