@@ -420,6 +420,15 @@ async def test_spot_checks_catch_a_lying_node_and_bad_requests_are_refused(
                                         "input": {"path": "/live/show/360p/9999.m4s"}})  # fmt: skip
             missing = await poll(client, f"{api}/{r.json()['id']}",
                                  lambda b: b["state"] == "failed", 60, alice)  # fmt: skip
+            # An input the model cannot use (bytes that are no video): the same, with the
+            # decoder's reason.
+            junk = origin.config.data_dir / "vod" / "junk" / "360p"
+            junk.mkdir(parents=True)
+            (junk / "init.mp4").write_bytes(b"\0\0\0\x08free")
+            (junk / "1.m4s").write_bytes(b"not a video segment" * 100)
+            order = {"model": "moderation", "input": {"path": "/vod/junk/360p/1.m4s"}}
+            r = await client.post(api, headers=alice, json=order)
+            unusable = await poll(client, f"{api}/{r.json()['id']}", settled, 60, alice)
             # A captions job: the audio segment through the real Whisper model.
             audio = (await client.get(f"{origin.url}/live/show/audio/index.m3u8")).text
             number = re.findall(r"^(\d+)\.m4s$", audio, re.M)[1]
@@ -486,6 +495,9 @@ async def test_spot_checks_catch_a_lying_node_and_bad_requests_are_refused(
     assert missing["reason"].startswith("input was refused on 2 nodes")
     assert "not found" in missing["reason"]
     assert [x["fault"] for x in missing["attempts"]] == ["input", "input"]
+    assert unusable["state"] == "failed", unusable
+    assert unusable["reason"].startswith("input was refused on 2 nodes: node answered 422: input")
+    assert "unusable" in unusable["reason"]
     assert edges[0].agent is not None and captions["node"] == edges[0].agent.key.node_id
     assert captions["state"] == "done" and isinstance(captions["result"]["text"], str)
     assert isinstance(captions["result"]["words"], list)  # a tone: no speech, no words needed
