@@ -449,7 +449,7 @@ class Marketplace:
             log.exception("inference: %s on %s: recording failed", item.job, node.url)
 
     async def _execute_once(self, item: Work, node: NodeRecord) -> None:
-        order, _ = await asyncio.to_thread(self._begin, item, node)
+        order = await asyncio.to_thread(self._begin, item, node)
         outcome = await self._dispatch(order, node)
         if outcome.fault == "busy":
             # Its plugin queue is full (its own live work counts too): leave it be a moment.
@@ -465,9 +465,8 @@ class Marketplace:
         )
         await asyncio.to_thread(self._end, item, order, outcome)
 
-    def _begin(self, item: Work, node: NodeRecord) -> tuple[Order, float]:
-        # (the start time is the database's record; the metered wall time is measured
-        # around the HTTP exchange alone)
+    def _begin(self, item: Work, node: NodeRecord) -> Order:
+        """Record the execution as running (an origin restart finds it so) and name it."""
         now = self.c.clock()
         with self.c._lock:
             ((n,),) = self._rows("SELECT COUNT(*) FROM inference_execs WHERE job = ?", (item.job,))
@@ -488,7 +487,7 @@ class Marketplace:
                     )
                 )
             self._write(*statements)
-        return order, now
+        return order
 
     async def _dispatch(self, order: Order, node: NodeRecord) -> Outcome:
         assert self._client is not None
@@ -726,7 +725,7 @@ class InferenceVerifier:
     def verify(self, ev: EpochEvidence) -> list[Line]:
         from origin.coordinator import Line
 
-        ev.db.executescript(SCHEMA)
+        # (the tables exist: the coordinator's Marketplace created them)
         lines = []
         for (node, kind, stream), claimed in sorted(ev.claims.items()):
             if kind != self.kind:

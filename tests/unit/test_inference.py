@@ -236,7 +236,7 @@ def _run(m: Marketplace, job: str, node: Node, outcome: Outcome, purpose: str = 
     if work is None:  # a job that is done: a spot check of it
         work = Work(job, JobSpec(row["model"], row["path"]), purpose, row["created"],
                     frozenset(), 0, None)  # fmt: skip
-    order, _ = m._begin(work, node.record)
+    order = m._begin(work, node.record)
     m._end(work, order, outcome)
     return order.exec
 
