@@ -113,13 +113,19 @@ class AccessControl:
             return None
         return policy
 
-    async def policy(self, kind: str, name: str) -> EdgePolicy:
+    async def policy(self, kind: str, name: str, revalidate: bool = False) -> EdgePolicy:
+        """The cached policy; past its TTL served stale while it refreshes, unless
+        ``revalidate`` (then the caller waits for the fresh one)."""
         now = time.monotonic()
         slot = (kind, name)
         cached = self.policies.get(slot)
         if cached is not None and now - cached.fetched_at <= self.policy_ttl:
             return cached
-        if cached is not None and now - cached.fetched_at <= self.policy_ttl * STALE_FACTOR:
+        if (
+            cached is not None
+            and now - cached.fetched_at <= self.policy_ttl * STALE_FACTOR
+            and not (revalidate and cached.access == "public")
+        ):
             # Stale-while-revalidate: viewers never wait on the refresh of a known policy
             # (a change still reaches this edge within about one TTL).
             if slot not in self._inflight:
@@ -206,7 +212,10 @@ class AccessControl:
     async def check(self, kind: str, name: str, token: str | None) -> Claims | None:
         """None for a public resource, the claims for an admitted token; raises TokenError
         (refused) or PolicyUnavailable (fail closed)."""
-        policy = await self.policy(kind, name)
+        # A viewer with a token on a stream we last knew as public: the stream may have just
+        # become token-only, and a stale "public" would drop the token and get the viewer a
+        # 401 from upstream, so that request waits for the fresh policy.
+        policy = await self.policy(kind, name, revalidate=token is not None)
         if policy.access == "public":
             return None
         try:
