@@ -110,6 +110,24 @@ async def test_dash_mode_plays_with_shaka(site: Site) -> None:
     assert "shaka-player" in (await page.text_content("#stats") or "")
 
 
+async def host_page(html: bytes) -> tuple[asyncio.Server, str]:
+    """A dApp's page on another origin: its own server and port on loopback (Chromium's
+    Local Network Access checks refuse a non-local page framing a loopback player)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n"
+            + f"Content-Length: {len(html)}\r\n\r\n".encode()
+            + html
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, f"http://localhost:{server.sockets[0].getsockname()[1]}"
+
+
 async def test_embed_and_web_component_on_another_origin(site: Site) -> None:
     page = await site.browser.new_page()
     html = f"""<!doctype html><html><body>
@@ -125,20 +143,7 @@ async def test_embed_and_web_component_on_another_origin(site: Site) -> None:
           e => window.componentEvents.push(e.detail.type));
       </script></body></html>""".encode()
 
-    # The dApp: a page on another origin (its own server and port on loopback; Chromium's
-    # Local Network Access checks refuse a non-local page framing a loopback player).
-    async def serve_host(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n"
-            + f"Content-Length: {len(html)}\r\n\r\n".encode()
-            + html
-        )
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(serve_host, "127.0.0.1", 0)
-    host = f"http://localhost:{server.sockets[0].getsockname()[1]}"
+    server, host = await host_page(html)
     await page.goto(f"{host}/host.html")
     for _ in range(120):
         messages = await page.evaluate("window.messages")

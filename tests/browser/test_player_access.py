@@ -13,7 +13,7 @@ import pytest
 import edge.access
 from edge.access import POLICY_TTL_S
 from meshcast.keys import ADMIN_KIND
-from tests.browser.test_player import Site, errors, site, wait_playing
+from tests.browser.test_player import Site, errors, host_page, site, wait_playing
 
 pytestmark = pytest.mark.e2e
 __all__ = ["site"]
@@ -119,18 +119,7 @@ async def test_short_lived_tokens_are_renewed_by_the_host_page(
         }});
       </script></body></html>""".encode()
 
-    async def serve_host(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n"
-            + f"Content-Length: {len(html)}\r\n\r\n".encode()
-            + html
-        )
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(serve_host, "127.0.0.1", 0)
-    host = f"http://localhost:{server.sockets[0].getsockname()[1]}"
+    server, host = await host_page(html)
     renewing = await site.browser.new_page()
     await renewing.expose_function("newToken", fresh_token)
     await renewing.add_init_script("window.renew = true")

@@ -42,6 +42,7 @@ from meshcast.rewards import RewardParams, inference_verified, verify_export
 from meshcast.signing import NodeKey
 from origin.coordinator import Coordinator, NodeRecord
 from origin.inference import Marketplace, Outcome, Work
+from tests.unit.test_ledger import Clock
 
 EPOCH = 100.0
 T0 = 1_000_000.0
@@ -179,14 +180,6 @@ def test_inference_verified_rule() -> None:
 
 
 # ---- the coordinator's records and the verifier ----------------------------------------------
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Node:
