@@ -99,9 +99,9 @@ class Fill:
     ) -> None:
         last_error = FillError(502, "no upstream")
         try:
-            for upstream in upstreams:
+            for index, upstream in enumerate(upstreams):
                 try:
-                    await self._fetch(client, upstream, headers)
+                    await self._fetch(client, upstream, headers, last=index == len(upstreams) - 1)
                     return
                 except FillError as exc:
                     last_error = exc
@@ -122,13 +122,20 @@ class Fill:
             await self._notify()
 
     async def _fetch(
-        self, client: httpx.AsyncClient, upstream: Upstream, headers: dict[str, str]
+        self,
+        client: httpx.AsyncClient,
+        upstream: Upstream,
+        headers: dict[str, str],
+        last: bool = True,
     ) -> None:
         timeout = httpx.Timeout(10.0, connect=1.0 if upstream.is_peer else 3.0)
         url = upstream.base_url + self.key
         try:
             async with client.stream("GET", url, headers=headers, timeout=timeout) as response:
-                if response.status_code >= 500:
+                # A peer's refusal is not the last word while the origin is still to ask: a
+                # community node that lies (or lags) must not black-hole what it owns.
+                refused = upstream.is_peer and not last and response.status_code >= 400
+                if response.status_code >= 500 or refused:
                     raise FillError(
                         502,
                         f"upstream {upstream.base_url} answered {response.status_code}",

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +281,57 @@ async def test_truncated_fill_fails_waiters_and_is_retried(tmp_path: Path) -> No
     finally:
         await edge.close()
         server.close()
+
+
+async def test_a_refusing_owner_peer_does_not_black_hole_its_objects(tmp_path: Path) -> None:
+    """The ring owner of an object answers 404 (a lying or lagging community node): the
+    edge asks the origin and serves the object; a real 404 from the origin stays a 404."""
+    asked: list[str] = []
+
+    async def answer(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, liar: bool
+    ) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        path = head.split(" ", 2)[1]
+        if liar and path != "/healthz":
+            asked.append(path)
+        found = path == "/healthz" or (not liar and "/360p/9" not in path)
+        body = f"bytes of {path}".encode() if found else b'{"error": "not found"}'
+        status = "200 OK" if found else "404 Not Found"
+        writer.write(
+            f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            .encode() + body
+        )  # fmt: skip
+        await writer.drain()
+        writer.close()
+
+    origin_server = await asyncio.start_server(lambda r, w: answer(r, w, False), "127.0.0.1", 0)
+    liar_server = await asyncio.start_server(lambda r, w: answer(r, w, True), "127.0.0.1", 0)
+    origin = f"http://127.0.0.1:{origin_server.sockets[0].getsockname()[1]}"
+    liar = f"http://127.0.0.1:{liar_server.sockets[0].getsockname()[1]}"
+    config = EdgeConfig(origin=origin, port=free_port(), peers=(liar,), cache_dir=tmp_path)
+    edge = EdgeService(replace(config, access_control=False))
+    await edge.start()
+    try:
+        paths = [f"/live/x/360p/{n}.m4s" for n in range(40)]
+        owned = [p for p in paths if edge.edge.ring.owner(p) == liar][:3]
+        assert owned
+        async with httpx.AsyncClient(timeout=10) as c:
+            for path in owned:
+                r = await c.get(f"{edge.url}{path}")
+                assert r.status_code == 200 and r.content == f"bytes of {path}".encode()
+            missing = next(  # the origin has no segment 9xx
+                f"/live/x/360p/{n}.m4s"
+                for n in range(900, 1000)
+                if edge.edge.ring.owner(f"/live/x/360p/{n}.m4s") == liar
+            )
+            assert (await c.get(f"{edge.url}{missing}")).status_code == 404
+        assert asked == [*owned, missing]  # the owner was asked first every time
+        assert liar in edge.edge.ring.alive_peers()  # a refusal is not a dead peer
+    finally:
+        await edge.close()
+        origin_server.close()
+        liar_server.close()
 
 
 async def test_a_stuck_viewer_does_not_hold_the_fill(mesh: Mesh, ffmpeg_cli: str) -> None:
