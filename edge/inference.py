@@ -28,9 +28,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from edge.plugins.storage.cluster import Unavailable
+from edge.plugins.storage.plugin import StoragePlugin
 from edge.plugins.workers import InferencePool
 from meshcast.http import BodyTooLarge, json_error, read_body
-from meshcast.inference import MAX_REQUEST, MODELS, JobRejected, make_result, parse_order
+from meshcast.inference import (
+    MAX_OBJECT,
+    MAX_REQUEST,
+    MODELS,
+    JobRejected,
+    JobSpec,
+    make_result,
+    parse_order,
+)
 from meshcast.signing import NodeKey, SignatureError, verify_object
 
 if TYPE_CHECKING:
@@ -42,15 +52,16 @@ NODE_PATH: Final = "/_network/inference"
 MAX_SEEN: Final = 100_000
 
 
-def _job_function(model: str) -> Callable[[bytes, bytes], dict[str, Any]]:
+def _job_function(model: str, pinned: bool) -> Callable[..., dict[str, Any]]:
+    """The worker function: (init, segment) for a media segment, (content,) for a pin."""
     # Imported here: the captions model's module is only needed on edges that run it.
     if model == "moderation":
         from edge.plugins import nsfw
 
-        return nsfw.job
+        return nsfw.object_job if pinned else nsfw.job
     from edge.plugins import asr
 
-    return asr.job
+    return asr.object_job if pinned else asr.job
 
 
 class InferenceExecutor:
@@ -78,6 +89,28 @@ class InferenceExecutor:
                 return pool if isinstance(pool, InferencePool) else None
         return None
 
+    async def _inputs(self, spec: JobSpec) -> tuple[bytes, ...] | Response:
+        """The job's input bytes: a segment and its init segment through the edge's cache,
+        or pinned content from the storage plugin (verified against its CID)."""
+        if spec.cid is None:
+            init = await self.edge.fetch(spec.init_path)
+            segment = await self.edge.fetch(spec.path)
+            if init is None or segment is None:
+                return json_error(422, f"input {spec.path} (or its init segment) not found")
+            return init, segment
+        pins = next((p.pins for p in self.edge.plugins if isinstance(p, StoragePlugin)), None)
+        if pins is None:
+            return json_error(503, "the storage plugin is not running")
+        try:
+            content = await pins.content(spec.cid, MAX_OBJECT)
+        except ValueError as exc:
+            return json_error(422, f"input unusable: {exc}")
+        except Unavailable as exc:
+            return json_error(503, f"pinned content unavailable: {exc}")
+        if content is None:
+            return json_error(422, f"input {spec.cid} is not pinned")
+        return (content,)
+
     async def handle(self, request: Request) -> Response:
         if self.coordinator_key is None:
             return json_error(503, "this node has not joined a coordinator yet")
@@ -104,11 +137,10 @@ class InferenceExecutor:
         self._seen[order.exec] = None
         while len(self._seen) > MAX_SEEN:
             self._seen.popitem(last=False)
-        init = await self.edge.fetch(order.spec.init_path)
-        segment = await self.edge.fetch(order.spec.path)
-        if init is None or segment is None:
-            return json_error(422, f"input {order.spec.path} (or its init segment) not found")
-        future = pool.submit(_job_function(order.spec.model), init, segment)
+        inputs = await self._inputs(order.spec)
+        if isinstance(inputs, Response):
+            return inputs
+        future = pool.submit(_job_function(order.spec.model, order.spec.cid is not None), *inputs)
         if future is None:
             return json_error(503, f"the {pool.plugin} queue is full", busy=True)
         try:

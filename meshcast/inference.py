@@ -6,7 +6,8 @@ are compared in a spot check. ``origin/inference.py`` (scheduler, dispatcher, ve
 Messages (``{"body": {...}, "sig": base64 Ed25519}``, ``meshcast/signing.py``):
 
 - order, signed by the coordinator: ``{"kind": "inference.order", "job", "exec", "node",
-  "model", "input": {"path"}, "ts"}``. ``exec`` names one execution of the job
+  "model", "input": {"path"}, "ts"}`` (``path``: a media segment, or ``/ipfs/CID`` for
+  pinned content). ``exec`` names one execution of the job
   (``JOB.N``): retries and spot checks are new executions, so a node's receipt claims
   seconds per execution and the coordinator can tell every one apart.
 - result, signed by the node: ``{"kind": "inference.result", "exec", "job", "node",
@@ -14,9 +15,13 @@ Messages (``{"body": {...}, "sig": base64 Ed25519}``, ``meshcast/signing.py``):
   canonical JSON of ``output``; ``seconds`` is what the node will claim (billed seconds:
   every started second counts, so a 50 ms detection bills 1 s).
 
+Inputs: a media segment (``/live|vod/NAME/RENDITION/N.m4s``, with its ``init.mp4``) or
+content pinned on the network's storage (``{"cid": CID}``, an image, video or audio file;
+run by nodes that also have the ``storage`` plugin, which verify it against its CID).
+
 Outputs: ``moderation`` ``{"media_time", "detections": [{"class", "score", "box"}]}`` (the
-nudenet detector's own output for the segment's first frame); ``captions`` ``{"text",
-"words": [[start, end, word], ...]}`` (Whisper on the audio segment).
+nudenet detector's own output for the segment's, video's first frame or the image);
+``captions`` ``{"text", "words": [[start, end, word], ...]}`` (Whisper on the audio).
 
 Spot-check comparison (two honest nodes differ only by float noise, thread scheduling and
 library builds): moderation agrees when the detected classes are the same multiset and,
@@ -34,6 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from meshcast.cid import BadCid, cid_digest
 from meshcast.paths import parse_media_path
 from meshcast.rendezvous import rendezvous_owner, rendezvous_score
 from meshcast.signing import canonical_json, sha256_hex
@@ -76,14 +82,29 @@ MODELS: Final = {
 }
 
 
+IPFS_PREFIX: Final = "/ipfs/"
+# Pinned content is read whole into a worker: bigger inputs are refused by the node.
+MAX_OBJECT: Final = 64 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     model: str
-    path: str  # /live/NAME/RENDITION/N.m4s or /vod/ASSET/RENDITION/N.m4s
+    path: str  # /live/NAME/RENDITION/N.m4s, /vod/ASSET/RENDITION/N.m4s or /ipfs/CID
 
     @property
     def init_path(self) -> str:
         return self.path.rpartition("/")[0] + "/init.mp4"
+
+    @property
+    def cid(self) -> str | None:
+        return self.path.removeprefix(IPFS_PREFIX) if self.path.startswith(IPFS_PREFIX) else None
+
+    @property
+    def plugins(self) -> tuple[str, ...]:
+        """The edge plugins a node needs to run this job."""
+        plugin = MODELS[self.model].plugin
+        return (plugin, "storage") if self.cid is not None else (plugin,)
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "input": {"path": self.path}}
@@ -100,9 +121,21 @@ def parse_job_request(raw: Any) -> JobSpec:
     if not isinstance(model, str) or model not in MODELS:
         raise JobRejected(400, f"model must be one of: {', '.join(sorted(MODELS))}")
     source = raw.get("input")
+    if isinstance(source, dict) and set(source) == {"cid"}:
+        source = {
+            "path": f"{IPFS_PREFIX}{source['cid']}" if isinstance(source["cid"], str) else None
+        }
     if not isinstance(source, dict) or set(source) != {"path"}:
-        raise JobRejected(400, "input must be {'path': '/live|vod/NAME/RENDITION/N.m4s'}")
+        raise JobRejected(
+            400, "input must be {'path': '/live|vod/NAME/RENDITION/N.m4s'} or {'cid': CID}"
+        )
     path = source["path"]
+    if isinstance(path, str) and path.startswith(IPFS_PREFIX):
+        try:
+            cid_digest(path.removeprefix(IPFS_PREFIX))
+        except BadCid as exc:
+            raise JobRejected(400, f"input cid: {exc}") from None
+        return JobSpec(model, path)
     media = parse_media_path(path) if isinstance(path, str) and len(path) <= 200 else None
     if media is None or media.rendition is None or not media.relative.endswith(".m4s"):
         raise JobRejected(400, "input.path must be a media segment: /live|vod/NAME/RENDITION/N.m4s")

@@ -54,7 +54,6 @@ from meshcast.http import BodyTooLarge, json_error, read_body
 from meshcast.inference import (
     MAX_OUTPUT,
     MAX_REQUEST,
-    MODELS,
     Candidate,
     JobRejected,
     JobSpec,
@@ -386,8 +385,9 @@ class Marketplace:
         for item in work:
             if len(self._tasks) >= self.config.inference_concurrency:
                 break
-            plugin = MODELS[item.spec.model].plugin
-            capable = [n for n in nodes if plugin in (n.capacity.get("plugins") or [])]
+            capable = [
+                n for n in nodes if set(item.spec.plugins) <= set(n.capacity.get("plugins") or [])
+            ]
             eligible = [n for n in capable if n.node not in item.exclude]
             now = time.monotonic()
             free = [
@@ -425,17 +425,17 @@ class Marketplace:
     def _unplaceable(self, item: Work, capable: int) -> None:
         """No node may take ``item``: every capable node failed it, or none is live."""
         now = self.c.clock()
-        plugin = MODELS[item.spec.model].plugin
+        plugin = " and ".join(item.spec.plugins) + (" plugins" if item.spec.cid else " plugin")
         if item.purpose == "run":
             if capable and item.failed:
                 reason = f"failed on every capable node ({item.failed}); last: {item.last_error}"
             elif now - item.created > self.config.inference_queue_timeout:
-                reason = f"no live node runs the {plugin} plugin"
+                reason = f"no live node runs the {plugin}"
             else:
                 return  # wait for one to join
             self._fail(item.job, reason)
         elif item.purpose == "check":
-            self._set_spot(item.job, "skipped", f"no other live node runs the {plugin} plugin")
+            self._set_spot(item.job, "skipped", f"no other live node runs the {plugin}")
         else:
             self._dispute(item.job, "no third capable node to break the tie")
 

@@ -54,6 +54,28 @@ _SEGMENT = {
         "^/(live|vod)/[A-Za-z0-9][A-Za-z0-9._-]{0,63}/([0-9]{2,4}p|audio)/[0-9]{1,12}[.]m4s$"
     ),
 }
+# Content pinned on the network's storage: a raw sha2-256 CIDv1 in base32 (meshcast/cid.py).
+_CID = {"type": "string", "pattern": "^b[a-z2-7]{58}$"}
+_INPUT = {
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["path"],
+            "additionalProperties": False,
+            "properties": {
+                "path": {
+                    "anyOf": [_SEGMENT, {"type": "string", "pattern": "^/ipfs/b[a-z2-7]{58}$"}]
+                }
+            },
+        },
+        {
+            "type": "object",
+            "required": ["cid"],
+            "additionalProperties": False,
+            "properties": {"cid": _CID},
+        },
+    ]
+}
 _JOB = {
     "type": "object",
     "required": ["id", "model", "input", "state", "attempts", "spot_check"],
@@ -247,12 +269,7 @@ def openapi_schema() -> dict[str, Any]:
                             "additionalProperties": False,
                             "properties": {
                                 "model": {"type": "string", "enum": ["moderation", "captions"]},
-                                "input": {
-                                    "type": "object",
-                                    "required": ["path"],
-                                    "additionalProperties": False,
-                                    "properties": {"path": _SEGMENT},
-                                },
+                                "input": _INPUT,
                             },
                         }
                     ),

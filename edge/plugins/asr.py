@@ -117,11 +117,21 @@ def transcribe(init: bytes, context: Sequence[bytes], targets: Sequence[bytes]) 
     return Transcript(spans, tuple(words))
 
 
-def job(init: bytes, segment: bytes) -> dict[str, Any]:
-    """An inference-marketplace job (``meshcast/inference.py``): the words of one audio
-    segment, as JSON."""
-    words = transcribe(init, [], [segment]).words
+def object_job(content: bytes) -> dict[str, Any]:
+    """The same job on pinned content: any audio (or video) file libavformat opens."""
+    offset, audio = decode_audio(b"", [content], container_format=None)
+    words = recognize(audio, offset)
+    return _words_json(words)
+
+
+def _words_json(words: Sequence[Word]) -> dict[str, Any]:
     return {
         "text": " ".join(w.text.strip() for w in words),
         "words": [[w.start, w.end, w.text] for w in words],
     }
+
+
+def job(init: bytes, segment: bytes) -> dict[str, Any]:
+    """An inference-marketplace job (``meshcast/inference.py``): the words of one audio
+    segment, as JSON."""
+    return _words_json(transcribe(init, [], [segment]).words)

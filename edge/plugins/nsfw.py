@@ -97,6 +97,23 @@ def moderate(
     return Sample(media_time, detections, hits, poster(image, blurred), blurred)
 
 
+def object_job(content: bytes) -> dict[str, Any]:
+    """The same job on pinned content: an image file, else a video's first frame."""
+    decoded = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_COLOR)
+    media_time = 0.0
+    if decoded is not None:
+        image = np.asarray(decoded, dtype=np.uint8)
+    else:
+        with av.open(io.BytesIO(content), mode="r") as container:
+            frame = next(container.decode(video=0), None)
+            if frame is None:
+                raise ValueError("content is neither an image nor a video")
+            image = np.asarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
+            if frame.pts is not None and frame.time_base:
+                media_time = float(frame.pts * frame.time_base)
+    return {"media_time": media_time, "detections": detect(image)}
+
+
 def job(init: bytes, segment: bytes) -> dict[str, Any]:
     """An inference-marketplace job (``meshcast/inference.py``): the detector's output for
     the segment's first frame, as JSON."""

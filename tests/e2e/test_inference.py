@@ -552,3 +552,98 @@ async def test_jobs_survive_an_origin_restart(tmp_path: Path) -> None:
     assert "restarted" in lost["error"]
     assert again["state"] == "done" and again["node"] == node.key.node_id
     assert node.ran == [lost["exec"], again["exec"]]
+
+
+async def test_pinned_content_is_moderated_by_its_cid(tmp_path: Path) -> None:
+    """Input by CID: an image pinned on the network's storage (POST /api/pins) is moderated
+    by nodes that run both the moderation and the storage plugin; the output is nudenet's
+    own on that image, and the spot check on the other replica agrees. A CID nobody pinned
+    fails with the nodes' reason."""
+    import cv2
+
+    from meshcast.keys import S3_KIND, KeyStore
+    from tests.e2e.test_plugins import crafted_image
+
+    origin = origin_service(tmp_path, spot_check_rate=1.0)
+    await origin.start()
+    data = tmp_path / "data"  # the storage ring's shared secret and the S3 key
+    s3_key = KeyStore(data).create("uploader", S3_KIND).replace(" ", ":")
+    edges = []
+    for i in range(2):
+        node_dir = tmp_path / f"node-{i}"
+        NodeKey.create(node_dir / "node.key")
+        edges.append(
+            EdgeService(
+                EdgeConfig(
+                    origin=origin.url,
+                    port=free_port(),
+                    cache_dir=tmp_path / f"edge-{i}",
+                    data_dir=data,
+                    join=origin.url,
+                    node_dir=node_dir,
+                    heartbeat=0.5,
+                    plugins=("moderation", "storage"),
+                )
+            )
+        )
+    alice = {"Authorization": f"Bearer {origin.keys.create('alice', API_KIND)}"}
+    api = f"{origin.url}/api/inference"
+    try:
+        for edge in edges:
+            await edge.start()
+        ok, png = cv2.imencode(".png", crafted_image())
+        assert ok
+        async with httpx.AsyncClient(timeout=30) as client:
+            deadline = time.monotonic() + 20
+            while not all(len(e.edge.ring.alive_peers()) == 1 for e in edges):
+                assert time.monotonic() < deadline, "the two nodes never formed a ring"
+                await asyncio.sleep(0.2)
+            r = await client.post(
+                f"{edges[0].url}/api/pins",
+                params={"name": "crafted.png"},
+                content=png.tobytes(),
+                headers={"Authorization": f"Bearer {s3_key}"},
+            )
+            assert r.status_code == 201, r.text
+            cid = r.json()["cid"]
+            r = await client.post(
+                api, headers=alice, json={"model": "moderation", "input": {"cid": cid}}
+            )
+            assert r.status_code == 202, r.text
+            assert r.json()["input"] == {"path": f"/ipfs/{cid}"}
+            job = await poll(client, f"{api}/{r.json()['id']}", settled, 60, alice)
+            assert job["state"] == "done", job
+            expected = NudeDetector().detect(cv2.imdecode(png, cv2.IMREAD_COLOR))
+            assert job["result"]["detections"] == json.loads(json.dumps(expected))
+            assert job["result"]["detections"], "the detector finds the face"
+            assert job["spot_check"]["state"] == "passed", job["spot_check"]
+
+            unknown = "bafkrei" + "a" * 52
+            r = await client.post(
+                api, headers=alice, json={"model": "moderation", "input": {"cid": unknown}}
+            )
+            assert r.status_code == 202, r.text
+            failed = await poll(client, f"{api}/{r.json()['id']}", settled, 60, alice)
+            assert failed["state"] == "failed" and "not pinned" in failed["reason"], failed
+            r = await client.post(
+                api, headers=alice, json={"model": "moderation", "input": {"cid": "bafy-nope"}}
+            )
+            assert r.status_code == 400 and "cid" in r.json()["error"]
+    finally:
+        for edge in edges:
+            await edge.close()
+        await origin.close()
+
+
+async def test_captions_job_on_pinned_audio_content(tmp_path: Path, ffmpeg_cli: str) -> None:
+    """The captions model on a whole audio file (what a node runs for a CID input): the
+    real Whisper model transcribes espeak-ng speech in a WAV file libavformat opens."""
+    from edge.plugins import asr
+    from tests.e2e.test_plugins import LEAD, SPOKEN, speech_track, word_error_rate, words
+
+    wav, _ = await speech_track(tmp_path, ffmpeg_cli, 8.0)
+    asr.load_model()
+    output = await asyncio.to_thread(asr.object_job, wav.read_bytes())
+    assert word_error_rate(words(SPOKEN), words(output["text"])) <= 0.35, output["text"]
+    starts = [w[0] for w in output["words"]]
+    assert starts == sorted(starts) and abs(starts[0] - LEAD) < 1.5  # speech starts at LEAD

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from edge.plugins.workers import InferencePool, plugin_metrics
+from meshcast.cid import cid_for
 from meshcast.config import NetworkConfig
 from meshcast.inference import (
     BOX_TOLERANCE_PX,
@@ -56,6 +57,13 @@ def test_job_requests_are_validated_strictly() -> None:
     spec = parse_job_request({"model": "moderation", "input": {"path": SEG}})
     assert spec == JobSpec("moderation", SEG) and spec.init_path == "/live/show/360p/init.mp4"
     assert parse_job_request({"model": "captions", "input": {"path": "/vod/a1/audio/3.m4s"}})
+    assert spec.cid is None and spec.plugins == ("moderation",)
+    # Pinned content by CID: needs a node that also runs the storage plugin.
+    cid = cid_for(bytes(32))
+    by_cid = parse_job_request({"model": "captions", "input": {"cid": cid}})
+    assert by_cid == JobSpec("captions", f"/ipfs/{cid}") and by_cid.cid == cid
+    assert by_cid.plugins == ("captions", "storage")
+    assert parse_job_request({"model": "captions", "input": {"path": f"/ipfs/{cid}"}}) == by_cid
     bad: list[tuple[Any, str]] = [
         ([], "object"),
         ({"model": "gpt", "input": {"path": SEG}}, "model must be one of: captions, moderation"),
@@ -71,6 +79,10 @@ def test_job_requests_are_validated_strictly() -> None:
         ({"model": "moderation", "input": {"path": 7}}, "segment"),
         ({"model": "moderation", "input": {"path": "/live/show/audio/1.m4s"}}, "video rendition"),
         ({"model": "captions", "input": {"path": SEG}}, "audio rendition"),
+        ({"model": "moderation", "input": {"cid": "bafy-nope"}}, "input cid"),
+        ({"model": "moderation", "input": {"cid": 5}}, "segment"),
+        ({"model": "moderation", "input": {"path": "/ipfs/Qm" + "x" * 44}}, "input cid"),
+        ({"model": "moderation", "input": {"path": "/ipfs/../etc/passwd"}}, "input cid"),
     ]
     for raw, reason in bad:
         with pytest.raises(JobRejected) as info:

@@ -13,14 +13,12 @@ README). The content itself is stored as replicated chunks like any S3 object.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import hmac
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
@@ -32,36 +30,13 @@ from edge.plugins.storage.blobs import NS_OBJECT, NS_PIN, Manifest
 from edge.plugins.storage.cluster import Cluster, Unavailable
 from edge.plugins.storage.s3api import write_chunks
 from edge.plugins.storage.s3xml import S3Error
+from meshcast.cid import BadCid, cid_digest, cid_for
 from meshcast.config import StorageConfig
 from meshcast.http import json_error
 from meshcast.keys import KeyRejected, KeyStore
 
 if TYPE_CHECKING:
     from edge.app import Edge
-
-_CID_PREFIX: Final = bytes([0x01, 0x55, 0x12, 0x20])  # v1, raw, sha2-256, 32 bytes
-
-
-class BadCid(ValueError):
-    pass
-
-
-def cid_for(sha256: bytes) -> str:
-    return "b" + base64.b32encode(_CID_PREFIX + sha256).decode().lower().rstrip("=")
-
-
-def cid_digest(cid: str) -> bytes:
-    """The sha2-256 digest named by a raw CIDv1 (base32); BadCid for anything else."""
-    if not cid.startswith("b") or len(cid) > 100:
-        raise BadCid("only base32 CIDv1 ('b…') are served here")
-    text = cid[1:].upper()
-    try:
-        raw = base64.b32decode(text + "=" * (-len(text) % 8))
-    except (binascii.Error, ValueError):
-        raise BadCid("not base32") from None
-    if len(raw) != len(_CID_PREFIX) + 32 or not raw.startswith(_CID_PREFIX):
-        raise BadCid("only raw (0x55) sha2-256 CIDv1 are stored here")
-    return raw[len(_CID_PREFIX) :]
 
 
 async def _read_upload(upload: UploadFile, size: int) -> AsyncIterator[bytes]:
@@ -195,6 +170,20 @@ class Pins:
 
     async def _find(self, cid: str) -> Manifest | None:
         return await self.cluster.get_manifest(Manifest(NS_PIN, "", cid, 0, ""))
+
+    async def content(self, cid: str, limit: int) -> bytes | None:
+        """The whole pinned content, verified against its CID; None if not pinned.
+        ValueError when it is over ``limit`` bytes or does not match its CID."""
+        digest = cid_digest(cid)
+        found = await self._find(cid)
+        if found is None:
+            return None
+        if found.size > limit:
+            raise ValueError(f"{cid} is {found.size} bytes, over the {limit} byte limit")
+        body = b"".join([piece async for piece in self.cluster.read(found, 0, found.size)])
+        if await asyncio.to_thread(lambda: hashlib.sha256(body).digest()) != digest:
+            raise ValueError(f"content of {cid} does not match its CID")
+        return body
 
     async def pin(self, request: Request) -> Response:
         cid = request.path_params["cid"]
