@@ -493,14 +493,9 @@ class CaptionsPlugin:
         for first in range(0, len(segments), batch):
             context = segments[max(0, first - config.context) : first]
             targets = segments[first : first + batch]
-            future: asyncio.Future[Timed] | None = None
-            while future is None:
-                if pool.inflight < pool.limit:
-                    future = pool.submit(asr.transcribe, init, context, targets)
-                else:
-                    # Wait for a free slot rather than queue past the bound or skip: the
-                    # asset is captioned once, and live jobs get the slot as often as we do.
-                    await asyncio.sleep(config.poll_s)
+            # Waits for a free slot rather than queue past the bound or skip: the asset is
+            # captioned once, and live jobs get the slot as often as we do.
+            future = await pool.submit_when_free(asr.transcribe, init, context, targets)
             transcript: asr.Transcript = (await future).value
             for i, entry in enumerate(playlist.entries[first : first + batch]):
                 last = first + i == len(segments) - 1

@@ -16,6 +16,16 @@ shipped detector, findings per stream, and a policy per stream.
   owner's findings while the stream is live.
 - ``GET /api/moderation/NAME`` on any edge answers with the owner's findings.
 
+VOD assets are moderated once, on first demand: a request for an asset's master playlist
+or MPD on a moderation edge makes the ring owner of ``vod:ASSET`` sample the lowest video
+rung (same ``sample_every`` grid) through the same worker pool; VOD samples wait for a
+pool slot instead of being skipped (a skipped sample would be a permanent hole). Policies
+are named ``vod/ASSET`` (``policy=vod/ASSET:block``; ``default_policy`` otherwise); a block
+makes every edge answer 451 for the asset's media. ``GET /api/moderation/vod/ASSET`` on any
+edge: the owner's scan (``state scanning | done | failed``) and findings. Edges that sent
+viewers an asset under a ``block`` policy learn the owner's verdict from the bus event or
+by polling the owner until its scan is done. ``blur-poster`` acts like ``log`` for VOD.
+
 Blocks last for the edge's lifetime: lifting one is a moderator's decision, not a timer's.
 """
 
@@ -26,9 +36,10 @@ import contextlib
 import itertools
 import json
 import logging
+import re
 import time
-from collections import deque
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -57,6 +68,11 @@ DEFAULT_LABELS: Final = (
     "ANUS_EXPOSED",
 )
 _LOWEST: Final = "#EXT-X-STREAM-INF:"
+_SEGMENT_LINE: Final = re.compile(r"^(\d+)\.m4s$", re.M)
+VOD_ASSETS: Final = 1000  # scanned assets remembered (oldest forgotten: scanned again)
+VOD_RETRY_S: Final = 60.0  # a failed scan is not retried before this
+VOD_NUDGE_S: Final = 30.0  # a non-owner asks the owner to scan at most this often
+VOD_WATCH_S: Final = 600.0  # how long a non-owner polls for the verdict of a blocked asset
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +126,19 @@ class StreamModeration:
     poster_blurred: bool = False
 
 
+@dataclass
+class VodModeration:
+    state: str = "scanning"  # scanning | done | failed
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    flagged: bool = False
+    segments: int = 0
+    error: str | None = None
+
+
+def vod_key(asset: str) -> str:
+    return f"vod:{asset}"
+
+
 def lowest_rendition(master: str) -> str | None:
     """The rendition directory of the smallest video variant of a multivariant playlist."""
     best: tuple[int, str] | None = None
@@ -131,6 +160,12 @@ class ModerationPlugin:
         self.config = ModerationConfig.from_context(edge.plugin_options.context(self.name))
         self.streams: dict[str, StreamModeration] = {}
         self.blocked: dict[str, list[dict[str, Any]]] = {}  # stream -> the flagging detections
+        self.assets: OrderedDict[str, VodModeration] = OrderedDict()
+        self.blocked_vod: dict[str, list[dict[str, Any]]] = {}  # asset -> flagging detections
+        self._vod_failed: dict[str, float] = {}
+        self._vod_nudged: dict[str, float] = {}
+        self._vod_watch: dict[str, float] = {}  # asset -> until when to poll its owner
+        self._vod_tasks: set[asyncio.Task[Any]] = set()
         self._edge = edge
         self._pool: InferencePool | None = None
         self._owned: OwnedStreams | None = None
@@ -155,7 +190,7 @@ class ModerationPlugin:
             self._tasks.append(asyncio.create_task(self._learn_blocks(edge)))
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._vod_tasks]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -171,6 +206,7 @@ class ModerationPlugin:
 
     def routes(self) -> list[BaseRoute]:
         return [
+            Route("/api/moderation/vod/{asset}", self._vod_findings),
             Route("/api/moderation/{name}", self._findings),
             Route("/api/moderation/{name}/poster.jpg", self._poster),
         ]
@@ -178,6 +214,8 @@ class ModerationPlugin:
     # ---- request-path hook: block -------------------------------------------------------
 
     def check(self, path: str) -> Response | None:
+        if path.startswith("/vod/"):
+            return self._check_vod(path)
         if not self.blocked:
             return None
         parts = path.split("/", 3)
@@ -190,6 +228,29 @@ class ModerationPlugin:
             reason="blocked by content moderation",
             labels=sorted({d["class"] for d in self.blocked[parts[2]]}),
         )
+
+    def _check_vod(self, path: str) -> Response | None:
+        parts = path.split("/", 3)
+        if len(parts) < 4:
+            return None
+        asset = parts[2]
+        if asset in self.blocked_vod:
+            return json_error(
+                451,
+                "unavailable for legal reasons",
+                asset=asset,
+                reason="blocked by content moderation",
+                labels=sorted({d["class"] for d in self.blocked_vod[asset]}),
+            )
+        if parts[3] in ("master.m3u8", "manifest.mpd"):
+            self._vod_demand(asset)
+        return None
+
+    def block_vod(self, asset: str, detections: list[dict[str, Any]]) -> None:
+        if asset not in self.blocked_vod:
+            log.warning("edge: VOD asset %s blocked by moderation (%s)", asset, detections)
+        self.blocked_vod[asset] = detections
+        self._vod_watch.pop(asset, None)
 
     def block(self, name: str, detections: list[dict[str, Any]]) -> None:
         if name not in self.blocked:
@@ -234,6 +295,156 @@ class ModerationPlugin:
         headers = {"Cache-Control": "public, max-age=2",
                    "X-Poster-Blurred": "1" if state.poster_blurred else "0"}  # fmt: skip
         return Response(state.poster, 200, headers=headers, media_type="image/jpeg")
+
+    async def _vod_findings(self, request: Request) -> Response:
+        edge = self._edge
+        asset = request.path_params["asset"]
+        owner = edge.ring.owner(vod_key(asset))
+        if owner != edge.self_url and "x-meshcast-peer" not in request.headers:
+            try:
+                response = await edge.client.get(
+                    f"{owner}/api/moderation/vod/{asset}",
+                    headers={"X-Meshcast-Peer": edge.self_url},
+                    timeout=3.0,
+                )
+                return Response(response.content, response.status_code,
+                                media_type="application/json")  # fmt: skip
+            except Exception as exc:
+                log.info("moderation of VOD %s from %s failed: %s", asset, owner, exc)
+        if owner == edge.self_url:
+            self._vod_demand(asset)  # asking is demand: a non-owner's nudge lands here
+        state = self.assets.get(asset)
+        if state is None:
+            return json_error(404, f"no moderation of VOD asset {asset!r} here", owner=owner)
+        return JSONResponse(
+            {
+                "asset": asset,
+                "state": state.state,
+                "error": state.error,
+                "policy": self.config.policy(f"vod/{asset}"),
+                "flagged": state.flagged,
+                "blocked": asset in self.blocked_vod,
+                "owner": edge.self_url,
+                "segments": state.segments,
+                "findings": state.findings,
+            }
+        )
+
+    # ---- VOD: one scan per asset, at the owner of vod:ASSET ------------------------------
+
+    def _vod_demand(self, asset: str) -> None:
+        """A viewer asked for an asset's manifest: scan it once (the owner) or make its
+        owner scan it (anyone else)."""
+        if asset in self.assets:
+            self.assets.move_to_end(asset)
+            if self.assets[asset].state != "failed":
+                return
+            if time.time() - self._vod_failed.get(asset, 0.0) < VOD_RETRY_S:
+                return
+        edge = self._edge
+        owner = edge.ring.owner(vod_key(asset))
+        now = time.time()
+        if owner == edge.self_url:
+            self.assets[asset] = VodModeration()
+            while len(self.assets) > VOD_ASSETS:
+                self.assets.popitem(last=False)
+            self._spawn(self._scan_vod(asset), f"moderate vod {asset}")
+            return
+        if now - self._vod_nudged.get(asset, 0.0) < VOD_NUDGE_S:
+            return
+        if len(self._vod_nudged) > 10_000:  # bounded: an old entry only means one more nudge
+            self._vod_nudged.clear()
+        self._vod_nudged[asset] = now
+        if self.config.policy(f"vod/{asset}") == "block" and len(self._vod_watch) < 10_000:
+            self._vod_watch[asset] = now + VOD_WATCH_S
+        self._spawn(self._nudge_vod(owner, asset), f"nudge vod {asset}")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._vod_tasks.add(task)
+        task.add_done_callback(self._vod_tasks.discard)
+
+    async def _nudge_vod(self, owner: str, asset: str) -> None:
+        with contextlib.suppress(Exception):  # the next viewer's request nudges again
+            await self._edge.client.get(
+                f"{owner}/api/moderation/vod/{asset}",
+                headers={"X-Meshcast-Peer": self._edge.self_url},
+                timeout=3.0,
+            )
+
+    async def _scan_vod(self, asset: str) -> None:
+        state = self.assets[asset]
+        try:
+            await self._moderate_vod(asset, state)
+            state.state = "done"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("moderation of VOD %s failed: %r", asset, exc)
+            state.state, state.error = "failed", str(exc) or repr(exc)
+            if len(self._vod_failed) > 10_000:
+                self._vod_failed.clear()
+            self._vod_failed[asset] = time.time()
+
+    async def _moderate_vod(self, asset: str, state: VodModeration) -> None:
+        assert self._pool is not None
+        edge, pool, config = self._edge, self._pool, self.config
+        master = await edge.fetch(f"/vod/{asset}/master.m3u8")
+        if master is None:
+            raise LookupError("no such asset (or it is token-only: the edge holds no token)")
+        rendition = lowest_rendition(master.decode())
+        if rendition is None:
+            raise ValueError("the asset has no video rendition")
+        directory = f"/vod/{asset}/{rendition}/"
+        playlist = await edge.fetch(f"{directory}index.m3u8")
+        init = await edge.fetch(f"{directory}init.mp4")
+        if playlist is None or init is None:
+            raise LookupError(f"{directory} has no playlist or init segment")
+        numbers = [int(n) for n in _SEGMENT_LINE.findall(playlist.decode())]
+        state.segments = len(numbers)
+        policy = config.policy(f"vod/{asset}")
+        for number in numbers:
+            if number % config.sample_every:
+                continue
+            segment = await edge.fetch(f"{directory}{number}.m4s")
+            if segment is None:
+                raise LookupError(f"segment {number} of {directory} is missing")
+            args = (init, segment, config.labels, config.threshold, "never")
+            future = await pool.submit_when_free(nsfw.moderate, *args)
+            sample: nsfw.Sample = (await future).value
+            state.findings.append(
+                {
+                    "number": number,
+                    "media_time": sample.media_time,
+                    "ts": time.time(),
+                    "flagged": bool(sample.flagged),
+                    "detections": sample.detections,
+                }
+            )
+            if sample.flagged:
+                state.flagged = True
+                log.warning("moderation: VOD %s segment %d flagged (%s): %s", asset, number,
+                            policy, sample.flagged)  # fmt: skip
+                if policy == "block":
+                    self.block_vod(asset, sample.flagged)
+                self._publish_flag("vod", asset, number, sample, policy)
+
+    def _publish_flag(
+        self, kind: str, name: str, number: int, sample: nsfw.Sample, policy: str
+    ) -> None:
+        if self._edge.bus is None:
+            return
+        self._edge.bus.publish(
+            MODERATION_FLAGGED,
+            kind=kind,
+            name=name,
+            number=number,
+            media_time=sample.media_time,
+            policy=policy,
+            labels=[d["class"] for d in sample.flagged],
+            scores=[d["score"] for d in sample.flagged],
+            edge=self._edge.self_url,
+        )
 
     # ---- the owner's work ---------------------------------------------------------------
 
@@ -297,18 +508,7 @@ class ModerationPlugin:
                     sample.flagged)  # fmt: skip
         if policy == "block":
             self.block(name, sample.flagged)
-        assert self._edge is not None
-        if self._edge.bus is not None:
-            self._edge.bus.publish(
-                MODERATION_FLAGGED,
-                name=name,
-                number=number,
-                media_time=sample.media_time,
-                policy=policy,
-                labels=[d["class"] for d in sample.flagged],
-                scores=[d["score"] for d in sample.flagged],
-                edge=self._edge.self_url,
-            )
+        self._publish_flag("live", name, number, sample, policy)
 
     @staticmethod
     def _append(path: Path, line: str) -> None:
@@ -340,18 +540,48 @@ class ModerationPlugin:
                             detections = [d for f in body["findings"] for d in f["detections"]]
                             labels, threshold = self.config.labels, self.config.threshold
                             self.block(name, nsfw.flagged(detections, labels, threshold))
+                await self._learn_vod_blocks(edge)
         finally:
             if listen is not None:
                 listen.cancel()
+
+    async def _learn_vod_blocks(self, edge: Edge) -> None:
+        """Poll the owners of the assets this edge served under a block policy until their
+        scan is done (without a bus, this is how a non-owner learns a VOD block)."""
+        now = time.time()
+        for asset, until in list(self._vod_watch.items()):
+            owner = edge.ring.owner(vod_key(asset))
+            if now > until or owner == edge.self_url:
+                self._vod_watch.pop(asset, None)
+                continue
+            with contextlib.suppress(Exception):
+                response = await edge.client.get(
+                    f"{owner}/api/moderation/vod/{asset}",
+                    headers={"X-Meshcast-Peer": edge.self_url},
+                    timeout=2.0,
+                )
+                body = response.json() if response.status_code == 200 else {}
+                if body.get("blocked"):
+                    detections = [d for f in body["findings"] for d in f["detections"]]
+                    labels, threshold = self.config.labels, self.config.threshold
+                    self.block_vod(asset, nsfw.flagged(detections, labels, threshold))
+                elif body.get("state") in ("done", "failed"):
+                    self._vod_watch.pop(asset, None)
 
     async def _listen(self, edge: Edge) -> None:
         assert edge.bus is not None
         with edge.bus.subscribe([MODERATION_FLAGGED]) as sub:
             async for event in sub:
                 name = event.data.get("name")
-                if not isinstance(name, str) or self.config.policy(name) != "block":
+                vod = event.data.get("kind") == "vod"
+                if not isinstance(name, str):
+                    continue
+                if self.config.policy(f"vod/{name}" if vod else name) != "block":
                     continue
                 labels = event.data.get("labels") or []
                 scores = event.data.get("scores") or []
                 hits = [{"class": c, "score": s} for c, s in zip(labels, scores, strict=False)]
-                self.block(name, hits)
+                if vod:
+                    self.block_vod(name, hits)
+                else:
+                    self.block(name, hits)

@@ -123,6 +123,7 @@ class InferencePool:
         self._cpu = metrics.cpu_seconds.labels(plugin)
         self._depth = metrics.queue_depth.labels(plugin)
         self._depth.set(0)
+        self._freed = asyncio.Event()  # set whenever a job finishes
 
     @property
     def inflight(self) -> int:
@@ -165,9 +166,21 @@ class InferencePool:
         wrapped.add_done_callback(self._done)
         return wrapped
 
+    async def submit_when_free(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[Timed]:
+        """Queue ``fn(*args)`` once a slot is free, never skipped: for work done once (a VOD
+        asset) that must not leave holes; live jobs compete for the same slots meanwhile."""
+        while True:
+            if self._inflight < self.limit:
+                future = self.submit(fn, *args)
+                if future is not None:
+                    return future
+            self._freed.clear()
+            await self._freed.wait()
+
     def _done(self, future: asyncio.Future[Timed]) -> None:
         self._inflight -= 1
         self._depth.set(self._inflight)
+        self._freed.set()
         if future.cancelled():
             return
         if (exc := future.exception()) is not None:

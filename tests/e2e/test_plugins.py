@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute
 from edge.app import Edge
 from edge.plugins import asr, nsfw, register, unregister
 from edge.plugins.live import OwnedStreams, follow
-from edge.plugins.moderation import ModerationPlugin
+from edge.plugins.moderation import ModerationPlugin, lowest_rendition
 from edge.plugins.webvtt import parse_vtt
 from edge.plugins.workers import InferencePool, plugin_metrics
 from edge.service import EdgeService
@@ -392,6 +392,57 @@ class SlowPlugin:
 def p95(samples: list[float]) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+
+async def test_vod_assets_are_moderated_on_first_demand_and_blocked(
+    tmp_path: Path, ffmpeg_cli: str
+) -> None:
+    """An uploaded asset (benign pattern, then the crafted image) is scanned once by the
+    owner of vod:ASSET when a viewer asks a non-owner edge for its master playlist; the
+    findings are nudenet's own, and under a block policy every edge answers 451 for the
+    asset (the non-owner learns it by polling the owner: no bus here)."""
+    video = await benign_then_image(tmp_path, ffmpeg_cli, 4.0, 10.0)
+    options = (
+        "moderation.default_policy=block",
+        "moderation.sample_every=1",
+        "moderation.labels=FACE_FEMALE,FACE_MALE",  # see the live test: flag the face
+        "moderation.threshold=0.3",
+    )
+    config = origin_config(tmp_path / "origin")
+    async with plugin_mesh(tmp_path, ("moderation",), options, config=config) as (origin, edges):
+        asset = await upload(origin, origin.keys.create("creator"), video.read_bytes())
+        job = await wait_job(origin, asset, within=300)
+        assert job["state"] == "ready", job
+        owner = edges[0].edge.ring.owner(f"vod:{asset}")
+        viewer = next(e.url for e in edges if e.url != owner)
+        async with httpx.AsyncClient(timeout=10) as client:
+            # Not scanned yet: the first viewer gets the playlist, and the scan starts.
+            first = await client.get(f"{viewer}/vod/{asset}/master.m3u8")
+            assert first.status_code == 200
+            api = f"{viewer}/api/moderation/vod/{asset}"
+            done = await wait_json(client, api, lambda b: b["state"] != "scanning", 120)
+            assert done["state"] == "done" and done["owner"] == owner, done
+            numbers = [f["number"] for f in done["findings"]]
+            assert numbers == list(range(done["segments"])) and len(numbers) == 5
+            assert not done["findings"][0]["flagged"]  # the benign pattern
+            assert done["flagged"] and done["blocked"] and done["policy"] == "block"
+            hit = next(f for f in done["findings"] if f["flagged"])
+            lowest = lowest_rendition(first.text)  # the rung the owner samples
+            rung = f"{origin.url}/vod/{asset}/{lowest}"
+            init = (await client.get(f"{rung}/init.mp4")).content
+            segment = (await client.get(f"{rung}/{hit['number']}.m4s")).content
+            _, frame = nsfw.first_frame(init, segment)
+            expected = json.loads(json.dumps(NudeDetector().detect(frame)))
+            assert hit["detections"] == expected
+            for edge in edges:
+                deadline = time.monotonic() + 15
+                url = f"{edge.url}/vod/{asset}/master.m3u8"
+                while (r := await client.get(url)).status_code != 451:
+                    assert time.monotonic() < deadline, (edge.url, r.status_code)
+                    await asyncio.sleep(0.3)
+                assert r.json()["asset"] == asset and "FACE_FEMALE" in r.json()["labels"]
+                segment_url = f"{edge.url}/vod/{asset}/{lowest}/0.m4s"
+                assert (await client.get(segment_url)).status_code == 451
 
 
 async def test_saturated_plugin_never_delays_delivery(tmp_path: Path, ffmpeg_cli: str) -> None:
