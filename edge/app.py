@@ -202,6 +202,7 @@ class Edge:
         from_peer = PEER_HEADER in request.headers
         key = path  # never the query: every viewer of an object shares one cache entry
         if media is not None and self.plugins:
+            self.hooks.demand(path, token, from_peer)
             answer = self.hooks.check(path) or self.hooks.serve(path, from_peer)
             if answer is not None:
                 return answer
@@ -232,15 +233,18 @@ class Edge:
         if self.prefetcher is not None and not from_peer:
             self.prefetcher.on_request(key, size)
 
-    async def fetch(self, key: str, refresh: bool = False) -> bytes | None:
+    async def fetch(
+        self, key: str, refresh: bool = False, token: str | None = None
+    ) -> bytes | None:
         """The body of ``key`` through the cache and the normal fill path (for plugins);
-        None when upstream has no such object."""
+        None when upstream has no such object. ``token`` goes upstream with a new fill (a
+        plugin working on a token-only asset for the viewer who asked for it)."""
         cached = self.cache.peek(key)
         if cached is not None and cached.fresh(time.time()) and not refresh:
             if cached.body is not None:
                 return cached.body
             return b"".join([chunk async for chunk in read_range(cached, 0, cached.size)])
-        fill = self._fills.get(key) or self._start_fill(key, from_peer=False)
+        fill = self._fills.get(key) or self._start_fill(key, from_peer=False, token=token)
         await fill.wait_done_quietly()
         if fill.error is not None or fill.status != 200:
             return None

@@ -10,6 +10,10 @@ needs (collected by :class:`PluginHooks`):
 
 - ``check(path) -> Response | None``: a request filter run before the cache *and* on the
   FastPath (a moderation ``block`` answers 451 here). Must be cheap: it runs per request.
+- ``demand(path, token, from_peer)``: a viewer (or a peer) asked for a media path, past
+  the access check, with the token that admitted it (None for public media): work done
+  once per asset on first demand (VOD captions and moderation) starts here, and reads
+  token-only assets with that token. Off the FastPath (immutable HITs do not call it).
 - ``serve(path, from_peer) -> Response | None``: answer a media path the plugin produces
   itself (the captions owner serves its WebVTT objects).
 - ``upstream(path) -> str | None``: the base URL to fill a media path from instead of the
@@ -161,6 +165,7 @@ class PluginHooks:
     def __init__(self, plugins: Sequence[EdgePlugin]) -> None:
         self.filters: list[Callable[[str], Response | None]] = _hooks(plugins, "check")
         self._servers: list[Callable[[str, bool], Response | None]] = _hooks(plugins, "serve")
+        self._demands: list[Callable[[str, str | None, bool], None]] = _hooks(plugins, "demand")
         self._upstreams: list[Callable[[str], str | None]] = _hooks(plugins, "upstream")
         self._transforms: list[Callable[[str, bytes], bytes]] = _hooks(plugins, "transform")
 
@@ -169,6 +174,10 @@ class PluginHooks:
             if (response := hook(path)) is not None:
                 return response
         return None
+
+    def demand(self, path: str, token: str | None, from_peer: bool) -> None:
+        for hook in self._demands:
+            hook(path, token, from_peer)
 
     def serve(self, path: str, from_peer: bool) -> Response | None:
         for hook in self._servers:

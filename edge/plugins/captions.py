@@ -273,26 +273,33 @@ class CaptionsPlugin:
         assert self._edge is not None
         return self._edge.ring.owner(vod_key(name) if kind == "vod" else stream_key(name))
 
+    def demand(self, path: str, token: str | None, from_peer: bool) -> None:
+        """VOD: a request for an asset's manifest (or, at its owner, for its captions)
+        schedules the asset's job at the owner of vod:ASSET, reading it with the token that
+        admitted the request (token-only assets)."""
+        if not path.startswith("/vod/"):
+            return
+        media = parse_media_path(path)
+        if media is None or self._edge is None:
+            return
+        manifest = media.relative in ("master.m3u8", "manifest.mpd")
+        if not manifest and media.rendition != RENDITION:
+            return
+        if self._owner(media.kind, media.name) == self._edge.self_url:
+            self._schedule_vod(media.name, token)
+        elif manifest and not from_peer:
+            self._nudge_owner(media.name, token)
+
     def serve(self, path: str, from_peer: bool) -> Response | None:
         media = parse_media_path(path)
         if media is None or self._edge is None:
             return None
-        if media.kind == "vod" and media.relative in ("master.m3u8", "manifest.mpd"):
-            if self._owner(media.kind, media.name) == self._edge.self_url:
-                self._schedule_vod(media.name)
-            elif not from_peer:
-                self._nudge_owner(media.name)
-            return None  # the manifest itself takes the normal path (and the transform)
         if media.rendition != RENDITION:
-            return None  # media segments: no ring lookup on this hot path
+            return None  # manifests and media segments: the normal path
         if not from_peer and self._owner(media.kind, media.name) != self._edge.self_url:
             return None  # filled from the owner through the normal path (upstream hook)
-        state: StreamCaptions | None
-        if media.kind == "vod":
-            self._schedule_vod(media.name)
-            state = self.vod.get(media.name)
-        else:
-            state = self.streams.get(media.name)
+        states = self.vod if media.kind == "vod" else self.streams
+        state: StreamCaptions | None = states.get(media.name)
         if state is not None and media.relative.endswith("index.m3u8"):
             age = 3600 if state.vod else 1  # a complete VOD playlist no longer changes
             headers = {"Cache-Control": f"public, max-age={age}", "X-Cache": "HIT"}
@@ -414,7 +421,7 @@ class CaptionsPlugin:
 
     # ---- VOD: one job per asset, at the owner of vod:ASSET ------------------------------
 
-    def _schedule_vod(self, asset: str) -> None:
+    def _schedule_vod(self, asset: str, token: str | None) -> None:
         if asset in self.vod:
             self.vod.move_to_end(asset)  # recently asked for: evicted last
             return
@@ -424,10 +431,11 @@ class CaptionsPlugin:
         failed = self._vod_failed.get(asset)
         if failed is not None and time.time() - failed < self.config.vod_retry_s:
             return
-        task = asyncio.get_running_loop().create_task(self._run_vod(asset), name=f"vod {asset}")
+        job = self._run_vod(asset, token)
+        task = asyncio.get_running_loop().create_task(job, name=f"vod {asset}")
         self._vod_jobs[asset] = task
 
-    def _nudge_owner(self, asset: str) -> None:
+    def _nudge_owner(self, asset: str, token: str | None) -> None:
         """A non-owner edge makes the owner schedule the job by filling the captions
         playlist from it (a 404 until ready, which no edge caches)."""
         assert self._edge is not None
@@ -437,20 +445,21 @@ class CaptionsPlugin:
         if len(self._nudged) > 10_000:  # bounded: an old entry only means one more nudge
             self._nudged.clear()
         self._nudged[asset] = now
-        nudge = asyncio.get_running_loop().create_task(self._nudge(asset))
+        nudge = asyncio.get_running_loop().create_task(self._nudge(asset, token))
         self._nudges.add(nudge)
         nudge.add_done_callback(self._nudges.discard)
 
-    async def _nudge(self, asset: str) -> None:
+    async def _nudge(self, asset: str, token: str | None) -> None:
         assert self._edge is not None
         try:
-            await self._edge.fetch(f"/vod/{asset}/{RENDITION}/index.m3u8", refresh=True)
+            key = f"/vod/{asset}/{RENDITION}/index.m3u8"
+            await self._edge.fetch(key, refresh=True, token=token)
         except Exception as exc:  # the next nudge or a viewer's request tries again
             log.debug("captions of VOD %s: nudging the owner failed: %r", asset, exc)
 
-    async def _run_vod(self, asset: str) -> None:
+    async def _run_vod(self, asset: str, token: str | None) -> None:
         try:
-            state = await self._caption_vod(asset)
+            state = await self._caption_vod(asset, token)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -468,21 +477,21 @@ class CaptionsPlugin:
         while len(self.vod) > max(1, self.config.vod_assets):
             self.vod.popitem(last=False)
 
-    async def _caption_vod(self, asset: str) -> StreamCaptions | None:
+    async def _caption_vod(self, asset: str, token: str | None) -> StreamCaptions | None:
         """Captions of a whole VOD asset, or None when its audio is not available (yet)."""
         assert self._edge is not None and self._pool is not None
         edge, pool, config = self._edge, self._pool, self.config
         directory = f"/vod/{asset}/audio/"
-        body = await edge.fetch(f"{directory}index.m3u8")
+        body = await edge.fetch(f"{directory}index.m3u8", token=token)
         if body is None:
             return None
         playlist = parse_media_playlist(body.decode("utf-8", "replace"))
         if not playlist.ended or not playlist.entries:
             return None  # not a finished VOD rendition: nothing to caption once
-        init = await edge.fetch(f"{directory}init.mp4")
+        init = await edge.fetch(f"{directory}init.mp4", token=token)
         segments: list[bytes] = []
         for entry in playlist.entries:
-            segment = await edge.fetch(f"{directory}{entry.number}.m4s")
+            segment = await edge.fetch(f"{directory}{entry.number}.m4s", token=token)
             if segment is None or init is None:
                 return None  # a gap would shift every word after it
             segments.append(segment)

@@ -47,10 +47,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from edge.access import PolicyUnavailable
 from edge.plugins import PluginContext, PluginOptionError, nsfw
 from edge.plugins.live import OwnedStreams, follow, stream_key
 from edge.plugins.workers import InferencePool, Timed, plugin_metrics
 from meshcast.http import json_error
+from meshcast.tokens import TOKEN_HEADER, TokenError
 
 if TYPE_CHECKING:
     from edge.app import Edge
@@ -242,9 +244,16 @@ class ModerationPlugin:
                 reason="blocked by content moderation",
                 labels=sorted({d["class"] for d in self.blocked_vod[asset]}),
             )
-        if parts[3] in ("master.m3u8", "manifest.mpd"):
-            self._vod_demand(asset)
         return None
+
+    def demand(self, path: str, token: str | None, from_peer: bool) -> None:
+        """A request for a VOD asset's manifest (past the access check): scan the asset,
+        reading it with the token that admitted the request (token-only assets)."""
+        if not path.startswith("/vod/") or from_peer:
+            return
+        parts = path.split("/", 3)
+        if len(parts) == 4 and parts[3] in ("master.m3u8", "manifest.mpd"):
+            self._vod_demand(parts[2], token)
 
     def block_vod(self, asset: str, detections: list[dict[str, Any]]) -> None:
         if asset not in self.blocked_vod:
@@ -312,7 +321,15 @@ class ModerationPlugin:
             except Exception as exc:
                 log.info("moderation of VOD %s from %s failed: %s", asset, owner, exc)
         if owner == edge.self_url:
-            self._vod_demand(asset)  # asking is demand: a non-owner's nudge lands here
+            # Asking is demand (a non-owner's nudge lands here), with the viewer's token if
+            # it verifies: the owner reads a token-only asset with it.
+            token = request.headers.get(TOKEN_HEADER)
+            if token is not None:
+                try:
+                    await edge.access.check("vod", asset, token)
+                except (TokenError, PolicyUnavailable):
+                    token = None
+            self._vod_demand(asset, token)
         state = self.assets.get(asset)
         if state is None:
             return json_error(404, f"no moderation of VOD asset {asset!r} here", owner=owner)
@@ -332,7 +349,7 @@ class ModerationPlugin:
 
     # ---- VOD: one scan per asset, at the owner of vod:ASSET ------------------------------
 
-    def _vod_demand(self, asset: str) -> None:
+    def _vod_demand(self, asset: str, token: str | None) -> None:
         """A viewer asked for an asset's manifest: scan it once (the owner) or make its
         owner scan it (anyone else)."""
         if asset in self.assets:
@@ -348,7 +365,7 @@ class ModerationPlugin:
             self.assets[asset] = VodModeration()
             while len(self.assets) > VOD_ASSETS:
                 self.assets.popitem(last=False)
-            self._spawn(self._scan_vod(asset), f"moderate vod {asset}")
+            self._spawn(self._scan_vod(asset, token), f"moderate vod {asset}")
             return
         if now - self._vod_nudged.get(asset, 0.0) < VOD_NUDGE_S:
             return
@@ -357,25 +374,26 @@ class ModerationPlugin:
         self._vod_nudged[asset] = now
         if self.config.policy(f"vod/{asset}") == "block" and len(self._vod_watch) < 10_000:
             self._vod_watch[asset] = now + VOD_WATCH_S
-        self._spawn(self._nudge_vod(owner, asset), f"nudge vod {asset}")
+        self._spawn(self._nudge_vod(owner, asset, token), f"nudge vod {asset}")
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._vod_tasks.add(task)
         task.add_done_callback(self._vod_tasks.discard)
 
-    async def _nudge_vod(self, owner: str, asset: str) -> None:
+    async def _nudge_vod(self, owner: str, asset: str, token: str | None) -> None:
+        headers = {"X-Meshcast-Peer": self._edge.self_url}
+        if token is not None:
+            headers[TOKEN_HEADER] = token
         with contextlib.suppress(Exception):  # the next viewer's request nudges again
             await self._edge.client.get(
-                f"{owner}/api/moderation/vod/{asset}",
-                headers={"X-Meshcast-Peer": self._edge.self_url},
-                timeout=3.0,
+                f"{owner}/api/moderation/vod/{asset}", headers=headers, timeout=3.0
             )
 
-    async def _scan_vod(self, asset: str) -> None:
+    async def _scan_vod(self, asset: str, token: str | None) -> None:
         state = self.assets[asset]
         try:
-            await self._moderate_vod(asset, state)
+            await self._moderate_vod(asset, state, token)
             state.state = "done"
         except asyncio.CancelledError:
             raise
@@ -386,18 +404,18 @@ class ModerationPlugin:
                 self._vod_failed.clear()
             self._vod_failed[asset] = time.time()
 
-    async def _moderate_vod(self, asset: str, state: VodModeration) -> None:
+    async def _moderate_vod(self, asset: str, state: VodModeration, token: str | None) -> None:
         assert self._pool is not None
         edge, pool, config = self._edge, self._pool, self.config
-        master = await edge.fetch(f"/vod/{asset}/master.m3u8")
+        master = await edge.fetch(f"/vod/{asset}/master.m3u8", token=token)
         if master is None:
-            raise LookupError("no such asset (or it is token-only: the edge holds no token)")
+            raise LookupError("no such asset (or it is token-only and no valid token came)")
         rendition = lowest_rendition(master.decode())
         if rendition is None:
             raise ValueError("the asset has no video rendition")
         directory = f"/vod/{asset}/{rendition}/"
-        playlist = await edge.fetch(f"{directory}index.m3u8")
-        init = await edge.fetch(f"{directory}init.mp4")
+        playlist = await edge.fetch(f"{directory}index.m3u8", token=token)
+        init = await edge.fetch(f"{directory}init.mp4", token=token)
         if playlist is None or init is None:
             raise LookupError(f"{directory} has no playlist or init segment")
         numbers = [int(n) for n in _SEGMENT_LINE.findall(playlist.decode())]
@@ -406,7 +424,7 @@ class ModerationPlugin:
         for number in numbers:
             if number % config.sample_every:
                 continue
-            segment = await edge.fetch(f"{directory}{number}.m4s")
+            segment = await edge.fetch(f"{directory}{number}.m4s", token=token)
             if segment is None:
                 raise LookupError(f"segment {number} of {directory} is missing")
             args = (init, segment, config.labels, config.threshold, "never")

@@ -181,7 +181,34 @@ async def test_live_captions_from_espeak_speech(tmp_path: Path, ffmpeg_cli: str)
     assert status["delays"] and all(d["since_listed"] <= 8.5 for d in status["delays"])
 
 
-async def test_vod_captions_from_espeak_speech(tmp_path: Path, ffmpeg_cli: str) -> None:
+async def sell(origin: OriginService, asset: str) -> str:
+    """Make ``asset`` token-only (owner "creator"), grant viewer v1 a rental; v1's token."""
+    from meshcast.keys import ADMIN_KIND
+
+    admin = {"Authorization": f"Bearer {origin.keys.create('ops', ADMIN_KIND)}"}
+    scope = f"vod/{asset}"
+    async with httpx.AsyncClient(base_url=origin.url, timeout=30) as c:
+        r = await c.put(f"/api/access/{scope}", headers=admin,
+                        json={"access": "token", "owner": "creator"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        product = {"owner": "creator", "kind": "tvod", "name": "Film", "price_cents": 399,
+                   "duration_s": 3600, "scopes": [scope]}  # fmt: skip
+        r = await c.post("/api/products", headers=admin, json=product)
+        assert r.status_code == 201, r.text
+        grant = {"viewer": "v1", "product": r.json()["id"]}
+        assert (await c.post("/api/entitlements", headers=admin, json=grant)).is_success
+        r = await c.post("/api/tokens", headers=admin, json={"viewer": "v1", "scope": scope})
+        assert r.status_code == 201, r.text
+        token: str = r.json()["token"]
+    return token
+
+
+@pytest.mark.parametrize("access", ["public", "token"])
+async def test_vod_captions_from_espeak_speech(
+    tmp_path: Path, ffmpeg_cli: str, access: str
+) -> None:
+    """A VOD asset is captioned once by the owner of vod:ASSET on first demand; a
+    token-only asset is read with the token of the viewer whose request started it."""
     total = 10.0  # LEAD + about 6 s of speech, padded
     wav, spoken_s = await speech_track(tmp_path, ffmpeg_cli, total)
     clip = tmp_path / "talk.mp4"
@@ -195,27 +222,30 @@ async def test_vod_captions_from_espeak_speech(tmp_path: Path, ffmpeg_cli: str) 
         asset = await upload(origin, origin.keys.create("creator"), clip.read_bytes())
         job = await wait_job(origin, asset, within=300)
         assert job["state"] == "ready", job
+        q = f"?token={await sell(origin, asset)}" if access == "token" else ""
         viewer = edges[1].url
         # The master request is what schedules the job at the owner of vod:ASSET.
-        master = await wait_for_url(f"{viewer}/vod/{asset}/master.m3u8")
-        mpd = await wait_for_url(f"{edges[0].url}/vod/{asset}/manifest.mpd")
-        playlist = await wait_for_url(f"{viewer}/vod/{asset}/captions/index.m3u8", 180, "ENDLIST")
-        audio = await wait_for_url(f"{origin.url}/vod/{asset}/audio/index.m3u8")
-        segments = re.findall(r"^(\d+)\.vtt$", playlist.text, re.M)
+        master = await wait_for_url(f"{viewer}/vod/{asset}/master.m3u8{q}")
+        mpd = await wait_for_url(f"{edges[0].url}/vod/{asset}/manifest.mpd{q}")
+        playlist = await wait_for_url(
+            f"{viewer}/vod/{asset}/captions/index.m3u8{q}", 180, "ENDLIST"
+        )
+        audio = await wait_for_url(f"{origin.url}/vod/{asset}/audio/index.m3u8{q}")
+        segments = re.findall(r"^(\d+)\.vtt", playlist.text, re.M)
         async with httpx.AsyncClient(timeout=10) as client:
-            vtts = [await client.get(f"{viewer}/vod/{asset}/captions/{n}.vtt") for n in segments]
-            init = (await client.get(f"{origin.url}/vod/{asset}/audio/init.mp4")).content
-            first = (await client.get(f"{origin.url}/vod/{asset}/audio/0.m4s")).content
+            vtts = [await client.get(f"{viewer}/vod/{asset}/captions/{n}.vtt{q}") for n in segments]
+            init = (await client.get(f"{origin.url}/vod/{asset}/audio/init.mp4{q}")).content
+            first = (await client.get(f"{origin.url}/vod/{asset}/audio/0.m4s{q}")).content
         start = asr.segment_span(init, first)[0]
 
     assert re.search(
-        r'^#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="subs".*URI="captions/index.m3u8"',
+        r'^#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="subs".*URI="captions/index.m3u8[?"]',
         master.text,
         re.M,
     ), master.text
     assert 'contentType="text"' in mpd.text and 'mimeType="text/vtt"' in mpd.text
     # One captions segment per audio segment, same numbers, a complete VOD playlist.
-    assert segments == re.findall(r"^(\d+)\.m4s$", audio.text, re.M)
+    assert segments == re.findall(r"^(\d+)\.m4s", audio.text, re.M)
     assert "#EXT-X-PLAYLIST-TYPE:VOD" in playlist.text
     assert all(v.status_code == 200 for v in vtts)
     cues = []
@@ -394,13 +424,15 @@ def p95(samples: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
 
+@pytest.mark.parametrize("access", ["public", "token"])
 async def test_vod_assets_are_moderated_on_first_demand_and_blocked(
-    tmp_path: Path, ffmpeg_cli: str
+    tmp_path: Path, ffmpeg_cli: str, access: str
 ) -> None:
     """An uploaded asset (benign pattern, then the crafted image) is scanned once by the
     owner of vod:ASSET when a viewer asks a non-owner edge for its master playlist; the
     findings are nudenet's own, and under a block policy every edge answers 451 for the
-    asset (the non-owner learns it by polling the owner: no bus here)."""
+    asset (the non-owner learns it by polling the owner: no bus here). A token-only asset
+    is read with the token of the viewer whose request started the scan."""
     video = await benign_then_image(tmp_path, ffmpeg_cli, 4.0, 10.0)
     options = (
         "moderation.default_policy=block",
@@ -413,11 +445,15 @@ async def test_vod_assets_are_moderated_on_first_demand_and_blocked(
         asset = await upload(origin, origin.keys.create("creator"), video.read_bytes())
         job = await wait_job(origin, asset, within=300)
         assert job["state"] == "ready", job
+        query = {"token": await sell(origin, asset)} if access == "token" else {}
         owner = edges[0].edge.ring.owner(f"vod:{asset}")
         viewer = next(e.url for e in edges if e.url != owner)
         async with httpx.AsyncClient(timeout=10) as client:
+            if query:
+                r = await client.get(f"{viewer}/vod/{asset}/master.m3u8")
+                assert r.status_code == 401  # token-only now; no scan without a viewer
             # Not scanned yet: the first viewer gets the playlist, and the scan starts.
-            first = await client.get(f"{viewer}/vod/{asset}/master.m3u8")
+            first = await client.get(f"{viewer}/vod/{asset}/master.m3u8", params=query)
             assert first.status_code == 200
             api = f"{viewer}/api/moderation/vod/{asset}"
             done = await wait_json(client, api, lambda b: b["state"] != "scanning", 120)
@@ -429,20 +465,20 @@ async def test_vod_assets_are_moderated_on_first_demand_and_blocked(
             hit = next(f for f in done["findings"] if f["flagged"])
             lowest = lowest_rendition(first.text)  # the rung the owner samples
             rung = f"{origin.url}/vod/{asset}/{lowest}"
-            init = (await client.get(f"{rung}/init.mp4")).content
-            segment = (await client.get(f"{rung}/{hit['number']}.m4s")).content
+            init = (await client.get(f"{rung}/init.mp4", params=query)).content
+            segment = (await client.get(f"{rung}/{hit['number']}.m4s", params=query)).content
             _, frame = nsfw.first_frame(init, segment)
             expected = json.loads(json.dumps(NudeDetector().detect(frame)))
             assert hit["detections"] == expected
             for edge in edges:
                 deadline = time.monotonic() + 15
                 url = f"{edge.url}/vod/{asset}/master.m3u8"
-                while (r := await client.get(url)).status_code != 451:
+                while (r := await client.get(url, params=query)).status_code != 451:
                     assert time.monotonic() < deadline, (edge.url, r.status_code)
                     await asyncio.sleep(0.3)
                 assert r.json()["asset"] == asset and "FACE_FEMALE" in r.json()["labels"]
                 segment_url = f"{edge.url}/vod/{asset}/{lowest}/0.m4s"
-                assert (await client.get(segment_url)).status_code == 451
+                assert (await client.get(segment_url, params=query)).status_code == 451
 
 
 async def test_saturated_plugin_never_delays_delivery(tmp_path: Path, ffmpeg_cli: str) -> None:
