@@ -547,17 +547,9 @@ class ModerationPlugin:
                         continue
                     if self.config.policy(name) != "block":
                         continue
-                    with contextlib.suppress(Exception):
-                        response = await edge.client.get(
-                            f"{owner}/api/moderation/{name}",
-                            headers={"X-Meshcast-Peer": edge.self_url},
-                            timeout=2.0,
-                        )
-                        body = response.json() if response.status_code == 200 else {}
-                        if body.get("blocked"):
-                            detections = [d for f in body["findings"] for d in f["detections"]]
-                            labels, threshold = self.config.labels, self.config.threshold
-                            self.block(name, nsfw.flagged(detections, labels, threshold))
+                    _, verdict = await self._ask_owner(f"{owner}/api/moderation/{name}")
+                    if verdict is not None:
+                        self.block(name, verdict)
                 await self._learn_vod_blocks(edge)
         finally:
             if listen is not None:
@@ -572,19 +564,27 @@ class ModerationPlugin:
             if now > until or owner == edge.self_url:
                 self._vod_watch.pop(asset, None)
                 continue
-            with contextlib.suppress(Exception):
-                response = await edge.client.get(
-                    f"{owner}/api/moderation/vod/{asset}",
-                    headers={"X-Meshcast-Peer": edge.self_url},
-                    timeout=2.0,
-                )
-                body = response.json() if response.status_code == 200 else {}
-                if body.get("blocked"):
-                    detections = [d for f in body["findings"] for d in f["detections"]]
-                    labels, threshold = self.config.labels, self.config.threshold
-                    self.block_vod(asset, nsfw.flagged(detections, labels, threshold))
-                elif body.get("state") in ("done", "failed"):
-                    self._vod_watch.pop(asset, None)
+            body, verdict = await self._ask_owner(f"{owner}/api/moderation/vod/{asset}")
+            if verdict is not None:
+                self.block_vod(asset, verdict)
+            elif body.get("state") in ("done", "failed"):
+                self._vod_watch.pop(asset, None)
+
+    async def _ask_owner(self, url: str) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+        """The owner's findings at ``url`` and, when it blocked, the detections that flag
+        them (None otherwise); an owner that does not answer gives ({}, None)."""
+        edge = self._edge
+        try:
+            response = await edge.client.get(
+                url, headers={"X-Meshcast-Peer": edge.self_url}, timeout=2.0
+            )
+            body: dict[str, Any] = response.json() if response.status_code == 200 else {}
+            if not body.get("blocked"):
+                return body, None
+            detections = [d for f in body["findings"] for d in f["detections"]]
+        except Exception:  # the next poll asks again
+            return {}, None
+        return body, nsfw.flagged(detections, self.config.labels, self.config.threshold)
 
     async def _listen(self, edge: Edge) -> None:
         assert edge.bus is not None
