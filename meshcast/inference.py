@@ -41,6 +41,7 @@ from typing import Any, Final
 
 from meshcast.cid import BadCid, cid_digest
 from meshcast.paths import parse_media_path
+from meshcast.refused import Refused
 from meshcast.rendezvous import rendezvous_owner, rendezvous_score
 from meshcast.signing import canonical_json, sha256_hex
 
@@ -60,13 +61,8 @@ _JOB_ID: Final = re.compile(r"j[0-9a-f]{16}")
 _EXEC_ID: Final = re.compile(r"(j[0-9a-f]{16})\.([1-9][0-9]{0,2})")
 
 
-class JobRejected(Exception):
-    """``code`` is the HTTP status to answer; the message is the reason."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
+class JobRejected(Refused):
+    """A job request, order or result that is refused."""
 
 
 @dataclass(frozen=True, slots=True)

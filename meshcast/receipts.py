@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from meshcast.refused import Refused
 from meshcast.signing import ZERO_HASH, NodeKey, canonical_json, sha256_hex
 from meshcast.storage_proofs import Commitment
 
@@ -31,13 +32,8 @@ VERSION: Final = 1
 MAX_STREAMS: Final = 4096
 
 
-class ReceiptRejected(Exception):
-    """``code`` is the HTTP status the coordinator answers; the message is the reason."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
+class ReceiptRejected(Refused):
+    """A receipt that does not parse or does not extend its node's chain."""
 
 
 def _bytes_map(value: Any, what: str) -> dict[str, int]:

@@ -74,6 +74,7 @@ from meshcast.config import NetworkConfig
 from meshcast.events import EventBus
 from meshcast.http import json_error
 from meshcast.receipts import ChainHead, Receipt, ReceiptRejected, check_next, parse_receipt
+from meshcast.refused import Refused
 from meshcast.rewards import (
     RewardParams,
     bandwidth_verified,
@@ -148,11 +149,8 @@ _TRIGGERS = "".join(
 )
 
 
-class Rejected(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
+class Rejected(Refused):
+    """A coordinator request refused (registration, heartbeat, receipt, beacon)."""
 
 
 @dataclass(frozen=True, slots=True)
