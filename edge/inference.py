@@ -1,13 +1,14 @@
 """The node side of the inference marketplace (``origin/inference.py``): ``POST
 /_network/inference`` runs one execution ordered by the coordinator.
 
-The order must carry the coordinator's signature (its key learnt from ``GET
-/api/coordinator`` at join), name this node, be fresh, and not repeat an execution already
-run. The input segment and its init segment come through the edge's own cache fill (the
-scheduler prefers the node that owns the segment in the ring, so it is usually a HIT); the
-model runs in the plugin's worker pool, never on the event loop, behind the pool's bounded
-queue (full: 503, the coordinator places the job elsewhere). The answer is a result signed
-with the node key. Each execution's billed seconds wait here for the next usage receipt.
+The order must carry the coordinator's signature (its key learnt from the registration
+answer at join, like storage challenges), name this node, be fresh, and not repeat an
+execution already run. The input segment and its init segment come through the edge's own
+cache fill (the scheduler prefers the node that owns the segment in the ring, so it is
+usually a HIT); the model runs in the plugin's worker pool, never on the event loop, behind
+the pool's bounded queue (full: 503, the coordinator places the job elsewhere). The answer
+is a result signed with the node key. Each execution's billed seconds wait here for the
+next usage receipt.
 
 Failure answers tell the coordinator what kind of failure it was: 422 the input is missing
 or the model could not use it, 500 with ``crashed`` when the worker process died on it (the
@@ -16,7 +17,6 @@ pool then starts fresh workers), 503 busy or the plugin not running.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -31,7 +31,7 @@ from starlette.routing import BaseRoute, Route
 from edge.plugins.storage.cluster import Unavailable
 from edge.plugins.storage.plugin import StoragePlugin
 from edge.plugins.workers import InferencePool
-from meshcast.http import BodyTooLarge, json_error, read_body
+from meshcast.http import json_error, read_signed
 from meshcast.inference import (
     MAX_OBJECT,
     MAX_REQUEST,
@@ -41,7 +41,7 @@ from meshcast.inference import (
     make_result,
     parse_order,
 )
-from meshcast.signing import NodeKey, SignatureError, verify_object
+from meshcast.signing import NodeKey
 
 if TYPE_CHECKING:
     from edge.app import Edge
@@ -69,7 +69,6 @@ class InferenceExecutor:
         self.edge = edge
         self.key = key
         self.max_skew = max_skew
-        self.coordinator_key: str | None = None  # set when the node joins
         self._seen: OrderedDict[str, None] = OrderedDict()  # executions run (replay guard)
         self._unclaimed: dict[str, int] = {}  # execution -> billed seconds, for the receipt
 
@@ -112,21 +111,15 @@ class InferenceExecutor:
         return (content,)
 
     async def handle(self, request: Request) -> Response:
-        if self.coordinator_key is None:
+        # Learnt when the node joins (edge/network.py), with the storage challenges.
+        key = (self.edge.network or {}).get("coordinator_key")
+        if key is None:
             return json_error(503, "this node has not joined a coordinator yet")
+        body = await read_signed(request, key, MAX_REQUEST, "order")
+        if isinstance(body, Response):
+            return body
         try:
-            envelope = json.loads(await read_body(request, MAX_REQUEST))
-        except BodyTooLarge as exc:
-            return json_error(413, str(exc))
-        except (ValueError, RecursionError, TimeoutError):
-            return json_error(400, "body is not a JSON order")
-        if not isinstance(envelope, dict) or not isinstance(envelope.get("sig"), str):
-            return json_error(400, "expected {'body': {...}, 'sig': ...}")
-        try:
-            verify_object(self.coordinator_key, envelope.get("body"), envelope["sig"])
-            order = parse_order(envelope["body"], self.key.node_id, time.time(), self.max_skew)
-        except SignatureError as exc:
-            return json_error(401, f"order signature: {exc}")
+            order = parse_order(body, self.key.node_id, time.time(), self.max_skew)
         except JobRejected as exc:
             return json_error(exc.code, exc.reason)
         if order.exec in self._seen:

@@ -28,6 +28,7 @@ from edge.inference import InferenceExecutor
 from edge.plugins.storage.plugin import StoragePlugin
 from edge.plugins.storage.proofs import Prover
 from meshcast.config import EdgeConfig
+from meshcast.http import error_reason
 from meshcast.receipts import ChainHead, ReceiptBuilder, Usage, receipt_hash
 from meshcast.signing import NODE_KEY_FILE, NodeKey
 from meshcast.storage_proofs import Commitment
@@ -127,12 +128,11 @@ class NodeAgent:
         }
         r = await self.client.post(f"{self.coordinator}/api/nodes", json=self._signed(body))
         if r.status_code != 200:
-            raise JoinError(f"registration refused ({r.status_code}): {_reason(r)}")
+            raise JoinError(f"registration refused ({r.status_code}): {error_reason(r.content)}")
         answer: dict[str, Any] = r.json()
         if self.edge.network is not None and isinstance(answer.get("coordinator"), str):
             # Storage challenges and inference orders must carry this key's signature.
             self.edge.network["coordinator_key"] = answer["coordinator"]
-            self.inference.coordinator_key = answer["coordinator"]
         self._resume(ChainHead(answer["last_seq"], answer["last_hash"]))
         self.registered.set()
         log.info("edge %s joined %s as %s", self.edge.self_url, self.coordinator, self.key.node_id)
@@ -168,7 +168,8 @@ class NodeAgent:
         if r.status_code == 404:
             self.registered.clear()  # the coordinator forgot us (new database): join again
         elif r.status_code != 200:
-            log.warning("edge %s: %s refused: %s", self.edge.self_url, kind, _reason(r))
+            reason = error_reason(r.content)
+            log.warning("edge %s: %s refused: %s", self.edge.self_url, kind, reason)
 
     async def sync_ring(self) -> None:
         """Feed the live registered nodes into the peer ring; drop those that left."""
@@ -242,7 +243,8 @@ class NodeAgent:
                     continue
                 log.error(
                     "edge %s: receipt #%d refused (%d): %s; dropped",
-                    self.edge.self_url, envelope["body"]["seq"], r.status_code, _reason(r),
+                    self.edge.self_url, envelope["body"]["seq"], r.status_code,
+                    error_reason(r.content),
                 )  # fmt: skip
                 self.pending.pop(0)
                 if r.status_code == 409:
@@ -311,10 +313,3 @@ class NodeAgent:
         with contextlib.suppress(httpx.HTTPError, ValueError):
             await self.send_pending()
             await self._heartbeat("leave")
-
-
-def _reason(response: httpx.Response) -> str:
-    try:
-        return str(response.json().get("error", response.text))
-    except ValueError:
-        return response.text[:200]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Generator, Sequence
 from typing import Any
@@ -17,11 +18,25 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from meshcast.signing import SignatureError, verify_object
+
 log = logging.getLogger(__name__)
 
 
 class BodyTooLarge(Exception):
     pass
+
+
+def error_reason(body: bytes) -> str:
+    """Why a peer refused: the ``error`` of a JSON error body (``json_error``), else the
+    start of the body."""
+    try:
+        parsed: Any = json.loads(body)
+        if isinstance(parsed, dict) and "error" in parsed:
+            return str(parsed["error"])[:200]
+    except ValueError:
+        pass
+    return body[:200].decode(errors="replace")
 
 
 async def read_body(request: Request, limit: int, deadline_s: float = 10.0) -> bytes:
@@ -200,3 +215,29 @@ class HttpService:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+async def read_signed(
+    request: Request, key: str, limit: int, what: str
+) -> dict[str, Any] | Response:
+    """The body of a ``{"body": {...}, "sig": ...}`` message signed by ``key`` (a storage
+    challenge or an inference order from the coordinator), read within ``limit`` bytes; an
+    error response (413, 400, 401) otherwise."""
+    try:
+        envelope = json.loads(await read_body(request, limit))
+    except BodyTooLarge as exc:
+        return json_error(413, str(exc))
+    except (ValueError, RecursionError, TimeoutError):
+        return json_error(400, f"body is not a JSON {what}")
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("sig"), str):
+        return json_error(400, "expected {'body': {...}, 'sig': ...}")
+    body = envelope.get("body")
+    try:
+        verify_object(key, body, envelope["sig"])
+    except SignatureError as exc:
+        return json_error(401, f"{what} signature: {exc}")
+    except ValueError:  # JSON that has no canonical form (NaN)
+        return json_error(400, f"body is not a JSON {what}")
+    if not isinstance(body, dict):
+        return json_error(400, "expected {'body': {...}, 'sig': ...}")
+    return body

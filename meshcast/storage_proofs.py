@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 MAX_DEPTH: Final = 48
+# The node's answer to a challenge: the chunk as the body, its Merkle path in this header.
+PROOF_HEADER: Final = "X-Meshcast-Proof"
 _HEX: Final = frozenset("0123456789abcdef")
 
 

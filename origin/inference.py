@@ -50,7 +50,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from meshcast.http import BodyTooLarge, json_error, read_body
+from meshcast.http import BodyTooLarge, error_reason, json_error, read_body
 from meshcast.inference import (
     MAX_OUTPUT,
     MAX_REQUEST,
@@ -508,7 +508,7 @@ class Marketplace:
             )
         wall = time.monotonic() - t0
         if r.status_code != 200:
-            reason = _reason(r)
+            reason = error_reason(r.content)
             fault = "node"
             if r.status_code == 422:
                 fault = "input"
@@ -686,14 +686,6 @@ class Marketplace:
             self._set_spot(job, "passed", reason)
         else:
             self._dispute(job, "three executions, three different outputs")
-
-
-def _reason(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-        return str(body.get("error", response.text[:200])) if isinstance(body, dict) else ""
-    except ValueError:
-        return response.text[:200]
 
 
 def _field(response: httpx.Response, name: str) -> bool:

@@ -26,13 +26,20 @@ import json
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import httpx
 
+from meshcast.http import error_reason
 from meshcast.receipts import parse_receipt
 from meshcast.rewards import storage_committed, storage_verified
-from meshcast.storage_proofs import Commitment, ProofInvalid, new_challenge, verify_proof
+from meshcast.storage_proofs import (
+    PROOF_HEADER,
+    Commitment,
+    ProofInvalid,
+    new_challenge,
+    verify_proof,
+)
 
 if TYPE_CHECKING:
     from origin.coordinator import Coordinator, EpochEvidence, Line, NodeRecord
@@ -46,7 +53,6 @@ CREATE TABLE IF NOT EXISTS challenges (
   ts REAL NOT NULL, epoch INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS challenges_epoch ON challenges (epoch, node);
 """
-PROOF_HEADER: Final = "X-Meshcast-Proof"
 # A chunk is at most the storage plugin's chunk size; refuse to buffer more than this.
 MAX_ANSWER: Final = 64 * 1024 * 1024
 
@@ -114,7 +120,7 @@ class StorageChallenger:
         except httpx.HTTPError as exc:
             return result(False, f"unreachable: {exc.__class__.__name__}: {exc}")
         if r.status_code != 200:
-            return result(False, f"answered {r.status_code}: {_reason(bytes(data))}")
+            return result(False, f"answered {r.status_code}: {error_reason(bytes(data))}")
         try:
             proof = json.loads(r.headers.get(PROOF_HEADER, ""))
             digest = verify_proof(commitment, offset, proof, bytes(data))
@@ -200,11 +206,3 @@ class StorageVerifier:
             line = Line(node, kind, stream, claimed, bound, 0, verified, flags=tuple(flags))
             lines.append(replace(line, passed=int(passed), checks=int(checks)))
         return lines
-
-
-def _reason(body: bytes) -> str:
-    try:
-        parsed: Any = json.loads(body)
-        return str(parsed.get("error", parsed))[:200]
-    except (ValueError, AttributeError):
-        return body[:200].decode(errors="replace")

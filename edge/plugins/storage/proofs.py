@@ -21,14 +21,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from edge.plugins.storage.blobs import BlobStore, CorruptChunk
-from meshcast.http import json_error
-from meshcast.signing import SignatureError, verify_object
-from meshcast.storage_proofs import Commitment, Inventory, ProofInvalid
+from meshcast.http import json_error, read_signed
+from meshcast.storage_proofs import PROOF_HEADER, Commitment, Inventory, ProofInvalid
 
 if TYPE_CHECKING:
     from edge.app import Edge
 
-PROOF_HEADER: Final = "X-Meshcast-Proof"
 # Commitments a challenge may still name (one per receipt; the coordinator challenges
 # the newest one it accepted, which may be a receipt or two behind ours).
 KEEP_SNAPSHOTS: Final = 8
@@ -77,17 +75,9 @@ class Prover:
         key = network.get("coordinator_key")
         if not isinstance(key, str):
             return json_error(404, "this edge has not joined a contributor network")
-        raw = await request.body()
-        if len(raw) > 4096:
-            return json_error(413, "challenge over 4096 bytes")
-        try:
-            envelope = json.loads(raw)
-            body = envelope["body"]
-            verify_object(key, body, envelope.get("sig"))
-        except (ValueError, TypeError, KeyError) as exc:
-            return json_error(400, f"malformed challenge: {exc}")
-        except SignatureError as exc:
-            return json_error(401, f"challenge not signed by the coordinator: {exc}")
+        body = await read_signed(request, key, 4096, "challenge")
+        if isinstance(body, Response):
+            return body
         ts, root, offset = body.get("ts"), body.get("root"), body.get("offset")
         if body.get("kind") != "challenge" or body.get("node") != network.get("node"):
             return json_error(400, "not a storage challenge for this node")
