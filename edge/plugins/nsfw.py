@@ -43,13 +43,19 @@ def load_detector(threads: int = 1) -> None:
 
 def first_frame(init: bytes, segment: bytes) -> tuple[float, npt.NDArray[np.uint8]]:
     """(media time, BGR image) of the segment's first decodable frame."""
-    with av.open(io.BytesIO(init + segment), format="mp4", mode="r") as container:
+    return _first_video_frame(init + segment, "mp4", "segment has no decodable video frame")
+
+
+def _first_video_frame(
+    data: bytes, container_format: str | None, missing: str
+) -> tuple[float, npt.NDArray[np.uint8]]:
+    with av.open(io.BytesIO(data), format=container_format, mode="r") as container:
         for frame in container.decode(video=0):
             base = frame.time_base
             time = float(frame.pts * base) if frame.pts is not None and base else 0.0
             image = np.asarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
             return time, image
-    raise ValueError("segment has no decodable video frame")
+    raise ValueError(missing)
 
 
 def detect(image: npt.NDArray[np.uint8]) -> list[dict[str, Any]]:
@@ -100,17 +106,11 @@ def moderate(
 def object_job(content: bytes) -> dict[str, Any]:
     """The same job on pinned content: an image file, else a video's first frame."""
     decoded = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_COLOR)
-    media_time = 0.0
     if decoded is not None:
-        image = np.asarray(decoded, dtype=np.uint8)
+        media_time, image = 0.0, np.asarray(decoded, dtype=np.uint8)
     else:
-        with av.open(io.BytesIO(content), mode="r") as container:
-            frame = next(container.decode(video=0), None)
-            if frame is None:
-                raise ValueError("content is neither an image nor a video")
-            image = np.asarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
-            if frame.pts is not None and frame.time_base:
-                media_time = float(frame.pts * frame.time_base)
+        missing = "content is neither an image nor a video"
+        media_time, image = _first_video_frame(content, None, missing)
     return {"media_time": media_time, "detections": detect(image)}
 
 

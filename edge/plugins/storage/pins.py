@@ -180,10 +180,16 @@ class Pins:
             return None
         if found.size > limit:
             raise ValueError(f"{cid} is {found.size} bytes, over the {limit} byte limit")
-        body = b"".join([piece async for piece in self.cluster.read(found, 0, found.size)])
-        if await asyncio.to_thread(lambda: hashlib.sha256(body).digest()) != digest:
+        body = await self._read_verified(found, digest)
+        if body is None:
             raise ValueError(f"content of {cid} does not match its CID")
         return body
+
+    async def _read_verified(self, pin: Manifest, digest: bytes) -> bytes | None:
+        """The whole content of ``pin``; None when it does not hash to ``digest``."""
+        body = b"".join([piece async for piece in self.cluster.read(pin, 0, pin.size)])
+        actual = await asyncio.to_thread(lambda: hashlib.sha256(body).digest())
+        return body if actual == digest else None
 
     async def pin(self, request: Request) -> Response:
         cid = request.path_params["cid"]
@@ -229,10 +235,8 @@ class Pins:
 
     async def _fill(self, request: Request, pin: Manifest, digest: bytes) -> Response:
         """Load, verify against the CID, cache (immutable), answer like a cache MISS."""
-        parts = [piece async for piece in self.cluster.read(pin, 0, pin.size)]
-        body = b"".join(parts)
-        actual = await asyncio.to_thread(lambda: hashlib.sha256(body).digest())
-        if actual != digest:
+        body = await self._read_verified(pin, digest)
+        if body is None:
             # Every chunk passed its own hash, so the manifest itself is wrong: never serve.
             return json_error(502, "content does not match its CID", cid=pin.key)
         now = time.time()
