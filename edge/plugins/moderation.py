@@ -141,6 +141,16 @@ def vod_key(asset: str) -> str:
     return f"vod:{asset}"
 
 
+def _finding(number: int, sample: nsfw.Sample) -> dict[str, Any]:
+    return {
+        "number": number,
+        "media_time": sample.media_time,
+        "ts": time.time(),
+        "flagged": bool(sample.flagged),
+        "detections": sample.detections,
+    }
+
+
 def lowest_rendition(master: str) -> str | None:
     """The rendition directory of the smallest video variant of a multivariant playlist."""
     best: tuple[int, str] | None = None
@@ -272,17 +282,8 @@ class ModerationPlugin:
         assert self._edge is not None
         name = request.path_params["name"]
         owner = self._edge.ring.owner(stream_key(name))
-        if owner != self._edge.self_url and "x-meshcast-peer" not in request.headers:
-            try:
-                response = await self._edge.client.get(
-                    f"{owner}/api/moderation/{name}",
-                    headers={"X-Meshcast-Peer": self._edge.self_url},
-                    timeout=3.0,
-                )
-                return Response(response.content, response.status_code,
-                                media_type="application/json")  # fmt: skip
-            except Exception as exc:
-                log.info("moderation findings of %s from %s failed: %s", name, owner, exc)
+        if (relayed := await self._relay(request, owner, f"/api/moderation/{name}")) is not None:
+            return relayed
         state = self.streams.get(name)
         if state is None:
             return json_error(404, f"no moderation findings for {name!r}", owner=owner)
@@ -297,6 +298,21 @@ class ModerationPlugin:
             }
         )
 
+    async def _relay(self, request: Request, owner: str, path: str) -> Response | None:
+        """A viewer asked a non-owner: the owner's answer (None: answer here ourselves,
+        because we are the owner, a peer asked, or the owner did not answer)."""
+        edge = self._edge
+        if owner == edge.self_url or "x-meshcast-peer" in request.headers:
+            return None
+        try:
+            response = await edge.client.get(
+                owner + path, headers={"X-Meshcast-Peer": edge.self_url}, timeout=3.0
+            )
+        except Exception as exc:
+            log.info("moderation: %s from %s failed: %s", path, owner, exc)
+            return None
+        return Response(response.content, response.status_code, media_type="application/json")
+
     async def _poster(self, request: Request) -> Response:
         state = self.streams.get(request.path_params["name"])
         if state is None or state.poster is None:
@@ -309,17 +325,9 @@ class ModerationPlugin:
         edge = self._edge
         asset = request.path_params["asset"]
         owner = edge.ring.owner(vod_key(asset))
-        if owner != edge.self_url and "x-meshcast-peer" not in request.headers:
-            try:
-                response = await edge.client.get(
-                    f"{owner}/api/moderation/vod/{asset}",
-                    headers={"X-Meshcast-Peer": edge.self_url},
-                    timeout=3.0,
-                )
-                return Response(response.content, response.status_code,
-                                media_type="application/json")  # fmt: skip
-            except Exception as exc:
-                log.info("moderation of VOD %s from %s failed: %s", asset, owner, exc)
+        path = f"/api/moderation/vod/{asset}"
+        if (relayed := await self._relay(request, owner, path)) is not None:
+            return relayed
         if owner == edge.self_url:
             # Asking is demand (a non-owner's nudge lands here), with the viewer's token if
             # it verifies: the owner reads a token-only asset with it.
@@ -374,21 +382,14 @@ class ModerationPlugin:
         self._vod_nudged[asset] = now
         if self.config.policy(f"vod/{asset}") == "block" and len(self._vod_watch) < 10_000:
             self._vod_watch[asset] = now + VOD_WATCH_S
-        self._spawn(self._nudge_vod(owner, asset, token), f"nudge vod {asset}")
+        # Asking the owner is the nudge (the next viewer's request nudges again on failure).
+        nudge = self._ask_owner(f"{owner}/api/moderation/vod/{asset}", token)
+        self._spawn(nudge, f"nudge vod {asset}")
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._vod_tasks.add(task)
         task.add_done_callback(self._vod_tasks.discard)
-
-    async def _nudge_vod(self, owner: str, asset: str, token: str | None) -> None:
-        headers = {"X-Meshcast-Peer": self._edge.self_url}
-        if token is not None:
-            headers[TOKEN_HEADER] = token
-        with contextlib.suppress(Exception):  # the next viewer's request nudges again
-            await self._edge.client.get(
-                f"{owner}/api/moderation/vod/{asset}", headers=headers, timeout=3.0
-            )
 
     async def _scan_vod(self, asset: str, token: str | None) -> None:
         state = self.assets[asset]
@@ -430,15 +431,7 @@ class ModerationPlugin:
             args = (init, segment, config.labels, config.threshold, "never")
             future = await pool.submit_when_free(nsfw.moderate, *args)
             sample: nsfw.Sample = (await future).value
-            state.findings.append(
-                {
-                    "number": number,
-                    "media_time": sample.media_time,
-                    "ts": time.time(),
-                    "flagged": bool(sample.flagged),
-                    "detections": sample.detections,
-                }
-            )
+            state.findings.append(_finding(number, sample))
             if sample.flagged:
                 state.flagged = True
                 log.warning("moderation: VOD %s segment %d flagged (%s): %s", asset, number,
@@ -506,13 +499,7 @@ class ModerationPlugin:
             sample: nsfw.Sample = (await future).value
         except Exception:
             return  # counted as failed by the pool
-        finding = {
-            "number": number,
-            "media_time": sample.media_time,
-            "ts": time.time(),
-            "flagged": bool(sample.flagged),
-            "detections": sample.detections,
-        }
+        finding = _finding(number, sample)
         state.findings.append(finding)
         state.poster, state.poster_blurred = sample.poster, sample.poster_blurred
         if self.config.file is not None:
@@ -570,14 +557,18 @@ class ModerationPlugin:
             elif body.get("state") in ("done", "failed"):
                 self._vod_watch.pop(asset, None)
 
-    async def _ask_owner(self, url: str) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    async def _ask_owner(
+        self, url: str, token: str | None = None
+    ) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
         """The owner's findings at ``url`` and, when it blocked, the detections that flag
-        them (None otherwise); an owner that does not answer gives ({}, None)."""
+        them (None otherwise); an owner that does not answer gives ({}, None). ``token``: a
+        viewer's, for the owner to read a token-only asset with."""
         edge = self._edge
+        headers = {"X-Meshcast-Peer": edge.self_url}
+        if token is not None:
+            headers[TOKEN_HEADER] = token
         try:
-            response = await edge.client.get(
-                url, headers={"X-Meshcast-Peer": edge.self_url}, timeout=2.0
-            )
+            response = await edge.client.get(url, headers=headers, timeout=2.0)
             body: dict[str, Any] = response.json() if response.status_code == 200 else {}
             if not body.get("blocked"):
                 return body, None
