@@ -276,10 +276,6 @@ class BandwidthVerifier:
         return int(origin) + int(peers)
 
 
-# Kinds a receipt may claim that no verifier checks yet (none today: every kind has one).
-_PENDING_VERIFIERS: Final[dict[str, str]] = {}
-
-
 class TokenBucket:
     def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
         self.rate, self.burst, self.clock = rate, burst, clock
@@ -717,8 +713,10 @@ class Coordinator:
             lines += verifier.verify(evidence)
         for (node, kind, stream), claimed in sorted(claims.items()):
             if kind not in self.verifiers:
-                reason = _PENDING_VERIFIERS.get(kind, f"no verifier for {kind}")
-                lines.append(Line(node, kind, stream, claimed, verifier=False, flags=(reason,)))
+                # A kind this coordinator was built without a verifier for: recorded,
+                # unpaid.
+                flags = (f"no verifier for {kind}",)
+                lines.append(Line(node, kind, stream, claimed, verifier=False, flags=flags))
         line_json = [ln.to_json() for ln in lines]
         demand = sum(ln.verified for ln in lines if ln.kind == "bandwidth")
         bandwidth = {n: int(rec.capacity.get("bandwidth", 0)) for n, rec in nodes.items()}
