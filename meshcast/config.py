@@ -7,6 +7,24 @@ from pathlib import Path
 
 from meshcast.rewards import RewardParams
 
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """Per-server limits on request heads and connections (see docs/hardening.md)."""
+
+    # The request line plus headers, in all; one header line; header count (nginx refuses
+    # lines above 8 kB: large_client_header_buffers 4 8k).
+    max_head_bytes: int = 32 * 1024
+    max_header_line: int = 8 * 1024
+    max_headers: int = 100
+    # Open connections plus running requests above which only RESERVED_PREFIXES are served
+    # (503 for the rest), and the extra room they get before they are refused too.
+    max_connections: int = 1024
+    reserve: int = 256
+    # Open connections of one client address: one host cannot take every slot.
+    max_per_address: int = 256
+
+
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_RTMP_PORT = 1935
 
@@ -118,6 +136,7 @@ class OriginConfig:
     transcoders: str = "auto"
     transcoder_secret: str = ""
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    http: HttpLimits = field(default_factory=HttpLimits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,3 +205,4 @@ class EdgeConfig:
     # Shared data directory: S3 access keys (keys.json) and the peers' storage secret.
     data_dir: Path = Path("data")
     storage: StorageConfig = field(default_factory=StorageConfig)
+    http: HttpLimits = field(default_factory=HttpLimits)

@@ -13,7 +13,7 @@ from meshcast.config import OriginConfig
 from meshcast.ingest import AudioConfig, MediaPacket, VideoConfig, deliver
 from meshcast.keys import KeyRejected, KeyStore
 from meshcast.paths import RTMP_APP
-from meshcast.ratelimit import FailureLimiter
+from meshcast.ratelimit import Lockout, credential_id
 from origin import flv
 from origin.registry import LiveStream, PublishRefused, StreamAlreadyLive, StreamRegistry
 from origin.rtmp_chunk import MessageType
@@ -231,18 +231,16 @@ class _Connection:
         # Keys may carry a query string (OBS users paste "key?param=..."): it is not part
         # of the secret.
         key = event.stream_key.split("?", 1)[0]
-        limiter = self.server.key_failures
-        if limiter.blocked(self.ip):
-            self.server.metrics.rejected.labels("rate").inc()
-            self.core.reject_publish(event.stream_id, "too many failed key attempts")
-            raise _Refused
         try:
             name = self.server.keys.verify(key)
         except KeyRejected as exc:
             # The message names the cause, never the presented key (it may be a real
             # key with a typo: a secret).
             log.warning("rtmp %s: publish refused: %s", self.remote, exc)
-            limiter.failed(self.ip)
+            if self.server.key_failures.failed(self.ip, credential_id(key)) is not None:
+                self.server.metrics.rejected.labels("rate").inc()
+                self.core.reject_publish(event.stream_id, "too many failed key attempts")
+                raise _Refused from None
             self.server.metrics.rejected.labels("key").inc()
             self.core.reject_publish(event.stream_id, f"publish refused: {exc}")
             raise _Refused from None
@@ -283,13 +281,13 @@ class RtmpServer:
         registry: StreamRegistry,
         keys: KeyStore,
         metrics: RtmpMetrics,
-        key_failures: FailureLimiter | None = None,
+        key_failures: Lockout | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.keys = keys
         self.metrics = metrics
-        self.key_failures = key_failures or FailureLimiter(
+        self.key_failures = key_failures or Lockout(
             "rtmp key check", config.key_failures_per_minute
         )
         self._per_ip: dict[str, int] = {}
@@ -323,11 +321,6 @@ class RtmpServer:
                 self.config.max_rtmp_connections_per_ip,
             )
             self.metrics.rejected.labels("ip_limit").inc()
-            writer.close()
-            return
-        if self.key_failures.blocked(conn.ip):
-            # Still guessing keys: not even a handshake (logged once by the limiter).
-            self.metrics.rejected.labels("rate").inc()
             writer.close()
             return
         self._per_ip[conn.ip] = self._per_ip.get(conn.ip, 0) + 1

@@ -25,6 +25,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from meshcast.bodies import BodyTimeout, stream_body
 from meshcast.config import OriginConfig
 from meshcast.events import EventBus
 from meshcast.http import json_error
@@ -294,11 +295,12 @@ class VodService:
                 return response
             remaining = job.length - current
             too_long = False
+            slow: BodyTimeout | None = None
             # Streamed to disk chunk by chunk: an upload is never held in memory, and the
             # bytes that arrived before a dropped connection stay (tus resumes after them).
             async with aiofiles.open(self.upload_path(job.id), "ab") as f:
                 try:
-                    async for chunk in request.stream():
+                    async for chunk in stream_body(request, self.config.vod.max_upload):
                         if len(chunk) > remaining:
                             too_long = True
                             break
@@ -306,10 +308,17 @@ class VodService:
                         remaining -= len(chunk)
                 except ClientDisconnect:
                     log.info("vod %s: client went away at %d bytes", job.id, job.length - remaining)
+                except BodyTimeout as exc:
+                    slow = exc
             new_offset = job.length - remaining
-            if too_long:
-                response = self._tus_error(400, "body goes past Upload-Length")
+            if too_long or slow is not None:
+                status, reason = (
+                    (408, slow.reason) if slow else (400, "body goes past Upload-Length")
+                )
+                response = self._tus_error(status, reason)
                 response.headers["Upload-Offset"] = str(new_offset)
+                response.headers["Connection"] = "close"
+                self._locks.pop(job.id, None)
                 return response
             if remaining == 0:
                 self._queue(job)
