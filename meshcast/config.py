@@ -118,6 +118,9 @@ class OriginConfig:
     # would otherwise hold the stream name forever).
     rtmp_idle_timeout: float = 15.0
     rtmp_handshake_timeout: float = 10.0
+    # After the handshake, a publish must be accepted within this long (an unauthenticated
+    # connection holds a slot until then).
+    rtmp_publish_timeout: float = 10.0
     max_rtmp_connections: int = 256
     # Per client IP: one host cannot take every slot.
     max_rtmp_connections_per_ip: int = 16

@@ -24,6 +24,7 @@ from origin.rtmp_protocol import (
     PublishRequest,
     RtmpProtocolError,
     RtmpServerConnection,
+    SessionLimits,
     StreamMetadata,
     UnpublishRequest,
     UnsupportedCommand,
@@ -97,7 +98,7 @@ class _Connection:
         peer = writer.get_extra_info("peername")
         self.ip = str(peer[0]) if peer else "?"
         self.remote = f"{peer[0]}:{peer[1]}" if peer else "?"
-        self.core = RtmpServerConnection()
+        self.core = RtmpServerConnection(session=server.session_limits)
         self.streams: dict[int, LiveStream] = {}
         self._last_ts: dict[tuple[int, MessageType], int] = {}
 
@@ -105,23 +106,25 @@ class _Connection:
         cfg = self.server.config
         timeout = cfg.rtmp_handshake_timeout
         loop = asyncio.get_running_loop()
-        # The handshake must *finish* in time: a client dribbling a byte at a time would
-        # otherwise reset a per-read timeout forever (slowloris).
-        handshake_deadline: float | None = loop.time() + cfg.rtmp_handshake_timeout
+        # The handshake must *finish* in time, and then the publish be accepted in time: a
+        # client dribbling a byte at a time, or pinging, would otherwise reset a per-read
+        # timeout forever (slowloris) while holding a connection slot unauthenticated.
+        deadline: float | None = loop.time() + cfg.rtmp_handshake_timeout
+        waiting_for = f"handshake not done in {cfg.rtmp_handshake_timeout:.0f} s"
         try:
             while not self.core.closed:
+                if deadline is not None and self.core.admitted:
+                    deadline = None
                 wait = timeout
-                if handshake_deadline is not None:
-                    wait = min(timeout, handshake_deadline - loop.time())
+                if deadline is not None:
+                    wait = min(timeout, deadline - loop.time())
                 try:
                     if wait <= 0:
                         raise TimeoutError
                     data = await asyncio.wait_for(self.reader.read(READ_SIZE), wait)
                 except TimeoutError:
-                    if handshake_deadline is not None:
-                        self._close_reason(
-                            "timeout", f"handshake not done in {cfg.rtmp_handshake_timeout:.0f} s"
-                        )
+                    if deadline is not None:
+                        self._close_reason("timeout", waiting_for)
                     else:
                         self._close_reason("timeout", f"no data for {timeout:.0f} s")
                     return
@@ -135,7 +138,11 @@ class _Connection:
                         for event in events:
                             if isinstance(event, HandshakeComplete):
                                 timeout = cfg.rtmp_idle_timeout
-                                handshake_deadline = None
+                                deadline = loop.time() + cfg.rtmp_publish_timeout
+                                waiting_for = (
+                                    f"no publish within {cfg.rtmp_publish_timeout:.0f} s "
+                                    "of the handshake"
+                                )
                             self._handle(event)
                         # Our decisions (accept/refuse) release what the client pipelined.
                         events = self.core.receive_data(b"") if self.core.has_pending else []
@@ -287,6 +294,7 @@ class RtmpServer:
         self.registry = registry
         self.keys = keys
         self.metrics = metrics
+        self.session_limits = SessionLimits()
         self.key_failures = key_failures or Lockout(
             "rtmp key check", config.key_failures_per_minute
         )

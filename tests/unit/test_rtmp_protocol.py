@@ -223,8 +223,9 @@ def test_acknowledgement_after_peer_window() -> None:
     conn.receive_data(pub.take())
     conn.data_to_send()
     pub.control(MessageType.USER_CONTROL, b"\x00\x03" + bytes(8))  # SetBufferLength
-    for _ in range(300):
+    for _ in range(40):
         pub.control(MessageType.ACKNOWLEDGEMENT, bytes(4))
+    pub.data("onTextData", "x" * 4000, stream_id=0)  # dropped before publish, still counted
     conn.receive_data(pub.take() + bytes(0))
     acks = [m for m in server_messages(conn.data_to_send()) if m.type_id == 3]
     assert acks, "server must acknowledge once the peer's window is exceeded"
