@@ -162,6 +162,8 @@ class StorageConfig:
     chunk_cache: int = 64 * 1024 * 1024
     # Objects larger than this are streamed from /ipfs/ without entering the edge cache.
     ipfs_cache_max: int = 64 * 1024 * 1024
+    # The region of the S3 API: SigV4 credential scopes must name it (clients sign with it).
+    region: str = "us-east-1"
 
 
 @dataclass(frozen=True, slots=True)

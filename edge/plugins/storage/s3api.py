@@ -219,6 +219,7 @@ class S3Api:
             headers,
             secret_for,
             datetime.now(UTC),
+            region=self.config.region,
             mount=PREFIX,
         )
 
