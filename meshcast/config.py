@@ -61,6 +61,36 @@ class WhipConfig:
     ice_servers: tuple[str, ...] = ()
 
 
+# Decoders an upload may need (FFmpeg codec names); anything else is refused before a
+# frame is decoded: rare decoders are where decoder bugs live.
+VIDEO_CODECS = frozenset(
+    {"h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mpeg2video", "mpeg1video", "prores",
+     "dnxhd", "mjpeg", "theora"}
+)  # fmt: skip
+AUDIO_CODECS = frozenset(
+    {"aac", "mp3", "mp2", "opus", "vorbis", "flac", "alac", "ac3", "eac3", "pcm_s16le",
+     "pcm_s16be", "pcm_s24le", "pcm_s32le", "pcm_f32le"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeLimits:
+    """What an upload may ask of the transcoder, checked by the probe before any chunk is
+    planned (refusals answer 422 with the reason)."""
+
+    max_width: int = 4096
+    max_height: int = 4096
+    max_frame_pixels: int = 4096 * 2304
+    # Width x height x output frame rate: 4096x2160 at 60 fps.
+    max_pixel_rate: int = 4096 * 2160 * 60
+    max_duration: float = 6 * 3600.0
+    # Output frames per frame in the file: a file whose timestamps spread a few frames
+    # over hours would otherwise become hours of duplicated frames.
+    max_duplication: float = 60.0
+    video_codecs: frozenset[str] = VIDEO_CODECS
+    audio_codecs: frozenset[str] = AUDIO_CODECS
+
+
 @dataclass(frozen=True, slots=True)
 class VodConfig:
     # Uploads above this many bytes are refused (413) before a byte is stored.
@@ -69,6 +99,16 @@ class VodConfig:
     workers: int = 0
     # Segments per chunk: 5 x 2 s = 10 s of video per chunk job.
     chunk_segments: int = 5
+    probe: ProbeLimits = field(default_factory=ProbeLimits)
+    # Per owner: bytes of uploads kept (every state), and uploads not yet ready or failed.
+    max_owner_bytes: int = 100 * 1024**3
+    max_owner_jobs: int = 8
+    # Jobs transcoding at once (each gets a fair share of the workers; the rest queue).
+    max_active_jobs: int = 8
+    # A job whose worker process died (crash, OOM kill) runs again this many times.
+    max_crashes: int = 2
+    # The upload-time probe (container headers) must answer within this many seconds.
+    probe_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)

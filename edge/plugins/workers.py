@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import time
 import weakref
 from collections.abc import Callable
@@ -20,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from meshcast.lifeline import worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +132,7 @@ class InferencePool:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                self._workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=self._initializer,
-                initargs=self._initargs,
-            )
+            self._pool = worker_pool(self._workers, self._initializer, self._initargs)
         return self._pool
 
     def warm(self) -> None:
