@@ -154,6 +154,7 @@ def decode_value(data: bytes, limits: AmfLimits = DEFAULT_LIMITS) -> Any:
 
 def _decode_properties(reader: _Reader, depth: int, into: dict[str, Any]) -> None:
     for _ in range(reader.limits.max_values):
+        reader.value()  # a key costs as much as a value: count it as one
         key = reader.utf8(reader.u16())
         if key == "" and reader.data[reader.pos : reader.pos + 1] == bytes([OBJECT_END]):
             reader.pos += 1
@@ -190,7 +191,9 @@ def _decode_value(reader: _Reader, depth: int) -> Any:
         return arr
     if marker == STRICT_ARRAY:
         count = reader.u32()
-        if count > reader.limits.max_values or count > len(reader.data) - reader.pos:
+        if count > reader.limits.max_values:
+            raise AmfError(f"strict array of {count}: more than {reader.limits.max_values} values")
+        if count > len(reader.data) - reader.pos:
             raise AmfError(f"AMF0 strict array count {count} exceeds the data")
         return [_decode_value(reader, depth + 1) for _ in range(count)]
     if marker == DATE:
