@@ -2,7 +2,7 @@
 
 Fairness, in this order:
 - owners take turns: the next free slot goes to the owner with the fewest tasks running
-  (ties: the one served longest ago), so one creator's many uploads do not starve another's;
+  (ties: the one served longest ago, then the one waiting longest), so one creator's many uploads do not starve another's;
 - within an owner, the job with the fewest tasks running (ties: the oldest);
 - a job holds at most ``workers - 1`` slots while another job has work waiting, so a
   large job never keeps the whole pool: a small job starts as soon as one task of the
@@ -97,9 +97,12 @@ class FairQueue:
         def owner_running(owner: str) -> int:
             return sum(n for j, n in self._running.items() if self._owner_of.get(j) == owner)
 
+        def oldest(owner: str) -> int:
+            return min(self._jobs[j].order for j in eligible if self._jobs[j].owner == owner)
+
         owner = min(
             {self._jobs[j].owner for j in eligible},
-            key=lambda o: (owner_running(o), self._served.get(o, -1)),
+            key=lambda o: (owner_running(o), self._served.get(o, -1), oldest(o)),
         )
         job = min(
             (j for j in eligible if self._jobs[j].owner == owner),
