@@ -153,14 +153,16 @@ class VodService:
         return self._pool
 
     async def _check_upload(self, job: Job) -> str | None:
-        """Why a completed upload is refused (its container headers over the probe
-        limits), None when it may be queued. In its own one-process pool with a timeout:
-        an upload must not wait behind transcodes, nor hang on a hostile file."""
+        """Why a completed upload is refused (over the probe limits), None when it may be
+        queued. The probe is demux-only; it runs in its own one-process pool with a
+        timeout: an upload must not wait behind transcodes, nor hang on a hostile file.
+        A probe that does not finish in time, or fails for another reason (not media,
+        truncated), leaves the decision to the job's own probe, which says why."""
         if self._probe_pool is None:
             self._probe_pool = worker_pool(1, _worker_init, (logging.getLogger().level,))
         loop = asyncio.get_running_loop()
         path, limits = self.upload_path(job.id), self.config.vod.probe
-        future = loop.run_in_executor(self._probe_pool, vod.probe_header, path, limits)
+        future = loop.run_in_executor(self._probe_pool, vod.probe, path, limits)
         try:
             await asyncio.wait_for(future, self.config.vod.probe_timeout)
         except vod.MediaRefused as exc:
@@ -168,7 +170,7 @@ class VodService:
         except vod.MediaError:
             return None  # not media, truncated…: the full probe says so in the job
         except (TimeoutError, BrokenProcessPool) as exc:
-            log.warning("vod %s: header probe failed (%r); the full probe decides", job.id, exc)
+            log.warning("vod %s: upload probe failed (%r); the job's probe decides", job.id, exc)
             kill_pool(self._probe_pool)
             self._probe_pool = None
         return None

@@ -2,7 +2,8 @@
 
 Fairness, in this order:
 - owners take turns: the next free slot goes to the owner with the fewest tasks running
-  (ties: the one served longest ago, then the one waiting longest), so one creator's many uploads do not starve another's;
+  (ties: the one served longest ago, then the one waiting longest), so one creator's
+  many uploads do not starve another's;
 - within an owner, the job with the fewest tasks running (ties: the oldest);
 - a job holds at most ``workers - 1`` slots while another job has work waiting, so a
   large job never keeps the whole pool: a small job starts as soon as one task of the

@@ -219,14 +219,6 @@ def _check_header(container: Any, limits: ProbeLimits) -> None:
             )
 
 
-def probe_header(path: Path, limits: ProbeLimits) -> None:
-    """The checks that need only the container headers (no scan, no decode): run when an
-    upload completes, so its owner hears of a refusal at once. MediaRefused says why;
-    other MediaErrors are left to the full probe."""
-    with _open(path) as container:
-        _check_header(container, limits)
-
-
 def probe(path: Path, limits: ProbeLimits | None = None) -> SourceInfo:
     """Streams, frame rate, first/last frame and keyframes: a demux-only scan (one frame
     is decoded, to learn the pixel format and rotation and to prove it decodes), within
