@@ -106,8 +106,9 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
       request) to the end of the headers, whatever trickles in;
     - head size and header count limits, checked as bytes arrive (httptools itself buffers
       a header line of any length): 431 (414 for the request target) with a JSON reason;
-    - a per-address connection limit (429) and a reserve of connections above the global
-      limit for health checks, metrics and media (503 for the rest)."""
+    - a per-address connection limit (further connections are closed at once) and a
+      reserve of connections above the global limit for health checks, metrics and
+      media (503 for the rest)."""
 
     header_timeout = HEADER_TIMEOUT_S
     limits = HttpLimits()
@@ -115,7 +116,6 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     _head_left: int | None = None
     _header_count = 0
     _heads_done = 0
-    _over_address_limit = False
 
     def _arm(self) -> None:
         if self._deadline is None:
@@ -147,7 +147,17 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
                 for c in self.connections
                 if (peer := getattr(c, "client", None)) is not None and peer[0] == host
             )
-            self._over_address_limit = same > self.limits.max_per_address
+            if same > self.limits.max_per_address:
+                # Closed at once: answering each of a flood of connections would cost
+                # the event loop what the limit is there to save.
+                if same == self.limits.max_per_address + 1:
+                    log.warning(
+                        "%s: more than %d connections open; closing new ones",
+                        host,
+                        self.limits.max_per_address,
+                    )
+                self.transport.close()
+                return
         self._arm()
 
     def data_received(self, data: bytes) -> None:
@@ -225,16 +235,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         limits = self.limits
         reserved = self.url.startswith(RESERVED_PREFIXES)
         self.limit_concurrency = limits.max_connections + (limits.reserve if reserved else 0)
-        if not self._over_address_limit:
-            super().on_headers_complete()
-            return
-        # Served by a refusal instead of the app (the request is parsed normally, so the
-        # connection stays in step; it closes after the answer).
-        app, self.app = self.app, _too_many_from_address(limits.max_per_address)
-        try:
-            super().on_headers_complete()
-        finally:
-            self.app = app
+        super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -243,15 +244,6 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
-
-
-def _too_many_from_address(limit: int) -> ASGIApp:
-    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
-        response = json_error(429, f"more than {limit} connections from this address")
-        response.headers["Connection"] = "close"
-        await response(scope, receive, send)
-
-    return refuse
 
 
 class CorsOnly:
