@@ -215,7 +215,7 @@ def _check_header(container: Any, limits: ProbeLimits) -> None:
         declared = container.duration / 1_000_000
         if declared > limits.max_duration:
             raise MediaRefused(
-                f"the file declares {declared:.0f} s, above the {limits.max_duration:.0f} s limit"
+                f"the file declares {declared:.0f} s, above the {limits.max_duration:g} s limit"
             )
 
 
@@ -280,7 +280,7 @@ def probe(path: Path, limits: ProbeLimits | None = None) -> SourceInfo:
         if span > limits.max_duration:
             raise MediaRefused(
                 f"the video's timestamps span {span:.0f} s, above the "
-                f"{limits.max_duration:.0f} s limit"
+                f"{limits.max_duration:g} s limit"
             )
         # Declared (timestamps) against actual (frames in the file): one second of frames
         # is always allowed, beyond that at most max_duplication output frames per frame.
