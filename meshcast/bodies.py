@@ -56,10 +56,9 @@ class BadLength(BodyError):
         super().__init__(400, f"invalid Content-Length {value[:32]!r}")
 
 
-def declared_length(headers: Any) -> int | None:
+def declared_length(value: str | None) -> int | None:
     """The Content-Length a request declares (None: none, e.g. chunked); BadLength when it
     is anything but a plain decimal number."""
-    value = headers.get("content-length")
     if value is None:
         return None
     text = value.strip()
@@ -121,7 +120,9 @@ def _guarded(receive: Receive, budget: _Budget) -> Receive:
         if left <= 0:
             raise BodyTimeout(budget.allowed_s())
         try:
-            message = await asyncio.wait_for(receive(), left)
+            # asyncio.timeout, not wait_for: no task per receive() on the normal path.
+            async with asyncio.timeout(left):
+                message = await receive()
         except TimeoutError:
             raise BodyTimeout(budget.allowed_s()) from None
         if message["type"] == "http.request":
@@ -158,15 +159,21 @@ class BodyGuard:
             await self.app(scope, receive, send)
             return
         rule = self.rule(scope["path"])
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        length: bytes | None = None
+        chunked = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                chunked = True
         try:
-            declared = declared_length(headers)
+            declared = declared_length(None if length is None else length.decode("latin-1"))
             if declared is not None and declared > rule.max_bytes:
                 raise BodyTooLarge(rule.max_bytes)
         except BodyError as exc:
             await _refuse(send, exc)
             return
-        if declared == 0 or (declared is None and "transfer-encoding" not in headers):
+        if declared == 0 or (declared is None and not chunked):
             await self.app(scope, receive, send)  # no body: nothing to guard
             return
         budget = _Budget(rule.max_bytes, self.deadline_s, rule.min_rate)
@@ -206,7 +213,7 @@ async def _refuse(send: Send, exc: BodyError) -> None:
 
 def _budget(request: Request, limit: int, deadline_s: float, min_rate: float) -> _Budget:
     budget = _Budget(limit, deadline_s, min_rate)
-    declared = declared_length(request.headers)
+    declared = declared_length(request.headers.get("content-length"))
     if declared is not None and declared > limit:
         raise BodyTooLarge(limit)
     return budget
@@ -228,7 +235,8 @@ async def stream_body(
         if left <= 0:
             raise BodyTimeout(budget.allowed_s())
         try:
-            chunk = await asyncio.wait_for(anext(chunks), left)
+            async with asyncio.timeout(left):
+                chunk = await anext(chunks)
         except StopAsyncIteration:
             return
         except TimeoutError:
@@ -242,9 +250,16 @@ async def read_body(request: Request, limit: int, deadline_s: float = BODY_DEADL
     """A small body whole: at most ``limit`` bytes (checked before reading), read within
     ``deadline_s`` seconds in all (a client dribbling its body holds a connection and a
     task: bound both)."""
+    budget = _budget(request, limit, deadline_s, 0.0)
     body = bytearray()
-    async for chunk in stream_body(request, limit, deadline_s, min_rate=0.0):
-        body += chunk
+    try:
+        # One deadline for the whole read (the handler does nothing else meanwhile).
+        async with asyncio.timeout(deadline_s):
+            async for chunk in request.stream():
+                budget.count(len(chunk))
+                body += chunk
+    except TimeoutError:
+        raise BodyTimeout(deadline_s) from None
     return bytes(body)
 
 
