@@ -82,10 +82,10 @@ def credential_id(key: str) -> str | None:
     return f"{kind}_{key_id}"
 
 
-@dataclass
 class Lockout:
     """Failed credential checks, counted per client address and per presented credential
-    separately (one budget of each across RTMP, WHIP and the API).
+    (the key's public ``KIND_ID``) separately: one budget of each across RTMP, WHIP and
+    the API.
 
     A presented credential is always checked, and a valid one is always accepted: people
     behind one NAT or proxy share an address, and anyone can present someone else's key
@@ -95,30 +95,34 @@ class Lockout:
     lock tells scanners to go away and keeps logs readable.
     """
 
-    what: str
-    max_failures: int = 10
-    window: float = 60.0
-    clock: Callable[[], float] = time.monotonic
-    by_address: FailureLimiter = field(init=False)
-    by_credential: FailureLimiter = field(init=False)
+    def __init__(
+        self,
+        what: str,
+        max_failures: int = 10,
+        window: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        # One window store, two key spaces ("address …", "credential …").
+        self.failures = FailureLimiter(what, max_failures, window, clock)
 
-    def __post_init__(self) -> None:
-        self.by_address = FailureLimiter(
-            f"{self.what} (address)", self.max_failures, self.window, self.clock
-        )
-        self.by_credential = FailureLimiter(
-            f"{self.what} (credential)", self.max_failures, self.window, self.clock
-        )
+    @property
+    def max_failures(self) -> int:
+        return self.failures.max_failures
+
+    @max_failures.setter
+    def max_failures(self, value: int) -> None:
+        self.failures.max_failures = value
 
     def failed(self, address: str, credential: str | None) -> int | None:
         """Count a failed check; the Retry-After seconds when the address or the presented
         credential was already at its limit (answer 429), None otherwise (answer 401): the
         first ``max_failures`` failures of each are told what was wrong."""
         retry = 0
-        for limiter, key in ((self.by_address, address), (self.by_credential, credential)):
-            if key is None:
-                continue
-            if limiter.blocked(key):
-                retry = max(retry, limiter.retry_after(key))
-            limiter.failed(key)
+        keys = [f"address {address}"]
+        if credential is not None:
+            keys.append(f"credential {credential}")
+        for key in keys:
+            if self.failures.blocked(key):
+                retry = max(retry, self.failures.retry_after(key))
+            self.failures.failed(key)
         return retry or None
