@@ -54,14 +54,13 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from prometheus_client import Histogram
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from edge.plugins import PluginContext, asr
+from edge.plugins import EdgeHost, PluginContext, asr
 from edge.plugins.live import (
     OwnedStreams,
     PlaylistEntry,
@@ -82,9 +81,6 @@ from edge.plugins.webvtt import (
 from edge.plugins.workers import InferencePool, Timed, plugin_metrics
 from meshcast.http import json_error
 from meshcast.paths import IMMUTABLE, parse_media_path
-
-if TYPE_CHECKING:
-    from edge.app import Edge
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +181,8 @@ def _wallclock(pdt: str | None) -> float | None:
 class CaptionsPlugin:
     name = "captions"
 
-    def __init__(self, edge: Edge) -> None:
-        self.config = CaptionsConfig.from_context(edge.plugin_options.context(self.name))
+    def __init__(self, edge: EdgeHost) -> None:
+        self.config = CaptionsConfig.from_context(edge.options(self.name))
         self.streams: dict[str, StreamCaptions] = {}
         self._edge = edge
         self._pool: InferencePool | None = None
@@ -203,7 +199,7 @@ class CaptionsPlugin:
 
     async def start(self) -> None:
         edge = self._edge
-        registry = edge.metrics.registry
+        registry = edge.registry
         self._pool = InferencePool(
             self.name,
             plugin_metrics(registry),

@@ -41,21 +41,17 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from edge.access import PolicyUnavailable
-from edge.plugins import PluginContext, PluginOptionError, nsfw
+from edge.plugins import EdgeHost, PluginContext, PluginOptionError, nsfw
 from edge.plugins.live import OwnedStreams, follow, stream_key
 from edge.plugins.workers import InferencePool, Timed, plugin_metrics
 from meshcast.http import json_error
-from meshcast.tokens import TOKEN_HEADER, TokenError
-
-if TYPE_CHECKING:
-    from edge.app import Edge
+from meshcast.tokens import TOKEN_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +164,8 @@ def lowest_rendition(master: str) -> str | None:
 class ModerationPlugin:
     name = "moderation"
 
-    def __init__(self, edge: Edge) -> None:
-        self.config = ModerationConfig.from_context(edge.plugin_options.context(self.name))
+    def __init__(self, edge: EdgeHost) -> None:
+        self.config = ModerationConfig.from_context(edge.options(self.name))
         self.streams: dict[str, StreamModeration] = {}
         self.blocked: dict[str, list[dict[str, Any]]] = {}  # stream -> the flagging detections
         self.assets: OrderedDict[str, VodModeration] = OrderedDict()
@@ -189,7 +185,7 @@ class ModerationPlugin:
         edge = self._edge
         self._pool = InferencePool(
             self.name,
-            plugin_metrics(edge.metrics.registry),
+            plugin_metrics(edge.registry),
             queue=self.config.queue,
             initializer=nsfw.load_detector,
         )
@@ -332,11 +328,8 @@ class ModerationPlugin:
             # Asking is demand (a non-owner's nudge lands here), with the viewer's token if
             # it verifies: the owner reads a token-only asset with it.
             token = request.headers.get(TOKEN_HEADER)
-            if token is not None:
-                try:
-                    await edge.access.check("vod", asset, token)
-                except (TokenError, PolicyUnavailable):
-                    token = None
+            if token is not None and not await edge.admits("vod", asset, token):
+                token = None
             self._vod_demand(asset, token)
         state = self.assets.get(asset)
         if state is None:
@@ -523,7 +516,7 @@ class ModerationPlugin:
 
     # ---- blocks decided on other edges --------------------------------------------------
 
-    async def _learn_blocks(self, edge: Edge) -> None:
+    async def _learn_blocks(self, edge: EdgeHost) -> None:
         listen = asyncio.create_task(self._listen(edge)) if edge.bus is not None else None
         try:
             while True:
@@ -542,7 +535,7 @@ class ModerationPlugin:
             if listen is not None:
                 listen.cancel()
 
-    async def _learn_vod_blocks(self, edge: Edge) -> None:
+    async def _learn_vod_blocks(self, edge: EdgeHost) -> None:
         """Poll the owners of the assets this edge served under a block policy until their
         scan is done (without a bus, this is how a non-owner learns a VOD block)."""
         now = time.time()
@@ -577,7 +570,7 @@ class ModerationPlugin:
             return {}, None
         return body, nsfw.flagged(detections, self.config.labels, self.config.threshold)
 
-    async def _listen(self, edge: Edge) -> None:
+    async def _listen(self, edge: EdgeHost) -> None:
         assert edge.bus is not None
         with edge.bus.subscribe([MODERATION_FLAGGED]) as sub:
             async for event in sub:
