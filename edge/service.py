@@ -87,7 +87,7 @@ class EdgeService:
     async def _announce(self, bus: EventBus) -> None:
         every = self.config.heartbeat
         while True:
-            bus.publish(events.NODE_HEARTBEAT, role="edge", url=self.edge.self_url)
+            bus.emit(events.NodeHeartbeat("edge", self.edge.self_url))
             self.edge.ring.expire(4 * every)
             await asyncio.sleep(every)
 
@@ -109,7 +109,7 @@ class EdgeService:
 
     async def close(self) -> None:
         if self.bus is not None:
-            self.bus.publish(events.NODE_LEFT, role="edge", url=self.edge.self_url)
+            self.bus.emit(events.NodeLeft("edge", self.edge.self_url))
         if self.agent is not None:
             await self.agent.close()
         for task in (*self._bus_tasks, self._health, self._prefetch, self._keys):

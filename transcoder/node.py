@@ -24,13 +24,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from meshcast.config import TranscodeConfig
+from meshcast.events import TranscoderHeartbeat
 from meshcast.http import EXCEPTION_HANDLERS, HttpService
 from meshcast.ingest import deliver
 from meshcast.ingest_wire import End, Hello, WireDecoder, WireError
 from meshcast.metrics import metrics_endpoint
 from meshcast.nats_bus import NatsBus
 from meshcast.paths import parse_media_path
-from origin.remote_transcode import TRANSCODER_HEARTBEAT
 from transcoder.worker import WorkerSink
 
 log = logging.getLogger(__name__)
@@ -106,11 +106,8 @@ class TranscoderNode:
     async def _announce(self) -> None:
         while True:
             self.workers = {n: w for n, w in self.workers.items() if w.alive}
-            self.bus.publish(
-                TRANSCODER_HEARTBEAT,
-                url=self.ingest_url,
-                streams=len(self.workers),
-                capacity=self.config.capacity,
+            self.bus.emit(
+                TranscoderHeartbeat(self.ingest_url, len(self.workers), self.config.capacity)
             )
             await asyncio.sleep(self.config.heartbeat)
 

@@ -41,7 +41,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -50,12 +50,12 @@ from starlette.routing import BaseRoute, Route
 from edge.plugins import EdgeHost, PluginContext, PluginOptionError, nsfw
 from edge.plugins.live import OwnedStreams, follow, stream_key
 from edge.plugins.workers import InferencePool, Timed, plugin_metrics
+from meshcast.events import MODERATION_FLAGGED, ModerationFlagged
 from meshcast.http import json_error
 from meshcast.tokens import TOKEN_HEADER
 
 log = logging.getLogger(__name__)
 
-MODERATION_FLAGGED: Final = "moderation.flagged"
 POLICIES: Final = ("log", "blur-poster", "block")
 # nudenet labels that flag by default: exposed nudity (faces, feet, covered parts do not).
 DEFAULT_LABELS: Final = (
@@ -434,20 +434,21 @@ class ModerationPlugin:
                 self._publish_flag("vod", asset, number, sample, policy)
 
     def _publish_flag(
-        self, kind: str, name: str, number: int, sample: nsfw.Sample, policy: str
+        self, kind: Literal["live", "vod"], name: str, number: int, sample: nsfw.Sample, policy: str
     ) -> None:
         if self._edge.bus is None:
             return
-        self._edge.bus.publish(
-            MODERATION_FLAGGED,
-            kind=kind,
-            name=name,
-            number=number,
-            media_time=sample.media_time,
-            policy=policy,
-            labels=[d["class"] for d in sample.flagged],
-            scores=[d["score"] for d in sample.flagged],
-            edge=self._edge.self_url,
+        self._edge.bus.emit(
+            ModerationFlagged(
+                kind=kind,
+                name=name,
+                number=number,
+                media_time=sample.media_time,
+                policy=policy,
+                labels=[d["class"] for d in sample.flagged],
+                scores=[d["score"] for d in sample.flagged],
+                edge=self._edge.self_url,
+            )
         )
 
     # ---- the owner's work ---------------------------------------------------------------
