@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import tomllib
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from edge.plugins import (
     find_plugin,
     nsfw,
 )
+from edge.plugins.assets import OwnedAssets
 from edge.plugins.captions import CaptionsPlugin, commit_segment
 from edge.plugins.live import parse_media_playlist
 from edge.plugins.moderation import ModerationConfig, ModerationPlugin, lowest_rendition
@@ -180,6 +182,61 @@ async def test_routes_are_added_before_the_app_is_built(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError, match="before the edge's app is built"):
             edge.add_routes([Route("/_late", lambda request: PlainTextResponse("late"))])
     finally:
+        await edge.close()
+
+
+async def test_owned_assets_run_one_job_per_asset_and_nudge_the_owner(tmp_path: Path) -> None:
+    """VOD jobs on first demand (captions, moderation): one job per asset at its owner,
+    a failure waits retry_s, finished results are kept LRU; other edges nudge the owner at
+    most once per nudge_s."""
+    peer = "http://127.0.0.1:9"
+    edge = Edge(EdgeConfig(origin=peer, cache_dir=tmp_path / "edge", peers=(peer,)))
+    ran: list[tuple[str, str | None]] = []
+    nudged: list[tuple[str, str, str | None]] = []
+    gate = asyncio.Event()
+
+    async def work(asset: str, value: list[str], token: str | None) -> None:
+        ran.append((asset, token))
+        await gate.wait()
+        if asset.startswith("bad"):
+            raise LookupError(f"{asset} is not there")
+        value.append(asset)
+
+    async def nudge(owner: str, asset: str, token: str | None) -> None:
+        nudged.append((owner, asset, token))
+
+    assets = OwnedAssets(edge, "test", list, work, nudge, keep=2, retry_s=60, nudge_s=30)
+    mine = [f"a{i}" for i in range(40) if assets.owns(f"a{i}")]
+    theirs = next(f"a{i}" for i in range(40) if not assets.owns(f"a{i}"))
+    bad = next(f"bad{i}" for i in range(40) if assets.owns(f"bad{i}"))
+    try:
+        assets.demand(mine[0], "t1")
+        assets.demand(mine[0], "t2")  # running: not again
+        job = assets.get(mine[0])
+        assert job is not None and job.state == "running" and assets.done(mine[0]) is None
+        assets.demand(bad, None)
+        gate.set()
+        await asyncio.sleep(0.01)
+        assert ran == [(mine[0], "t1"), (bad, None)]
+        assert assets.done(mine[0]) == [mine[0]]
+        failed = assets.get(bad)
+        assert failed is not None and failed.state == "failed"
+        assert failed.error == f"{bad} is not there"
+        assets.demand(bad, None)  # within retry_s: not retried
+        assets.demand(mine[0], None)  # done: kept, not redone
+        for asset in mine[1:3]:
+            assets.demand(asset, None)
+        await asyncio.sleep(0.01)
+        assert [a for a, _ in ran] == [mine[0], bad, *mine[1:3]]
+        assert assets.get(mine[0]) is None  # least recently asked for: evicted (keep=2)
+        assert assets.done(mine[2]) == [mine[2]]
+        for _ in range(3):
+            assets.demand(theirs, "t3")
+        assets.demand(theirs, "t4", nudge=False)
+        await asyncio.sleep(0.01)
+        assert nudged == [(peer, theirs, "t3")] and assets.get(theirs) is None
+    finally:
+        await assets.close()
         await edge.close()
 
 
