@@ -13,9 +13,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.applications import Starlette
@@ -23,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from meshcast.config import TranscodeConfig
+from meshcast.config import TranscoderNodeConfig
 from meshcast.events import TranscoderHeartbeat
 from meshcast.http import EXCEPTION_HANDLERS, HttpService
 from meshcast.ingest import deliver
@@ -34,20 +31,6 @@ from meshcast.paths import parse_media_path
 from transcoder.worker import WorkerSink
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class TranscoderNodeConfig:
-    bus: str
-    data_dir: Path = Path("data")
-    host: str = "127.0.0.1"
-    port: int = 7000  # ingest (TCP) from origins
-    http_port: int = 7001  # /healthz, /metrics
-    advertise: str | None = None  # tcp://HOST:PORT origins connect to
-    secret: str = ""
-    capacity: int = field(default_factory=lambda: os.cpu_count() or 1)
-    heartbeat: float = 2.0
-    transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
 
 
 class TranscoderNode:
