@@ -44,7 +44,7 @@ from meshcast.tus import (
 )
 from origin import vod_jobs as jobs_db
 from origin.vod_jobs import Job, JobStore
-from transcoder import vod
+from transcoder import vod_transcode as vod
 from transcoder.encoders import EncoderUnavailable
 
 log = logging.getLogger(__name__)
