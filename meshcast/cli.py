@@ -1,4 +1,4 @@
-"""``meshcast`` command line (contract in docs/architecture.md).
+"""``meshcast`` command line (its flags are contracts: README.md, docs/).
 
 Defaults are the config dataclasses' own (meshcast/config.py). Modules that load PyAV,
 aiortc, numpy or an event loop are imported by the commands that need them, so key and
