@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Literal
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 def setup_logging(level: str | None = None) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 @dataclass(frozen=True, slots=True)
 class Task:
     job: str
-    part: int  # a chunk index, or one of the job's special parts (origin/vod.py)
+    part: int  # a chunk index, or one of the job's special parts (origin/vod_service.py)
     fn: Callable[..., Any]
     args: tuple[Any, ...]
 
