@@ -19,12 +19,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from meshcast.bodies import BodyError, BodyGuard, BodyRule, BodyTooLarge, read_body
+from meshcast.bodies import BodyError, BodyGuard, BodyRule
+from meshcast.bodies import BodyTooLarge as BodyTooLarge  # handlers import these from here
+from meshcast.bodies import read_body as read_body
 from meshcast.config import HttpLimits
 from meshcast.refused import Refused
 from meshcast.signing import SignatureError, verify_object
-
-__all__ = ["BodyTooLarge", "read_body"]  # re-exported: handlers import them from here
 
 log = logging.getLogger(__name__)
 
