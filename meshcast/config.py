@@ -23,8 +23,10 @@ class HttpLimits:
     # (503 for the rest), and the extra room they get before they are refused too.
     max_connections: int = 1024
     reserve: int = 256
-    # Open connections of one client address: one host cannot take every slot.
-    max_per_address: int = 256
+    # Open connections of one client address: one host cannot take every slot. As many as
+    # an edge's own pool towards its origin and peers (edge/app.py), so an edge is never
+    # refused by its origin for its own traffic.
+    max_per_address: int = 512
 
 
 DEFAULT_HTTP_PORT = 8080

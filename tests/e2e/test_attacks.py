@@ -147,11 +147,26 @@ def viewer_plays(cluster: Cluster) -> bool:
     return bool(segments) and httpx.get(f"{base}/{segments[-1]}", timeout=5).status_code == 200
 
 
+def free_run(n: int) -> int:
+    """The first of ``n`` consecutive free ports (``up`` puts edges on http-port+1…)."""
+    for _ in range(100):
+        first = free_port()
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(first, first + n):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+    raise AssertionError(f"no {n} consecutive free ports")
+
+
 def start_cluster(data: Path, edges: int = 2, extra: tuple[str, ...] = ()) -> Cluster:
     stream_key = cli("keys", "create", "cam", "--data", str(data))
     api_key = cli("keys", "create", "cam", "--kind", "api", "--data", str(data))
     akid, secret = cli("keys", "create", "bucketeer", "--kind", "s3", "--data", str(data)).split()
-    http_port, rtmp_port = free_port(), free_port()
+    http_port, rtmp_port = free_run(1 + edges), free_port()
     proc = subprocess.Popen(
         [*MESHCAST, "up", "--data", str(data), "--http-port", str(http_port),
          "--rtmp-port", str(rtmp_port), "--edges", str(edges), *extra],
@@ -445,17 +460,20 @@ async def test_3_event_stream_flood_from_one_address(cluster: Cluster) -> None:
         host, port = cluster.origin.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port), local_addr=(ATTACKER, 0))
         held.append(writer)
-        writer.write(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
-        line = await asyncio.wait_for(reader.readline(), 20)
+        try:
+            writer.write(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            line = await asyncio.wait_for(reader.readline(), 20)
+        except ConnectionError:
+            return 0  # closed at accept: over the address's connection limit
         return int(line.split(b" ", 2)[1]) if line else 0
 
     with under_attack(cluster):
         statuses = await asyncio.gather(*(open_events() for _ in range(1020)))
         try:
             counts = {s: statuses.count(s) for s in set(statuses)}
-            # 8 event streams; 429 for the rest up to 256 connections; closed beyond.
+            # 8 event streams; 429 for the rest up to 512 connections; closed beyond.
             assert counts[200] == 8 and set(counts) == {200, 429, 0}, counts
-            assert counts[0] >= 1020 - 256, counts
+            assert counts[0] >= 1020 - 512, counts
             async with httpx.AsyncClient(timeout=5) as c:
                 # Everyone else: the key set, the stream list, and an event stream of their own.
                 assert (await c.get(f"{cluster.origin}/api/tokens/keys")).status_code == 200

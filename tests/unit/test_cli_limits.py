@@ -22,4 +22,4 @@ def test_defaults_are_the_config_defaults() -> None:
     assert config.http == HttpLimits()
     assert config.vod == VodConfig()
     edge = cli._parser().parse_args(["edge", "--origin", "http://o", "--port", "1"])
-    assert (edge.s3_region, edge.max_connections_per_ip) == ("us-east-1", 256)
+    assert (edge.s3_region, edge.max_connections_per_ip) == ("us-east-1", 512)
