@@ -69,7 +69,8 @@ def _adaptation_set(
         attrs += ' lang="und"'
     template = (
         f'<SegmentTemplate timescale="{reference.track.timescale}" '
-        f'initialization="$RepresentationID$/init.mp4" media="$RepresentationID$/$Number$.m4s" '
+        f'initialization="$RepresentationID$/{reference.init_name}" '
+        'media="$RepresentationID$/$Number$.m4s" '
         f'startNumber="{segments[0].number}"{offset}>'
         f"<SegmentTimeline>{_timeline(segments)}</SegmentTimeline></SegmentTemplate>"
     )

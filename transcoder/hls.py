@@ -36,7 +36,7 @@ def media_playlist(
         f"#EXT-X-MEDIA-SEQUENCE:{segments[0].number if segments else 0}",
         *(["#EXT-X-PLAYLIST-TYPE:VOD"] if vod else []),
         "#EXT-X-INDEPENDENT-SEGMENTS",
-        '#EXT-X-MAP:URI="init.mp4"',
+        f'#EXT-X-MAP:URI="{rendition.init_name}"',
     ]
     for seg in segments:
         if not vod:

@@ -6,6 +6,7 @@ import logging
 import time
 from fractions import Fraction
 
+from meshcast.paths import LATEST_INIT, versioned_init
 from meshcast.store import SegmentStore
 from transcoder import dash, hls
 from transcoder.fmp4 import TrackSpec, init_segment
@@ -39,6 +40,8 @@ class StreamPackager:
         # Numbers continue across publications of a name (they follow the wall clock),
         # so a cached /live/NAME/R/N.m4s is never a segment of an earlier publication.
         self.first_number = int(self.wallclock_start / float(segment_duration))
+        # Names this publication's init segments (milliseconds: unique per publication).
+        self.init_tag = int(self.wallclock_start * 1000)
 
     def add_rendition(
         self,
@@ -63,8 +66,16 @@ class StreamPackager:
             self.videos.append(state)
         else:
             self.audio = state
-        self.store.put(f"{self.prefix}/{name}/init.mp4", init_segment(track))
+        self._write_init(state)
         return state
+
+    def _write_init(self, state: RenditionState) -> None:
+        """The publication's own init (immutable, named by the playlists) and the
+        contract's ``init.mp4`` (the latest one, short-lived in caches)."""
+        init = init_segment(state.track)
+        state.init_name = versioned_init(self.init_tag)
+        self.store.put(f"{self.prefix}/{state.name}/{state.init_name}", init)
+        self.store.put(f"{self.prefix}/{state.name}/{LATEST_INIT}", init)
 
     @property
     def renditions(self) -> list[RenditionState]:
