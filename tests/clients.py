@@ -13,6 +13,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+
+# anyio imports its file helpers on first use, in the thread that serves a FileResponse;
+# under pytest that import is rewritten (anyio is a pytest plugin) and CPython 3.11.7's
+# AST constructor is not thread-safe ("SystemError: AST constructor recursion depth
+# mismatch"): import them here, on the main thread, first.
+_ = anyio.open_file
+
 
 def tool(name: str) -> str:
     path = shutil.which(name)
