@@ -104,7 +104,7 @@ def mpd(
     now: float,
     passthrough: RenditionState | None = None,
 ) -> str:
-    sets = [_adaptation_set(videos, "video", 0, window, ended)]
+    sets = [_adaptation_set(videos, "video", 0, window, ended)] if videos else []
     if audio is not None:
         sets.append(_adaptation_set([audio], "audio", 1, window, ended))
     if passthrough is not None:

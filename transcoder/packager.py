@@ -37,6 +37,9 @@ class StreamPackager:
         self.source: RenditionState | None = None  # passthrough of the source video
         self.audio: RenditionState | None = None
         self.ended = False
+        # Set by the pipeline once a stream has shown audio and no video for a while:
+        # the manifests then describe the audio rendition alone.
+        self.audio_only = False
         # Numbers continue across publications of a name (they follow the wall clock),
         # so a cached /live/NAME/R/N.m4s is never a segment of an earlier publication.
         self.first_number = int(self.wallclock_start / float(segment_duration))
@@ -104,7 +107,11 @@ class StreamPackager:
     def _write_manifests(self) -> None:
         # Players read the multivariant playlist once: write it when every rendition
         # has a measured segment, then keep BANDWIDTH current.
-        if not self.videos or any(not r.segments for r in self.renditions):
+        if any(not r.segments for r in self.renditions):
+            return
+        if not self.videos:
+            if self.audio_only and self.audio is not None:
+                self._write_audio_only_manifests(self.audio)
             return
         variants = [*self.videos, *([self.source] if self.source else [])]
         self.store.put(f"{self.prefix}/master.m3u8", hls.master_playlist(variants, self.audio))
@@ -119,6 +126,21 @@ class StreamPackager:
                 ended=self.ended,
                 now=time.time(),
                 passthrough=self.source,
+            ),
+        )
+
+    def _write_audio_only_manifests(self, audio: RenditionState) -> None:
+        self.store.put(f"{self.prefix}/master.m3u8", hls.audio_only_master(audio))
+        self.store.put(
+            f"{self.prefix}/manifest.mpd",
+            dash.mpd(
+                [],
+                audio,
+                availability_start=self.wallclock_start,
+                segment_duration=float(self.segment_duration),
+                window=self.window,
+                ended=self.ended,
+                now=time.time(),
             ),
         )
 

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 VIDEO_TIMESCALE = 90_000
 AUDIO_RATE = 48_000
 AAC_FRAME = 1024
+# Audio segments without any video before a stream counts as audio-only.
+AUDIO_ONLY_AFTER_SEGMENTS = 2
 DECODERS = {"h264": "h264", "hevc": "hevc", "av1": "libdav1d", "vp8": "vp8", "vp9": "vp9"}
 
 
@@ -200,6 +202,19 @@ class LadderPipeline:
         else:
             self._audio_packet(packet)
 
+    def _check_audio_only(self) -> None:
+        """No video after a few segments of audio: an audio-only publication (an RTMP
+        radio feed). Its manifests list the audio rendition alone; video that starts
+        later still gets its ladder (and the manifests list it from then on)."""
+        if (
+            self._video_config is None
+            and self._audio is not None
+            and not self.packager.audio_only
+            and (len(self._audio.segments) >= AUDIO_ONLY_AFTER_SEGMENTS or self.packager.ended)
+        ):
+            log.info("stream %s: audio only (no video); manifests list the audio", self.name)
+            self.packager.audio_only = True
+
     def on_end(self) -> None:
         if self._decoder is not None and self._video_config is not None:
             try:
@@ -213,6 +228,8 @@ class LadderPipeline:
         if self._audio_encoder is not None:
             for out in self._audio_encoder.encode(None):
                 self._package_audio_packet(out)
+        self.packager.ended = True
+        self._check_audio_only()
         self.packager.finish()
         self._pool.shutdown()
         log.info(
@@ -425,6 +442,7 @@ class LadderPipeline:
             t = self._audio_next
         self._audio_next = t + AAC_FRAME
         self.packager.add(self._audio, t, t, packet.data, True)
+        self._check_audio_only()
 
     def _transcode_audio(self, packet: MediaPacket, t: int) -> None:
         avpkt = av.Packet(packet.data)
@@ -449,3 +467,4 @@ class LadderPipeline:
         # would fall before the timeline, which fragments cannot express.
         if self._audio is not None and out.pts is not None and out.pts >= 0:
             self.packager.add(self._audio, out.pts, out.pts, bytes(out), True)
+            self._check_audio_only()
