@@ -5,10 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # command -> Debian package: the ffmpeg CLI (independent test client), Chromium (browser
 # tests), curl, node/npm (player assets), nats-server (event bus tests, make cluster),
-# espeak-ng (speech for the captions test), and the clients of the interoperability
+# espeak-ng (speech for the captions test), openssl (its libssl3: WHIP's DTLS for stock
+# FFmpeg publishers, origin/dtls_system.py), and the clients of the interoperability
 # tests (docs/clients.md): rtmpdump, mpv, streamlink, GStreamer (see GST_PLUGINS).
 APT_COMMANDS := ffmpeg:ffmpeg chromium:chromium curl:curl npm:npm nats-server:nats-server \
-	espeak-ng:espeak-ng rtmpdump:rtmpdump mpv:mpv streamlink:streamlink \
+	espeak-ng:espeak-ng openssl:openssl rtmpdump:rtmpdump mpv:mpv streamlink:streamlink \
 	gst-launch-1.0:gstreamer1.0-tools
 # GStreamer element -> Debian package: a plugin is found by gst-inspect, not on $PATH.
 # rtmp2sink, hlsdemux/hlsdemux2, avenc_aac, x264enc, rtmpsink (librtmp), flvmux, playbin3.
