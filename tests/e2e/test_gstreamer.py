@@ -1,14 +1,19 @@
-"""GStreamer 1.22 as publisher (rtmp2sink, librtmp's rtmpsink) and as player (playbin3,
-whose hlsdemux2 reads our live HLS)."""
+"""GStreamer 1.22 as publisher (rtmp2sink, librtmp's rtmpsink) and as player (playbin3 and
+playbin with USE_PLAYBIN3=1, whose hlsdemux2 reads our live HLS)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import itertools
+import os
 import re
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+
+from meshcast.config import OriginConfig, TranscodeConfig
 
 from origin.service import OriginService
 from tests.clients import Clock, decode, extinf_seconds, ffmpeg_publish, finished, tool
@@ -61,48 +66,84 @@ async def gst_launch(pipeline: str, within: float = 60) -> None:
 _CHAIN = re.compile(r"vsink.*last-message = chain.*pts: (\d+):(\d+):(\d+\.\d+)")
 
 
-async def test_playbin3_starts_our_live_hls_within_a_few_segments(
-    origin: OriginService, ffmpeg_cli: str
-) -> None:
-    key = origin.keys.create("gplay")
-    publisher = await ffmpeg_publish(rtmp_url(origin, key), 40.0)
-    try:
-        # An old stream (tfdt far from 0): the case legacy hlsdemux waits on.
-        await wait_for_url(f"{origin.url}/live/gplay/master.m3u8", 30)
-        await asyncio.sleep(14)
-        clock = Clock()
-        proc = await asyncio.create_subprocess_exec(
-            tool("gst-launch-1.0"),
-            "-v",
-            "playbin3",
-            f"uri={origin.url}/live/gplay/master.m3u8",
-            "video-sink=fakesink name=vsink sync=true silent=false",
-            "audio-sink=fakesink sync=true",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+@pytest.fixture
+async def short_segments(tmp_path: Path) -> AsyncIterator[OriginService]:
+    """1 s segments, 3 listed: a stream 20 s old has fragment times (tfdt) far past what
+    a player that times fragments by playlist position expects."""
+    service = OriginService(
+        OriginConfig(
+            data_dir=tmp_path,
+            http_port=0,
+            rtmp_port=0,
+            transcode=TranscodeConfig(segment_duration=1.0, window_segments=3),
         )
-        assert proc.stdout is not None
-        first: float | None = None
-        pts: list[float] = []
-        try:
-            while len(pts) < 75 and clock() < 40:
-                line = await asyncio.wait_for(proc.stdout.readline(), 40)
-                if not line:
-                    break
-                if match := _CHAIN.search(line.decode(errors="replace")):
-                    h, m, s = match.groups()
-                    pts.append(int(h) * 3600 + int(m) * 60 + float(s))
-                    first = first if first is not None else clock()
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-        assert first is not None, "playbin3 showed no frame"
-        # Live edge: three segments back at most (6 s), plus room for a loaded machine.
-        assert first < 12, first
-        assert len(pts) >= 75, len(pts)  # 3 s of frames at 25 fps, in order, at 25 fps
-        assert all(b > a for a, b in itertools.pairwise(pts))
-        assert abs((pts[-1] - pts[0]) - (len(pts) - 1) / 25) < 0.1
+    )
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.close()
+
+
+async def first_frames(url: str, element: str, env: dict[str, str]) -> tuple[float, list[float]]:
+    """Seconds until ``element`` rendered its first video frame, and the presentation
+    times of the first 50 frames it rendered (in real time: sync=true)."""
+    clock = Clock()
+    proc = await asyncio.create_subprocess_exec(
+        tool("gst-launch-1.0"),
+        "-v",
+        element,
+        f"uri={url}",
+        "video-sink=fakesink name=vsink sync=true silent=false",
+        "audio-sink=fakesink sync=true",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **env},
+    )
+    assert proc.stdout is not None
+    first = float("inf")
+    pts: list[float] = []
+    try:
+        while len(pts) < 50 and clock() < 30:
+            try:
+                line = await asyncio.wait_for(proc.stdout.readline(), 30 - clock())
+            except TimeoutError:
+                break
+            if not line:
+                break
+            if match := _CHAIN.search(line.decode(errors="replace")):
+                h, m, sec = match.groups()
+                pts.append(int(h) * 3600 + int(m) * 60 + float(sec))
+                first = min(first, clock())
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+    return first, pts
+
+
+async def test_playbin3_starts_an_old_live_stream_within_a_few_segments(
+    short_segments: OriginService,
+) -> None:
+    """GStreamer's legacy hlsdemux (plain playbin) times fragments by their position in
+    the first playlist it loaded while qtdemux stamps frames with their tfdt: it waits
+    (stream age - window) before the first frame, for any live fMP4 HLS (FFmpeg's own
+    too). hlsdemux2 (playbin3, or playbin with USE_PLAYBIN3=1) maps tfdt to the playlist
+    and starts at the live edge: docs/clients.md."""
+    origin = short_segments
+    key = origin.keys.create("gplay")
+    publisher = await ffmpeg_publish(rtmp_url(origin, key), 45.0)
+    url = f"{origin.url}/live/gplay/master.m3u8"
+    try:
+        await wait_for_url(url, 30)
+        await asyncio.sleep(18)
+        for element, env in (("playbin3", {}), ("playbin", {"USE_PLAYBIN3": "1"})):
+            first, pts = await first_frames(url, element, env)
+            # Live edge: three 1 s segments back at most, plus room for a loaded machine.
+            assert first < 6, (element, first)
+            assert len(pts) >= 50, (element, len(pts))  # 2 s of frames, in order, 25 fps
+            assert all(b > a for a, b in itertools.pairwise(pts)), element
+            assert abs((pts[-1] - pts[0]) - (len(pts) - 1) / 25) < 0.1, (element, pts)
     finally:
         publisher.kill()
         await finished(publisher)
