@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from meshcast.config import OriginConfig, TranscodeConfig
-
 from origin.service import OriginService
 from tests.clients import Clock, decode, extinf_seconds, ffmpeg_publish, finished, tool
 from tests.conftest import rtmp_url, wait_for_state
