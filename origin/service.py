@@ -27,7 +27,7 @@ from origin.registry import LiveStream, PublishRefused, StreamRegistry
 from origin.remote_transcode import RemoteSink, TranscoderDirectory
 from origin.rtmp_server import RtmpMetrics, RtmpServer
 from origin.signing import Keyring
-from origin.vod import VodService
+from origin.vod_service import VodService
 from origin.whip import WhipServer, whip_routes
 from transcoder.encoders import EncoderSettings, select_backend
 from transcoder.ladder import plan_ladder
