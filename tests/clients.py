@@ -54,9 +54,11 @@ async def ffmpeg_publish(
     size: str = "320x240",
     rate: int = 25,
     extra: tuple[str, ...] = (),
+    realtime: bool = True,
 ) -> asyncio.subprocess.Process:
     """Debian's ffmpeg CLI publishing a test pattern and a tone over RTMP (FLV), in real
-    time; ``video=False`` publishes audio only."""
+    time; ``video=False`` publishes audio only. ``url`` may be a file (``realtime=False``:
+    the same FLV, written at once)."""
     layout = "stereo" if channels == 2 else "mono"
     inputs = ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate={sample_rate}"]
     codecs = ["-c:a", "aac", "-b:a", "64k", "-ac", str(channels), "-channel_layout", layout]
@@ -78,7 +80,8 @@ async def ffmpeg_publish(
         "-hide_banner",
         "-loglevel",
         "error",
-        "-re",
+        "-y",
+        *(["-re"] if realtime else []),
         *inputs,
         "-t",
         str(seconds),

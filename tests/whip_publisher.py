@@ -24,8 +24,11 @@ from cryptography.x509.oid import NameOID
 from tests.pyav_publisher import mux_test_signal
 
 
-def write_p256_certificate(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
+def self_signed(
+    curve: ec.EllipticCurve,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """An ECDSA key on ``curve`` and its self-signed certificate, as WebRTC peers make."""
+    key = ec.generate_private_key(curve)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshcast-test-publisher")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
@@ -38,6 +41,11 @@ def write_p256_certificate(directory: Path) -> tuple[Path, Path]:
         .not_valid_after(now + datetime.timedelta(days=30))
         .sign(key, hashes.SHA256())
     )
+    return key, cert
+
+
+def write_p256_certificate(directory: Path) -> tuple[Path, Path]:
+    key, cert = self_signed(ec.SECP256R1())
     key_path, cert_path = directory / "key.pem", directory / "cert.pem"
     key_path.write_bytes(
         key.private_bytes(

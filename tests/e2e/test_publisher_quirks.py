@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from origin.service import OriginService
-from tests.clients import decode, extinf_seconds, ffmpeg_publish, finished, run, tool
+from tests.clients import decode, extinf_seconds, ffmpeg_publish, finished
 from tests.conftest import rtmp_url, wait_for_state
 from tests.e2e.test_ladder import wait_for_url
 from tests.flv_replay import read_flv, replay
@@ -61,35 +61,10 @@ async def test_codec_parameters_changed_mid_stream_keep_playing(
     inits, players decode straight through the change."""
     first, second = tmp_path / "a.flv", tmp_path / "b.flv"
     for path, size, rate, channels in ((first, "320x240", 44100, 2), (second, "640x360", 48000, 1)):
-        code, _, err = await run(
-            tool("ffmpeg"),
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            f"testsrc2=size={size}:rate=25",
-            "-f",
-            "lavfi",
-            "-i",
-            f"sine=sample_rate={rate}",
-            "-t",
-            "3",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-            "-g",
-            "50",
-            "-c:a",
-            "aac",
-            "-ac",
-            str(channels),
-            str(path),
+        proc = await ffmpeg_publish(
+            str(path), 3.0, size=size, sample_rate=rate, channels=channels, realtime=False
         )
-        assert code == 0, err
+        assert not await finished(proc)
     key = origin.keys.create("morph")
     tags = read_flv(first) + read_flv(second, shift_ms=3000)
     await replay(origin.rtmp.port, key, tags)

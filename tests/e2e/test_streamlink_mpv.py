@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,21 +16,11 @@ from origin.service import OriginService
 from tests.clients import decode, ffmpeg_publish, finished, run, tool
 from tests.conftest import rtmp_url
 from tests.e2e.test_ladder import wait_for_url
-from tests.e2e.test_vod import make_clip, origin_config, upload, wait_job
+from tests.e2e.test_vod import make_clip, small_origin, upload, wait_job  # noqa: F401
 
 pytestmark = pytest.mark.e2e
 
 PINNED_STREAMLINK = str(Path(sys.executable).parent / "streamlink")
-
-
-@pytest.fixture
-async def vod_origin(tmp_path: Path) -> AsyncIterator[OriginService]:
-    service = OriginService(origin_config(tmp_path / "origin"))
-    await service.start()
-    try:
-        yield service
-    finally:
-        await service.close()
 
 
 async def test_debian_streamlink_records_live_hls(
@@ -64,13 +53,14 @@ async def test_debian_streamlink_records_live_hls(
 
 
 async def test_streamlink_starts_our_vod_every_time(
-    vod_origin: OriginService, tmp_path: Path
+    small_origin: OriginService,  # noqa: F811 (the fixture, imported above)
+    tmp_path: Path,
 ) -> None:
     clip = await make_clip(tmp_path / "clip.mp4", 6)
-    key = vod_origin.keys.create("owner", kind="api")
-    asset = await upload(vod_origin, key, clip.read_bytes())
-    assert (await wait_job(vod_origin, asset))["state"] == "ready"
-    url = f"hls://{vod_origin.url}/vod/{asset}/master.m3u8"
+    key = small_origin.keys.create("owner", kind="api")
+    asset = await upload(small_origin, key, clip.read_bytes())
+    assert (await wait_job(small_origin, asset))["state"] == "ready"
+    url = f"hls://{small_origin.url}/vod/{asset}/master.m3u8"
     for attempt in range(3):
         out = tmp_path / f"vod{attempt}.ts"
         code, _, err = await run(PINNED_STREAMLINK, "-o", str(out), url, "best", timeout=60)

@@ -3,39 +3,19 @@ handshake in memory, with the P-224 client certificate stock FFmpeg WHIP present
 
 from __future__ import annotations
 
-import datetime
-
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from origin import dtls_system as dtls
+from tests.whip_publisher import self_signed
 
 CIPHERS = b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305"
 SRTP = b"SRTP_AEAD_AES_128_GCM:SRTP_AES128_CM_SHA1_80"
 
 
-def certificate(curve: ec.EllipticCurve) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(curve)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "peer")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
 def connection(curve: ec.EllipticCurve) -> tuple[dtls.Connection, x509.Certificate]:
-    key, cert = certificate(curve)
+    key, cert = self_signed(curve)
     ctx = dtls.Context(dtls.DTLS_METHOD)
     ctx.set_options(dtls.OP_NO_TICKET)
     ctx.set_verify(dtls.VERIFY_PEER | dtls.VERIFY_FAIL_IF_NO_PEER_CERT)
