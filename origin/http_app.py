@@ -146,7 +146,7 @@ def create_app(
             return admitted
         media, token = admitted
         path = store.path(f"live/{media.name}/{media.relative}")
-        if not path.is_file():
+        if not path.is_file() or _previous_publication(path, media, registry.get(media.name)):
             stream = registry.get(media.name)
             reason = "stream not live" if stream is None else "not available (yet)"
             return json_error(404, reason, path=request.url.path)
@@ -284,6 +284,17 @@ def live_from_store(
         return _bytes_response(request, data, media, cache)
 
     return live_file
+
+
+def _previous_publication(path: Path, media: MediaPath, stream: LiveStream | None) -> bool:
+    """A manifest or init.mp4 written before the live publication of its name started:
+    the previous one's, until the new transcoder clears them (it starts in a second)."""
+    if stream is None or not stream.live or not (media.is_manifest or media.is_latest_init):
+        return False
+    try:
+        return path.stat().st_mtime < stream.started_at
+    except FileNotFoundError:
+        return True
 
 
 def _live_media_cache(media: MediaPath) -> str:

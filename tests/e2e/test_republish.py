@@ -88,9 +88,12 @@ async def test_edge_stops_serving_the_ended_playlist_when_the_name_is_live_again
             proc = await ffmpeg_publish(rtmp_url(mesh.origin, key), 8.0)
             try:
                 deadline = asyncio.get_running_loop().time() + 30
+                await wait_for_state(mesh.origin, "again", "live")
                 while True:  # the new publication's first playlist on the origin
                     live = await client.get(origin)
-                    if "#EXTINF" in live.text and "#EXT-X-ENDLIST" not in live.text:
+                    # Never the previous publication's, even before the new one has one.
+                    assert "#EXT-X-ENDLIST" not in live.text, live.text
+                    if "#EXTINF" in live.text:
                         break
                     assert asyncio.get_running_loop().time() < deadline, live.text
                     await asyncio.sleep(0.1)
