@@ -5,6 +5,7 @@ client does it, e.g. new sequence headers in the middle of a publication."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def read_flv(path: Path, shift_ms: int = 0) -> list[Tag]:
 
 
 async def replay(port: int, key: str, tags: list[Tag]) -> bytes:
-    """Publish ``tags`` (media only) as stream ``key``; returns what the server sent."""
+    """Publish ``tags`` (media only) as stream ``key``; returns what the server sent
+    (everything, when the server ends the publication first)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     received = bytearray()
     try:
@@ -47,19 +49,34 @@ async def replay(port: int, key: str, tags: list[Tag]) -> bytes:
             chunk = await asyncio.wait_for(reader.read(65536), 10)
             assert chunk, f"server closed before the publish started: {bytes(received)!r}"
             received += chunk
+        listener = asyncio.create_task(_collect(reader, received))
         loop = asyncio.get_running_loop()
         start = loop.time()
-        for tag in tags:
-            if tag.type_id not in (MessageType.AUDIO, MessageType.VIDEO):
-                continue
-            delay = start + tag.timestamp / 1000 - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            writer.write(pub.media(tag.type_id, tag.timestamp, tag.body).take())
-            await writer.drain()
-        writer.write(pub.command("FCUnpublish", 6.0, None, key).take())
-        writer.write(pub.command("deleteStream", 7.0, None, 1.0).take())
-        await writer.drain()
+        try:
+            for tag in tags:
+                if tag.type_id not in (MessageType.AUDIO, MessageType.VIDEO):
+                    continue
+                delay = start + tag.timestamp / 1000 - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if listener.done():
+                    break  # the server ended the publication and closed
+                writer.write(pub.media(tag.type_id, tag.timestamp, tag.body).take())
+                await writer.drain()
+            else:
+                writer.write(pub.command("FCUnpublish", 6.0, None, key).take())
+                writer.write(pub.command("deleteStream", 7.0, None, 1.0).take())
+                await writer.drain()
+        except ConnectionError:
+            pass
+        await asyncio.wait([listener], timeout=5)
+        listener.cancel()
     finally:
         writer.close()
     return bytes(received)
+
+
+async def _collect(reader: asyncio.StreamReader, into: bytearray) -> None:
+    with contextlib.suppress(ConnectionError):
+        while chunk := await reader.read(65536):
+            into += chunk

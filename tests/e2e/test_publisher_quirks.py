@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from meshcast.config import OriginConfig, TranscodeConfig
 from origin.service import OriginService
 from tests.clients import decode, extinf_seconds, ffmpeg_publish, finished
 from tests.conftest import rtmp_url, wait_for_state
@@ -83,3 +84,33 @@ async def test_codec_parameters_changed_mid_stream_keep_playing(
     async with httpx.AsyncClient() as client:
         stream = (await client.get(f"{origin.url}/api/streams/morph")).json()
     assert stream["audio"]["sample_rate"] == 48000  # the registry saw the change
+
+
+async def test_video_change_under_the_source_rung_ends_the_stream_clearly(
+    tmp_path: Path,
+) -> None:
+    """The source rung repackages the publisher's own H.264 under one init: new video
+    parameters end that publication with a reason (the publisher republishes), and its
+    playlists end cleanly."""
+    first, second = tmp_path / "a.flv", tmp_path / "b.flv"
+    for path, size in ((first, "320x240"), (second, "640x360")):
+        assert not await finished(await ffmpeg_publish(str(path), 3.0, size=size, realtime=False))
+    config = OriginConfig(
+        data_dir=tmp_path / "origin",
+        http_port=0,
+        rtmp_port=0,
+        transcode=TranscodeConfig(source_rung=True),
+    )
+    origin = OriginService(config)
+    await origin.start()
+    try:
+        key = origin.keys.create("srcrung")
+        sent = await replay(origin.rtmp.port, key, read_flv(first) + read_flv(second, 3000))
+        ended = await wait_for_state(origin, "srcrung", "ended")
+        assert "republish" in (ended["end_reason"] or ""), ended
+        assert b"NetStream.Unpublish.Success" in sent and b"republish" in sent
+        await wait_for_url(f"{origin.url}/live/srcrung/source/index.m3u8", 30, "ENDLIST")
+        decoded = await decode(f"{origin.url}/live/srcrung/240p/index.m3u8")
+        assert decoded.video_frames >= 2 * 25, decoded  # the first publication's part
+    finally:
+        await origin.close()
