@@ -11,6 +11,7 @@ import pytest
 from origin.service import OriginService
 from tests.clients import decode, ffmpeg_publish, finished, run, tool
 from tests.conftest import rtmp_url, wait_for_state
+from tests.e2e.test_whip import ffmpeg_whip_push, whip_url
 
 pytestmark = pytest.mark.e2e
 
@@ -60,3 +61,23 @@ async def test_play_of_a_name_that_is_not_live_is_refused_clearly(origin: Origin
     assert code != 0 and "NetStream.Play.StreamNotFound" in err, err
     code, _, err = await run(tool("ffmpeg"), "-v", "error", "-i", play, "-f", "null", "-")
     assert code != 0 and "stream 'nobody' is not live" in err, err
+
+
+async def test_a_whip_stream_plays_over_rtmp_as_h264_video(
+    origin: OriginService, tmp_path: Path
+) -> None:
+    """A WebRTC publisher's H.264 re-framed as FLV (its Opus has no legacy FLV form)."""
+    key = origin.keys.create("wcam")
+    publisher = await ffmpeg_whip_push(whip_url(origin, "wcam"), key, 8.0)
+    await wait_for_state(origin, "wcam", "live", within=20)
+    await asyncio.sleep(1.0)
+    out = tmp_path / "whip.flv"
+    play = f"rtmp://127.0.0.1:{origin.rtmp.port}/live/wcam"
+    code, _, err = await run(
+        tool("rtmpdump"), "--live", "-q", "-r", play, "-o", str(out), timeout=60
+    )
+    await asyncio.wait_for(publisher.communicate(), 60)
+    assert code == 0, err
+    got = await decode(str(out))
+    assert got.video_frames >= 4 * 30 and got.audio_seconds == 0, got
+    assert abs(got.video_seconds - got.video_frames / 30) < 0.5, got
