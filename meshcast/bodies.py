@@ -158,7 +158,6 @@ class BodyGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rule = self.rule(scope["path"])
         length: bytes | None = None
         chunked = False
         for name, value in scope["headers"]:
@@ -166,6 +165,10 @@ class BodyGuard:
                 length = value
             elif name == b"transfer-encoding":
                 chunked = True
+        if length is None and not chunked:
+            await self.app(scope, receive, send)  # no body (most requests): nothing to guard
+            return
+        rule = self.rule(scope["path"])
         try:
             declared = declared_length(None if length is None else length.decode("latin-1"))
             if declared is not None and declared > rule.max_bytes:
@@ -173,11 +176,10 @@ class BodyGuard:
         except BodyError as exc:
             await _refuse(send, exc)
             return
-        if declared == 0 or (declared is None and not chunked):
-            await self.app(scope, receive, send)  # no body: nothing to guard
+        if declared == 0:
+            await self.app(scope, receive, send)
             return
         budget = _Budget(rule.max_bytes, self.deadline_s, rule.min_rate)
-        scope.setdefault("extensions", {})["meshcast.body"] = budget
         started = False
 
         async def tracked(message: Message) -> None:

@@ -114,7 +114,6 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     limits = HttpLimits()
     _deadline: asyncio.TimerHandle | None = None
     _head_left: int | None = None
-    _header_count = 0
     _heads_done = 0
 
     def _arm(self) -> None:
@@ -211,27 +210,26 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._header_count = 0
         self._arm()
 
-    def on_url(self, url: bytes) -> None:
-        super().on_url(url)
-        if len(self.url) > self.limits.max_header_line:
-            limit = self.limits.max_header_line
-            raise HeadTooLarge(414, f"request target longer than {limit} bytes")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self.limits.max_headers:
-            raise HeadTooLarge(431, f"more than {self.limits.max_headers} header fields")
-        if len(name) + len(value) + 2 > self.limits.max_header_line:
-            raise HeadTooLarge(431, f"header line longer than {self.limits.max_header_line} bytes")
-        super().on_header(name, value)
+    def _check_head(self) -> None:
+        """Line and count limits, once the head is complete (the head budget in ``_feed``
+        already bounds what httptools buffered meanwhile): one loop per request instead
+        of a check per header callback."""
+        limits = self.limits
+        if len(self.url) > limits.max_header_line:
+            raise HeadTooLarge(414, f"request target longer than {limits.max_header_line} bytes")
+        if len(self.headers) > limits.max_headers:
+            raise HeadTooLarge(431, f"more than {limits.max_headers} header fields")
+        for name, value in self.headers:
+            if len(name) + len(value) + 2 > limits.max_header_line:
+                raise HeadTooLarge(431, f"header line longer than {limits.max_header_line} bytes")
 
     def on_headers_complete(self) -> None:
         self._disarm()
         self._head_left = None
         self._heads_done += 1
+        self._check_head()
         limits = self.limits
         reserved = self.url.startswith(RESERVED_PREFIXES)
         self.limit_concurrency = limits.max_connections + (limits.reserve if reserved else 0)
