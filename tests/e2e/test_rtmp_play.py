@@ -10,7 +10,7 @@ import pytest
 
 from origin.service import OriginService
 from tests.clients import decode, ffmpeg_publish, finished, run, tool
-from tests.conftest import rtmp_url, wait_for_state
+from tests.conftest import rtmp_url, stream_json, wait_for_state
 from tests.e2e.test_whip import ffmpeg_whip_push, whip_url
 
 pytestmark = pytest.mark.e2e
@@ -70,6 +70,13 @@ async def test_a_whip_stream_plays_over_rtmp_as_h264_video(
     key = origin.keys.create("wcam")
     publisher = await ffmpeg_whip_push(whip_url(origin, "wcam"), key, 8.0)
     await wait_for_state(origin, "wcam", "live", within=20)
+    # WHIP goes live at the POST; its codecs are known only once media flows (ICE and
+    # DTLS first), and a play request before that is refused as not playable.
+    for _ in range(200):
+        stream = await stream_json(origin, "wcam")
+        if stream is not None and stream["video"]:
+            break
+        await asyncio.sleep(0.1)
     await asyncio.sleep(1.0)
     out = tmp_path / "whip.flv"
     play = f"rtmp://127.0.0.1:{origin.rtmp.port}/live/wcam"
