@@ -234,6 +234,12 @@ def _parser() -> argparse.ArgumentParser:
             )
         if name == "create":
             k.add_argument("--owner", default=None, help="creator owning the stream (default NAME)")
+            k.add_argument(
+                "--no-record",
+                dest="record",
+                action="store_false",
+                help="stream keys: do not record publications as VOD assets",
+            )
     return parser
 
 
@@ -300,7 +306,7 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     store = KeyStore(args.data)
     try:
         if args.keys_command == "create":
-            print(store.create(args.name, args.kind, args.owner))
+            print(store.create(args.name, args.kind, args.owner, args.record))
         elif args.keys_command == "revoke":
             store.revoke(args.name, args.kind)
             print(f"revoked {args.name}", file=sys.stderr)

@@ -54,6 +54,20 @@ class VodConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordingConfig:
+    """Live recording to VOD (origin/recordings.py); per stream key unless disabled here."""
+
+    enabled: bool = True
+    # Bytes of recordings and clips one owner may keep; a recording stops (keeping what
+    # it has) when it would pass this, and none starts when it is full.
+    owner_budget: int = 100 * 1024**3
+    # While recording, live playlists list this many seconds (viewers seek back: DVR).
+    dvr_window: float = 7200.0
+    # Longest clip (seconds) POST /api/streams/NAME/clips accepts.
+    max_clip: float = 6 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
 class NetworkConfig:
     """The origin as contributor-network coordinator (origin/coordinator.py)."""
 
@@ -110,6 +124,7 @@ class OriginConfig:
     whip: WhipConfig = field(default_factory=WhipConfig)
     transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
     vod: VodConfig = field(default_factory=VodConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
     # Event bus: None = in-process; "nats://host:4222" = NATS (meshcast/nats_bus.py).
     bus: str | None = None
     # Where live streams are transcoded: "local" worker processes, "remote" transcoder

@@ -22,6 +22,12 @@ STREAM_ENDED: Final = "stream.ended"
 # Membership: every edge announces itself periodically; "node.left" on a clean shutdown.
 NODE_HEARTBEAT: Final = "node.heartbeat"
 NODE_LEFT: Final = "node.left"
+# Live recording (origin/recordings.py): a publication's recording began, could not begin
+# (the owner's disk budget is full), became a VOD asset; a clip of one is ready.
+RECORDING_STARTED: Final = "recording.started"
+RECORDING_REFUSED: Final = "recording.refused"
+RECORDING_READY: Final = "recording.ready"
+CLIP_READY: Final = "clip.ready"
 
 _ids = itertools.count(1)
 

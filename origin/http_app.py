@@ -100,6 +100,7 @@ def create_app(
     guard: MediaGuard | None = None,
     on_peer_fetch: Callable[[str, str, int], None] | None = None,
     segment_store: S3Store | None = None,
+    stream_extras: Callable[[str], dict[str, object]] | None = None,
 ) -> CorsOnly:
     """``on_peer_fetch(edge_url, path, bytes)`` is told of every media response to an edge
     (one that names itself in ``X-Meshcast-Peer``): the coordinator's fetch log."""
@@ -179,15 +180,21 @@ def create_app(
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "role": "origin"})
 
+    def stream_json(stream: LiveStream) -> dict[str, object]:
+        body = stream.to_json()
+        if stream_extras is not None:
+            body.update(stream_extras(stream.name))
+        return body
+
     async def list_streams(request: Request) -> Response:
-        return JSONResponse({"streams": [s.to_json() for s in registry.listing()]})
+        return JSONResponse({"streams": [stream_json(s) for s in registry.listing()]})
 
     async def get_stream(request: Request) -> Response:
         name = request.path_params["name"]
         stream = registry.get(name)
         if stream is None:
             return json_error(404, f"no stream named {name!r}")
-        return JSONResponse(stream.to_json())
+        return JSONResponse(stream_json(stream))
 
     async def event_stream(request: Request) -> Response:
         sub = bus.subscribe(maxsize=256)

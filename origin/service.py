@@ -23,6 +23,7 @@ from origin.demo import DemoSettings, DemoSource
 from origin.entitlements import AccessStore
 from origin.http_app import create_app
 from origin.inference import inference_routes
+from origin.recordings import Recordings
 from origin.registry import LiveStream, PublishRefused, StreamRegistry
 from origin.remote_transcode import RemoteSink, TranscoderDirectory
 from origin.rtmp_server import RtmpMetrics, RtmpServer
@@ -81,6 +82,9 @@ class OriginService:
             store=self.segment_store,
             on_created=lambda asset, owner: self.access.set_policy(f"vod/{asset}", "public", owner),
         )
+        self.recordings = Recordings(
+            config, self.keys, self.access, self.access_api, self.vod, self.bus
+        )
         self.whip = WhipServer(
             config.whip, self.registry, self.keys, self.metrics, self.key_failures
         )
@@ -91,6 +95,7 @@ class OriginService:
             config.data_dir,
             extra_routes=[
                 *whip_routes(self.whip),
+                *self.recordings.routes(),
                 *self.vod.routes(),
                 *access_routes(self.access_api),
                 *(coordinator_routes(self.coordinator) if self.coordinator else []),
@@ -103,6 +108,7 @@ class OriginService:
             guard=self.access_api.guard,
             on_peer_fetch=self.coordinator.record_fetch if self.coordinator else None,
             segment_store=self.segment_store,
+            stream_extras=self._stream_extras,
         )
         self.http = HttpService(self.app, config.host, config.http_port, "origin")
         self.demo = DemoSource(self.registry, demo_settings) if config.demo else None
@@ -110,6 +116,9 @@ class OriginService:
     @property
     def url(self) -> str:
         return f"http://{self.config.host}:{self.http.port}"
+
+    def _stream_extras(self, name: str) -> dict[str, object]:
+        return {"recording": self.recordings.stream_info(name)}
 
     def _start_transcoder(self, stream: LiveStream) -> PacketSink:
         loop = asyncio.get_running_loop()
@@ -127,9 +136,16 @@ class OriginService:
             if mode == "remote":
                 raise PublishRefused("no transcoder node is available; try again later")
         self._workers = {w for w in self._workers if w.alive}
-        sink = WorkerSink(stream.name, self.config.data_dir, self.config.transcode, failed)
+        recording = self.recordings.begin(stream)
+        try:
+            sink = WorkerSink(
+                stream.name, self.config.data_dir, self.config.transcode, failed, recording
+            )
+        except BaseException:
+            self.recordings.abandon(stream)
+            raise
         self._workers.add(sink)
-        return sink
+        return self.recordings.watch(stream, sink, lambda: asyncio.to_thread(sink.wait))
 
     def check_encoder(self) -> None:
         """Fail at start-up, not at the first publish, when a forced encoder cannot open."""
@@ -148,6 +164,7 @@ class OriginService:
         self.transcoders.start()
         await self.rtmp.start()
         await self.vod.start()
+        await self.recordings.start()
         await self.http.start()
         if self.coordinator is not None:
             self.coordinator.start()
@@ -170,6 +187,7 @@ class OriginService:
                     await remote.flushed()
         await self.transcoders.close()
         await self.http.close()
+        await self.recordings.close()
         await self.vod.close()
         self.access.close()
         if self.coordinator is not None:

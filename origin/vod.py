@@ -141,6 +141,7 @@ class VodService:
         ready = job.state == jobs_db.READY
         return {
             "id": job.id,
+            "owner": job.owner,
             "state": job.state,
             "progress": round(job.progress, 1),
             "error": job.error,
@@ -266,7 +267,7 @@ class VodService:
         return await self._patch(request, job)
 
     async def _terminate(self, job: Job) -> Response:
-        if job.state in (jobs_db.QUEUED, jobs_db.TRANSCODING):
+        if job.state in (jobs_db.QUEUED, jobs_db.TRANSCODING, jobs_db.RECORDING):
             return self._tus_error(409, f"cannot delete while {job.state}")
         self.upload_path(job.id).unlink(missing_ok=True)
         await asyncio.to_thread(self.store.clear, f"vod/{job.id}")

@@ -9,6 +9,7 @@ from fractions import Fraction
 from meshcast.store import SegmentStore
 from transcoder import dash, hls
 from transcoder.fmp4 import TrackSpec, init_segment
+from transcoder.recording import Recorder
 from transcoder.segments import RenditionState, SegmentRecord
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class StreamPackager:
         # Numbers continue across publications of a name (they follow the wall clock),
         # so a cached /live/NAME/R/N.m4s is never a segment of an earlier publication.
         self.first_number = int(self.wallclock_start / float(segment_duration))
+        # Set when this publication is recorded (transcoder/recording.py).
+        self.recorder: Recorder | None = None
 
     def add_rendition(
         self,
@@ -64,6 +67,8 @@ class StreamPackager:
         else:
             self.audio = state
         self.store.put(f"{self.prefix}/{name}/init.mp4", init_segment(track))
+        if self.recorder is not None and not passthrough:
+            self.recorder.add_rendition(state)
         return state
 
     @property
@@ -81,6 +86,8 @@ class StreamPackager:
 
     def _publish(self, rendition: RenditionState, record: SegmentRecord, data: bytes) -> None:
         self.store.put(f"{self.prefix}/{rendition.name}/{record.number}.m4s", data)
+        if self.recorder is not None and rendition is not self.source:
+            self.recorder.segment(rendition, record, data)
         self.store.put(
             f"{self.prefix}/{rendition.name}/index.m3u8",
             hls.media_playlist(rendition, float(self.segment_duration), self.ended, self.window),
@@ -124,6 +131,8 @@ class StreamPackager:
                     hls.media_playlist(rendition, float(self.segment_duration), True, self.window),
                 )
         self._write_manifests()
+        if self.recorder is not None:
+            self.recorder.finish()
 
 
 def write_vod_manifests(

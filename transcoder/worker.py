@@ -26,6 +26,7 @@ from meshcast.ingest import (
 )
 from meshcast.logs import ignore_terminal_signals, setup_logging
 from meshcast.store import open_store
+from transcoder.recording import RecordingTarget
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,12 @@ Item = IngestItem | None  # None: end of stream
 
 
 def worker_main(
-    name: str, data_dir: Path, config: TranscodeConfig, inbox: Any, log_level: int
+    name: str,
+    data_dir: Path,
+    config: TranscodeConfig,
+    inbox: Any,
+    log_level: int,
+    recording: RecordingTarget | None = None,
 ) -> None:
     ignore_terminal_signals()
     setup_logging(logging.getLevelName(log_level))
@@ -41,7 +47,7 @@ def worker_main(
 
     store = open_store(config.segment_store, data_dir)
     store.clear(f"live/{name}")  # a new publication starts a new timeline
-    pipeline = LadderPipeline(name, store, config)
+    pipeline = LadderPipeline(name, store, config, recording)
     try:
         while True:
             item = inbox.get()
@@ -67,13 +73,14 @@ class WorkerSink:
         data_dir: Path,
         config: TranscodeConfig,
         on_failure: Callable[[str], None],
+        recording: RecordingTarget | None = None,
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.name = name
         self._inbox: Any = ctx.Queue(config.queue_packets)
         self._process = ctx.Process(
             target=worker_main,
-            args=(name, data_dir, config, self._inbox, logging.getLogger().level),
+            args=(name, data_dir, config, self._inbox, logging.getLogger().level, recording),
             name=f"meshcast-transcode-{name}",
             daemon=True,
         )
@@ -139,6 +146,11 @@ class WorkerSink:
     @property
     def alive(self) -> bool:
         return self._watcher.is_alive()  # see join(): never poll the process from here
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the worker process exited (True), at most ``timeout`` seconds."""
+        self._watcher.join(timeout)
+        return not self._watcher.is_alive()
 
     def join(self, timeout: float) -> None:
         # Only the watcher thread reaps the process: two threads in Process.join() race on

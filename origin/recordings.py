@@ -1,0 +1,523 @@
+"""Live recordings and clips on the origin (DESIGN.md: Recordings).
+
+A publication whose stream key records (the default; ``keys create … --no-record`` opts
+out) gets a VOD asset id when it starts: the transcoder worker stores every segment
+there as it is cut (transcoder/recording.py) and the asset is listed by ``GET /api/vod``
+in state ``recording``. When the worker has finished, the asset gets static manifests
+(nothing is re-encoded), a poster and thumbnails, and turns ``ready``. The asset has
+the stream's owner and its access policy at the time.
+
+Clips (``POST /api/streams/NAME/clips``, ``{"seconds": N}``) are the last N seconds of
+the stream's current or latest recording, in whole segments (cut at keyframes), as a new
+asset: hard links to the recorded segments, new manifests.
+
+Each owner has a disk budget for recordings and clips: no recording starts once it is
+full, and one that reaches it stops (keeping what it has).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import math
+import multiprocessing
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from meshcast import events
+from meshcast.config import OriginConfig
+from meshcast.events import EventBus
+from meshcast.ingest import AudioConfig, MediaPacket, PacketSink, VideoConfig
+from meshcast.keys import InvalidName, KeyStore, validate_stream_name
+from meshcast.logs import ignore_terminal_signals, setup_logging
+from meshcast.paths import vod_urls
+from origin import vod_jobs as jobs_db
+from origin.access_api import AccessApi, ApiError, _json_object, _wrap
+from origin.entitlements import AccessStore
+from origin.registry import LiveStream
+from origin.vod import VodService
+from transcoder import record_assets
+from transcoder.recording import RecordingError, RecordingTarget
+
+log = logging.getLogger(__name__)
+
+LIVE: Final = "live"
+CLIP: Final = "clip"
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS recordings (
+    asset TEXT PRIMARY KEY,
+    stream TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    parent TEXT,
+    started REAL NOT NULL,
+    ended REAL,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS recordings_stream ON recordings(stream, started);
+"""
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class RecordingRow:
+    asset: str
+    stream: str
+    owner: str
+    kind: str  # live | clip
+    parent: str | None
+    started: float
+    ended: float | None = None
+    reason: str | None = None  # why a recording stopped early or was discarded
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "asset": self.asset,
+            "stream": self.stream,
+            "owner": self.owner,
+            "kind": self.kind,
+            "parent": self.parent,
+            "started": self.started,
+            "ended": self.ended,
+            "reason": self.reason,
+        }
+
+
+class RecordingDb:
+    """``DATA/vod/recordings.sqlite``: which assets are recordings and clips of which
+    stream (the VOD job table keeps their state, owner and size)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def add(self, row: RecordingRow) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO recordings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (row.asset, row.stream, row.owner, row.kind, row.parent, row.started,
+                 row.ended, row.reason),
+            )  # fmt: skip
+
+    def end(self, asset: str, reason: str | None) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE recordings SET ended = ?, reason = COALESCE(?, reason) WHERE asset = ?",
+                (time.time(), reason, asset),
+            )
+
+    def delete(self, asset: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM recordings WHERE asset = ?", (asset,))
+
+    def _rows(self, where: str, args: tuple[Any, ...]) -> list[RecordingRow]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM recordings WHERE {where} ORDER BY started",  # noqa: S608
+                args,
+            ).fetchall()
+        return [RecordingRow(*r) for r in rows]
+
+    def of_stream(self, stream: str) -> list[RecordingRow]:
+        return self._rows("stream = ?", (stream,))
+
+    def of_owner(self, owner: str) -> list[RecordingRow]:
+        return self._rows("owner = ?", (owner,))
+
+    def unfinished(self) -> list[RecordingRow]:
+        return self._rows("kind = ? AND ended IS NULL", (LIVE,))
+
+
+class _FinishAfterEnd:
+    """The transcoder's sink, plus: when the stream ends, finish its recording once the
+    transcoder has written its last segment."""
+
+    def __init__(self, inner: PacketSink, ended: Callable[[], None]) -> None:
+        self.inner = inner
+        self._ended = ended
+
+    def on_video_config(self, config: VideoConfig) -> None:
+        self.inner.on_video_config(config)
+
+    def on_audio_config(self, config: AudioConfig) -> None:
+        self.inner.on_audio_config(config)
+
+    def on_packet(self, packet: MediaPacket) -> None:
+        self.inner.on_packet(packet)
+
+    def on_end(self) -> None:
+        self.inner.on_end()
+        self._ended()
+
+
+def _worker_init(level: int) -> None:
+    ignore_terminal_signals()
+    setup_logging(logging.getLevelName(level))
+
+
+class Recordings:
+    def __init__(
+        self,
+        config: OriginConfig,
+        keys: KeyStore,
+        access: AccessStore,
+        api: AccessApi,
+        vod: VodService,
+        bus: EventBus,
+    ) -> None:
+        self.config = config
+        self.settings = config.recording
+        self.keys = keys
+        self.access = access
+        self.api = api
+        self.vod = vod
+        self.bus = bus
+        self.store_spec = config.transcode.segment_store
+        self.root = config.data_dir
+        self.db: RecordingDb | None = None
+        # Per stream name: the running publication's recording, or why it is not recorded.
+        self.live: dict[str, RecordingRow] = {}
+        self.refused: dict[str, str] = {}
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.db = RecordingDb(self.config.data_dir / "vod" / "recordings.sqlite")
+        # Recordings whose origin stopped mid-stream: the worker wrote its index up to the
+        # last segment; finish them with what is there (nothing recorded is lost).
+        for row in self.db.unfinished():
+            log.info("recording %s of %s interrupted by a restart; finishing", row.asset,
+                     row.stream)  # fmt: skip
+            self._spawn(self._finish(row, lambda: asyncio.sleep(0)))
+
+    async def close(self) -> None:
+        if self._tasks:
+            # Finishing writes manifests (seconds); images are redone at the next start.
+            await asyncio.wait(list(self._tasks), timeout=30)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._pool is not None:
+            await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
+            self._pool = None
+        if self.db is not None:
+            self.db.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=2,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+                initargs=(logging.getLogger().level,),
+            )
+        return self._pool
+
+    async def _in_pool(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor(), fn, self.store_spec, self.root, *args)
+
+    def _db(self) -> RecordingDb:
+        assert self.db is not None, "Recordings.start() not called"
+        return self.db
+
+    def _jobs(self) -> jobs_db.JobStore:
+        assert self.vod.jobs is not None, "VodService.start() not called"
+        return self.vod.jobs
+
+    # ---- budget ---------------------------------------------------------------------
+
+    def used(self, owner: str) -> int:
+        """Bytes of the owner's recordings and clips: finished ones as stored, running
+        ones as far as they got."""
+        assets = {row.asset: row for row in self._db().of_owner(owner)}
+        total = 0
+        for job in self._jobs().all():
+            if job.id not in assets:
+                continue
+            if job.state == jobs_db.RECORDING:
+                total += self._recorded_bytes(job.id)
+            else:
+                total += job.length
+        return total
+
+    def _recorded_bytes(self, asset: str) -> int:
+        status = self.vod.store.get(f"vod/{asset}/recording/status.json")
+        if status is None:
+            return 0
+        try:
+            return int(json.loads(status).get("bytes", 0))
+        except (ValueError, AttributeError):
+            return 0
+
+    # ---- live recordings --------------------------------------------------------------
+
+    def begin(self, stream: LiveStream) -> RecordingTarget | None:
+        """Called when ``stream`` is published: where to record it, or None."""
+        self.refused.pop(stream.name, None)
+        self.live.pop(stream.name, None)
+        owner = self.keys.owner_of(stream.name)
+        if not self.settings.enabled or owner is None or not self.keys.records(stream.name):
+            return None
+        budget = self.settings.owner_budget
+        used = self.used(owner)
+        if budget - used < self._segment_bytes():
+            reason = (
+                f"not recorded: the disk budget of {owner!r} is full ({used} of {budget} "
+                "bytes used); delete recordings or clips to record again"
+            )
+            self.refused[stream.name] = reason
+            log.warning("stream %s: %s", stream.name, reason)
+            self.bus.publish(events.RECORDING_REFUSED, stream=stream.name, reason=reason)
+            return None
+        asset = secrets.token_hex(8)
+        when = datetime.fromtimestamp(stream.started_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        row = RecordingRow(asset, stream.name, owner, LIVE, None, stream.started_at)
+        self._jobs().create(asset, owner, f"{stream.name} {when}", 0)
+        self._jobs().update(asset, state=jobs_db.RECORDING)
+        policy = self.access.policy(f"live/{stream.name}")
+        self.access.set_policy(f"vod/{asset}", policy.access, owner)
+        self._db().add(row)
+        self.live[stream.name] = row
+        window = math.ceil(self.settings.dvr_window / self.config.transcode.segment_duration)
+        log.info("stream %s: recording to vod/%s (budget left %d bytes)", stream.name, asset,
+                 budget - used)  # fmt: skip
+        self.bus.publish(events.RECORDING_STARTED, stream=stream.name, asset=asset, owner=owner)
+        return RecordingTarget(f"vod/{asset}", budget - used, window)
+
+    def _segment_bytes(self) -> int:
+        """About one segment of every rendition at the ladder's nominal bitrates: a budget
+        with less room left than that would record nothing."""
+        transcode = self.config.transcode
+        kbps = sum(k for _, k in transcode.ladder) + transcode.audio_kbps
+        return int(kbps * 1000 / 8 * transcode.segment_duration)
+
+    def watch(
+        self, stream: LiveStream, sink: PacketSink, finished: Callable[[], Awaitable[object]]
+    ) -> PacketSink:
+        """``sink`` (the transcoder recording ``stream``), finishing the recording once
+        ``finished()`` returns after the stream ended."""
+        row = self.live.get(stream.name)
+        if row is None:
+            return sink
+        return _FinishAfterEnd(sink, lambda: self._spawn(self._finish(row, finished)))
+
+    def abandon(self, stream: LiveStream) -> None:
+        """The transcoder could not start: the recording never began."""
+        row = self.live.pop(stream.name, None)
+        if row is not None:
+            self._db().delete(row.asset)
+            self._jobs().delete(row.asset)
+
+    async def _finish(self, row: RecordingRow, finished: Callable[[], Awaitable[object]]) -> None:
+        await finished()
+        prefix = f"vod/{row.asset}"
+        try:
+            result = await self._in_pool(record_assets.finish_recording, prefix)
+        except RecordingError as exc:
+            log.info("recording %s of %s: %s; discarded", row.asset, row.stream, exc)
+            await self._in_pool(record_assets.discard_index, prefix)
+            self._jobs().delete(row.asset)
+            self._db().delete(row.asset)
+            self.bus.publish(events.RECORDING_READY, stream=row.stream, asset=None,
+                             reason=str(exc))  # fmt: skip
+            return
+        except Exception as exc:
+            log.exception("recording %s of %s could not be finished", row.asset, row.stream)
+            self._jobs().update(row.asset, state=jobs_db.FAILED, error=f"internal error: {exc}")
+            self._db().end(row.asset, f"internal error: {exc}")
+            return
+        self._jobs().update(
+            row.asset,
+            state=jobs_db.READY,
+            progress=100.0,
+            duration=result.duration,
+            renditions=list(result.renditions),
+            length=result.bytes,
+        )
+        self._db().end(row.asset, result.stopped)
+        log.info("recording %s of %s ready: %.1f s, %d bytes%s", row.asset, row.stream,
+                 result.duration, result.bytes,
+                 f" ({result.stopped})" if result.stopped else "")  # fmt: skip
+        self.bus.publish(events.RECORDING_READY, stream=row.stream, asset=row.asset,
+                         duration=result.duration, reason=result.stopped)  # fmt: skip
+        await self._images(row.asset)
+
+    async def _images(self, asset: str) -> None:
+        try:
+            await self._in_pool(record_assets.make_images, f"vod/{asset}")
+        except Exception as exc:
+            # The asset plays without them; its poster URL answers 404.
+            log.warning("recording %s: no poster/thumbnails: %s", asset, exc)
+
+    # ---- stream info -------------------------------------------------------------------
+
+    def stream_info(self, name: str) -> dict[str, Any] | None:
+        """``"recording"`` of GET /api/streams/NAME: the current or latest recording."""
+        if name in self.refused:
+            return {"state": "refused", "reason": self.refused[name], "asset": None}
+        row = self.live.get(name)
+        if row is None:
+            return None
+        job = self._jobs().get(row.asset)
+        state = job.state if job is not None else "deleted"
+        recorded = self._recorded_bytes(row.asset) if state == jobs_db.RECORDING else None
+        return {
+            "state": state,
+            "asset": row.asset,
+            "bytes": recorded if recorded is not None else (job.length if job else 0),
+            "reason": row.reason or self._stop_reason(row.asset),
+        }
+
+    def _stop_reason(self, asset: str) -> str | None:
+        status = self.vod.store.get(f"vod/{asset}/recording/status.json")
+        if status is None:
+            return None
+        try:
+            reason = json.loads(status).get("reason")
+        except ValueError:
+            return None
+        return reason if isinstance(reason, str) else None
+
+    # ---- clips -----------------------------------------------------------------------
+
+    def _source(self, name: str) -> RecordingRow | None:
+        """The stream's running recording, else its latest finished one."""
+        if (row := self.live.get(name)) is not None:
+            job = self._jobs().get(row.asset)
+            if job is not None and job.state in (jobs_db.RECORDING, jobs_db.READY):
+                return row
+        for row in reversed(self._db().of_stream(name)):
+            job = self._jobs().get(row.asset)
+            if row.kind == LIVE and job is not None and job.state == jobs_db.READY:
+                return row
+        return None
+
+    async def create_clip(self, request: Request) -> Response:
+        principal = self.api.principal(request)
+        name = request.path_params["name"]
+        try:
+            validate_stream_name(name)
+        except InvalidName as exc:
+            raise ApiError(404, str(exc)) from None
+        body = await _json_object(request)
+        seconds = body.get("seconds")
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+            raise ApiError(400, "'seconds' must be a number")
+        if not math.isfinite(seconds) or seconds <= 0 or seconds > self.settings.max_clip:
+            raise ApiError(
+                422,
+                f"'seconds' must be in (0, {self.settings.max_clip:g}]",
+                reason="out_of_range",
+            )
+        source = self._source(name)
+        owner = source.owner if source is not None else self.keys.owner_of(name)
+        if owner is not None and not principal.may_manage(owner):
+            raise ApiError(403, f"stream {name!r} is not yours")
+        if source is None:
+            why = "its key does not record (--no-record)" if owner and not self.keys.records(
+                name) else "nothing recorded yet"  # fmt: skip
+            raise ApiError(404, f"stream {name!r} has no recording: {why}")
+        prefix = f"vod/{source.asset}"
+        try:
+            start, end, size = await self._in_pool(record_assets.plan_clip, prefix, float(seconds))
+        except RecordingError as exc:
+            raise ApiError(422, str(exc), reason="out_of_range") from None
+        used, budget = self.used(source.owner), self.settings.owner_budget
+        if used + size > budget:
+            raise ApiError(
+                507,
+                f"disk budget of {source.owner!r} is full: the clip needs {size} bytes, "
+                f"{max(0, budget - used)} left",
+                reason="budget",
+            )
+        asset = secrets.token_hex(8)
+        jobs = self._jobs()
+        jobs.create(asset, source.owner, f"{name} clip {seconds:g} s", size)
+        jobs.update(asset, state=jobs_db.TRANSCODING)
+        policy = self.access.policy(prefix)
+        self.access.set_policy(f"vod/{asset}", policy.access, source.owner)
+        row = RecordingRow(asset, name, source.owner, CLIP, source.asset, time.time(), time.time())
+        self._db().add(row)
+        try:
+            result = await self._in_pool(record_assets.cut_clip, prefix, f"vod/{asset}", start,
+                                         end)  # fmt: skip
+        except Exception as exc:
+            await self._in_pool(record_assets.discard_index, f"vod/{asset}")
+            jobs.delete(asset)
+            self._db().delete(asset)
+            if isinstance(exc, RecordingError):
+                raise ApiError(422, str(exc), reason="out_of_range") from None
+            raise
+        jobs.update(
+            asset,
+            state=jobs_db.READY,
+            progress=100.0,
+            duration=result.duration,
+            renditions=list(result.renditions),
+            length=result.bytes,
+        )
+        log.info("clip %s of %s (%s): %.1f s from %.1f s", asset, name, source.asset,
+                 result.duration, start)  # fmt: skip
+        self.bus.publish(events.CLIP_READY, stream=name, asset=asset, source=source.asset,
+                         duration=result.duration)  # fmt: skip
+        self._spawn(self._images(asset))
+        base = str(request.base_url).rstrip("/")
+        return JSONResponse(
+            {
+                "id": asset,
+                "stream": name,
+                "source": source.asset,
+                "start": round(start, 3),
+                "duration": result.duration,
+                "renditions": list(result.renditions),
+                "playback": vod_urls(base, asset),
+            },
+            status_code=201,
+            headers={"Location": f"{base}/api/vod/{asset}"},
+        )
+
+    async def list_recordings(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        jobs = self._jobs()
+        items = []
+        for row in self._db().of_stream(name):
+            job = jobs.get(row.asset)
+            if job is None:
+                continue  # deleted
+            items.append({**row.to_json(), "state": job.state, "duration": job.duration,
+                          "bytes": job.length})  # fmt: skip
+        return JSONResponse({"stream": name, "recordings": items})
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/api/streams/{name}/clips", _wrap(self.create_clip), methods=["POST"]),
+            Route("/api/streams/{name}/recordings", _wrap(self.list_recordings), methods=["GET"]),
+        ]
