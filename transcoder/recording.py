@@ -197,10 +197,9 @@ class Recording:
         """The media time range of the last ``seconds``, in whole segments (so it is cut at
         keyframes): the fewest final segments that reach ``seconds`` within half a
         segment. RecordingError when more than was recorded is asked for."""
-        span = self.span()
+        span = self.span() or (0.0, 0.0)
         total = 0.0
-        segments = [s for s in self.videos[0].segments if self._in(s, *span)] if span else []
-        for seg in reversed(segments):
+        for seg in reversed([s for s in self.videos[0].segments if self._in(s, *span)]):
             total += seg.seconds
             if total >= seconds - seg.seconds / 2:
                 return seg.start / seg.timescale, span[1]
@@ -209,7 +208,7 @@ class Recording:
         )
 
     def cut(self, start: float, end: float) -> Recording:
-        """The renditions restricted to the segments that start in ``[start, end)``."""
+        """The renditions restricted to the segments whose middle is in ``[start, end)``."""
 
         def part(state: RenditionState) -> RenditionState:
             copy = RenditionState(
