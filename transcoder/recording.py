@@ -199,7 +199,8 @@ class Recording:
         segment. RecordingError when more than was recorded is asked for."""
         span = self.span() or (0.0, 0.0)
         total = 0.0
-        for seg in reversed([s for s in self.videos[0].segments if self._in(s, *span)]):
+        reference = self.videos[0].segments if self.videos else []
+        for seg in reversed([s for s in reference if self._in(s, *span)]):
             total += seg.seconds
             if total >= seconds - seg.seconds / 2:
                 return seg.start / seg.timescale, span[1]
