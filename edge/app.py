@@ -47,6 +47,7 @@ from meshcast.tokens import (
     rewrite_manifest,
     token_from_query,
 )
+from meshcast.viewers import ViewerCounter, viewer_id
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,8 @@ class Edge:
             lambda: self.origin, self.client, self.metrics.registry, config.access_policy_ttl
         )
         self._fills: dict[str, Fill] = {}
+        # Live viewers seen here, reported to the origin (EdgeService, meshcast/viewers.py).
+        self.viewers = ViewerCounter()
         # Set by EdgeService with --bus: plugins publish their events (moderation.flagged).
         self.bus: EventBus | None = None
         # {"node": id, "coordinator": URL} once this edge joined a network (edge/network.py):
@@ -184,6 +187,10 @@ class Edge:
                 return json_error(503, str(exc), reason="policy_unavailable", path=path)
             if claims is None:
                 token = None  # public: nothing to forward or rewrite
+        if media is not None and media.kind == "live" and PEER_HEADER not in request.headers:
+            client = request.client.host if request.client else "-"
+            agent = request.headers.get("user-agent", "")
+            self.viewers.seen(media.name, viewer_id(token, client, agent), time.time())
         if (
             token is not None
             and media is not None

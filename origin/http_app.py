@@ -101,6 +101,7 @@ def create_app(
     on_peer_fetch: Callable[[str, str, int], None] | None = None,
     segment_store: S3Store | None = None,
     stream_extras: Callable[[str], dict[str, object]] | None = None,
+    on_live_request: Callable[[Request], None] | None = None,
 ) -> CorsOnly:
     """``on_peer_fetch(edge_url, path, bytes)`` is told of every media response to an edge
     (one that names itself in ``X-Meshcast-Peer``): the coordinator's fetch log."""
@@ -244,6 +245,15 @@ def create_app(
             response = await from_store(request)
             if response.status_code == 200:
                 sent(request, request.url.path, len(response.body))
+            return response
+
+    if on_live_request is not None:
+        serve_live, count = live_handler, on_live_request
+
+        async def live_handler(request: Request) -> Response:
+            response = await serve_live(request)
+            if response.status_code == 200:
+                count(request)  # a viewer's request (the counter skips edges)
             return response
 
     routes = [

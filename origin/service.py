@@ -28,6 +28,7 @@ from origin.registry import LiveStream, PublishRefused, StreamRegistry
 from origin.remote_transcode import RemoteSink, TranscoderDirectory
 from origin.rtmp_server import RtmpMetrics, RtmpServer
 from origin.signing import Keyring
+from origin.viewers import ViewerStats
 from origin.vod import VodService
 from origin.whip import WhipServer, whip_routes
 from transcoder.encoders import EncoderSettings, select_backend
@@ -82,6 +83,7 @@ class OriginService:
             store=self.segment_store,
             on_created=lambda asset, owner: self.access.set_policy(f"vod/{asset}", "public", owner),
         )
+        self.viewers = ViewerStats(self.registry)
         self.recordings = Recordings(
             config, self.keys, self.access, self.access_api, self.vod, self.bus
         )
@@ -96,6 +98,7 @@ class OriginService:
             extra_routes=[
                 *whip_routes(self.whip),
                 *self.recordings.routes(),
+                *self.viewers.routes(),
                 *self.vod.routes(),
                 *access_routes(self.access_api),
                 *(coordinator_routes(self.coordinator) if self.coordinator else []),
@@ -109,6 +112,7 @@ class OriginService:
             on_peer_fetch=self.coordinator.record_fetch if self.coordinator else None,
             segment_store=self.segment_store,
             stream_extras=self._stream_extras,
+            on_live_request=self.viewers.on_live_request,
         )
         self.http = HttpService(self.app, config.host, config.http_port, "origin")
         self.demo = DemoSource(self.registry, demo_settings) if config.demo else None
@@ -118,7 +122,7 @@ class OriginService:
         return f"http://{self.config.host}:{self.http.port}"
 
     def _stream_extras(self, name: str) -> dict[str, object]:
-        return {"recording": self.recordings.stream_info(name)}
+        return {**self.viewers.stream_json(name), "recording": self.recordings.stream_info(name)}
 
     def _start_transcoder(self, stream: LiveStream) -> PacketSink:
         loop = asyncio.get_running_loop()
@@ -165,6 +169,7 @@ class OriginService:
         await self.rtmp.start()
         await self.vod.start()
         await self.recordings.start()
+        self.viewers.start()
         await self.http.start()
         if self.coordinator is not None:
             self.coordinator.start()
@@ -188,6 +193,7 @@ class OriginService:
         await self.transcoders.close()
         await self.http.close()
         await self.recordings.close()
+        await self.viewers.close()
         await self.vod.close()
         self.access.close()
         if self.coordinator is not None:
