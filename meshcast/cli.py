@@ -66,6 +66,25 @@ def _add_origin_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--transcoder-secret", default="", help="shared with `meshcast transcoder`")
     p.add_argument(
+        "--no-recording",
+        dest="recording",
+        action="store_false",
+        help="never record live streams (default: per stream key, see keys create --no-record)",
+    )
+    p.add_argument(
+        "--record-budget",
+        type=parse_size,
+        default=cfg.RecordingConfig.owner_budget,
+        help="disk for one owner's recordings and clips (default 100GiB)",
+    )
+    p.add_argument(
+        "--record-dvr",
+        type=float,
+        default=cfg.RecordingConfig.dvr_window,
+        metavar="SECONDS",
+        help="seconds viewers can seek back in a recorded live stream (default 7200)",
+    )
+    p.add_argument(
         "--epoch",
         type=float,
         default=3600.0,
@@ -289,6 +308,9 @@ def _origin_config(args: argparse.Namespace) -> cfg.OriginConfig:
         bus=args.bus,
         transcoders=args.transcoders,
         transcoder_secret=args.transcoder_secret,
+        recording=cfg.RecordingConfig(
+            enabled=args.recording, owner_budget=args.record_budget, dvr_window=args.record_dvr
+        ),
         network=cfg.NetworkConfig(
             rewards=RewardParams(
                 epoch_seconds=args.epoch,

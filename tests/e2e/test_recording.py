@@ -138,6 +138,13 @@ async def test_recorded_stream_becomes_an_asset_and_clips_are_cut(
         assert r.status_code == 201, r.text
         live_clip = r.json()
         assert live_clip["source"] == asset
+        # DVR while recording: the live playlists keep every segment of the last 2 h
+        # (not the 6 of an unrecorded stream), the MPD says so too.
+        live = (await api.get("/live/show/360p/index.m3u8")).text
+        assert live.count(".m4s") >= 10, live
+        assert (
+            'timeShiftBufferDepth="PT7200.000S"' in (await api.get("/live/show/manifest.mpd")).text
+        )
         assert abs(live_clip["duration"] - 20) <= SEGMENT, live_clip
 
         # The stream ends while a clip is cut: both finish, nothing is lost.
