@@ -74,13 +74,13 @@ def _add_origin_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--record-budget",
         type=parse_size,
-        default=cfg.RecordingConfig.owner_budget,
+        default=cfg.RecordingConfig().owner_budget,
         help="disk for one owner's recordings and clips (default 100GiB)",
     )
     p.add_argument(
         "--record-dvr",
         type=float,
-        default=cfg.RecordingConfig.dvr_window,
+        default=cfg.RecordingConfig().dvr_window,
         metavar="SECONDS",
         help="seconds viewers can seek back in a recorded live stream (default 7200)",
     )
