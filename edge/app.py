@@ -52,8 +52,9 @@ from meshcast.viewers import ViewerCounter, viewer_id
 log = logging.getLogger(__name__)
 
 PEER_HEADER: Final = "X-Meshcast-Peer"
-# Non-media paths an edge forwards (player assets, landing page): plain, safe characters.
-_PASSTHROUGH = re.compile(r"/(?:player/[A-Za-z0-9._/-]*)?")
+# Non-media paths an edge forwards (player and studio assets, landing page): plain, safe
+# characters.
+_PASSTHROUGH = re.compile(r"/(?:(?:player|studio)/[A-Za-z0-9._/-]*)?")
 _FORWARD_HEADERS: Final = ("content-type", "etag", "last-modified", "cache-control")
 
 
@@ -608,9 +609,15 @@ def create_app(edge: Edge) -> ASGIApp:
             return json_error(404, "this edge has not joined a contributor network")
         return JSONResponse(edge.network, headers={"Cache-Control": "no-store"})
 
+    async def studio_config(request: Request) -> Response:
+        # The studio signs in and calls the API on the origin, never through an edge: an
+        # API key is a creator's secret, and community edges are strangers.
+        return JSONResponse({"api": edge.origin}, headers={"Cache-Control": "no-store"})
+
     handler: Callable[[Request], Awaitable[Response]] = edge.handle
     routes: list[BaseRoute] = [
         Route("/healthz", healthz),
+        Route("/studio/config.json", studio_config),
         Route("/api/network", network),
         Route("/metrics", metrics_endpoint(edge.metrics.registry)),
         *edge.network_routes,

@@ -61,6 +61,14 @@ PLAYER_FILES = {
     "vendor/hls.min.js": "node_modules/hls.js/dist/hls.min.js",
     "vendor/shaka-player.compiled.js": "node_modules/shaka-player/dist/shaka-player.compiled.js",
 }
+# URL below /studio/ -> file below player-demo/ (the creator studio, docs/studio.md).
+STUDIO_FILES = {
+    "": "studio/index.html",
+    "index.html": "studio/index.html",
+    "studio.js": "studio/studio.js",
+    "studio.css": "studio/studio.css",
+    "vendor/tus.min.js": "node_modules/tus-js-client/dist/tus.min.js",
+}
 PLAYER_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -221,7 +229,8 @@ def create_app(
         )
 
     async def player_file(request: Request) -> Response:
-        relative = PLAYER_FILES.get(request.path_params.get("file", ""))
+        files = STUDIO_FILES if request.url.path.startswith("/studio/") else PLAYER_FILES
+        relative = files.get(request.path_params.get("file", ""))
         if relative is None:
             return json_error(404, "not found", path=request.url.path)
         path = player_dir / relative
@@ -231,6 +240,10 @@ def create_app(
             )
         media_type = PLAYER_TYPES[path.suffix]
         return FileResponse(path, media_type=media_type, headers={"Cache-Control": PLAYER_CACHE})
+
+    async def studio_config(request: Request) -> Response:
+        # On the origin the studio calls its own API; edges answer with the origin's URL.
+        return JSONResponse({"api": ""}, headers={"Cache-Control": "no-store"})
 
     async def landing(request: Request) -> Response:
         return HTMLResponse(
@@ -260,6 +273,9 @@ def create_app(
         Route("/", landing),
         Route("/player/", player_file),
         Route("/player/{file:path}", player_file),
+        Route("/studio/", player_file),
+        Route("/studio/config.json", studio_config),
+        Route("/studio/{file:path}", player_file),
         Route("/healthz", healthz),
         Route("/metrics", metrics_endpoint(metrics)),
         Route("/api/streams", list_streams),

@@ -28,6 +28,7 @@ from origin.registry import LiveStream, PublishRefused, StreamRegistry
 from origin.remote_transcode import RemoteSink, TranscoderDirectory
 from origin.rtmp_server import RtmpMetrics, RtmpServer
 from origin.signing import Keyring
+from origin.studio_api import StudioApi
 from origin.viewers import ViewerStats
 from origin.vod import VodService
 from origin.whip import WhipServer, whip_routes
@@ -84,6 +85,7 @@ class OriginService:
             on_created=lambda asset, owner: self.access.set_policy(f"vod/{asset}", "public", owner),
         )
         self.viewers = ViewerStats(self.registry)
+        self.studio = StudioApi(self.access_api, self.keys, lambda: self.rtmp.port)
         self.recordings = Recordings(
             config, self.keys, self.access, self.access_api, self.vod, self.bus
         )
@@ -99,6 +101,7 @@ class OriginService:
                 *whip_routes(self.whip),
                 *self.recordings.routes(),
                 *self.viewers.routes(),
+                *self.studio.routes(),
                 *self.vod.routes(),
                 *access_routes(self.access_api),
                 *(coordinator_routes(self.coordinator) if self.coordinator else []),
