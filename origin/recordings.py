@@ -195,7 +195,8 @@ class Recordings:
         self.bus = bus
         self.store_spec = config.transcode.segment_store
         self.root = config.data_dir
-        self.db: RecordingDb | None = None
+        # Opened here (like the access store): the API answers before start() too.
+        self.db = RecordingDb(config.data_dir / "vod" / "recordings.sqlite")
         # Per stream name: the running publication's recording, or why it is not recorded.
         self.live: dict[str, RecordingRow] = {}
         self.refused: dict[str, str] = {}
@@ -205,7 +206,6 @@ class Recordings:
     # ---- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.db = RecordingDb(self.config.data_dir / "vod" / "recordings.sqlite")
         # Recordings whose origin stopped mid-stream: the worker wrote its index up to the
         # last segment; finish them with what is there (nothing recorded is lost).
         for row in self.db.unfinished():
@@ -222,8 +222,7 @@ class Recordings:
         if self._pool is not None:
             await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
             self._pool = None
-        if self.db is not None:
-            self.db.close()
+        self.db.close()
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -245,12 +244,15 @@ class Recordings:
         return await loop.run_in_executor(self._executor(), fn, self.store_spec, self.root, *args)
 
     def _db(self) -> RecordingDb:
-        assert self.db is not None, "Recordings.start() not called"
         return self.db
 
     def _jobs(self) -> jobs_db.JobStore:
         assert self.vod.jobs is not None, "VodService.start() not called"
         return self.vod.jobs
+
+    def _job(self, asset: str) -> jobs_db.Job | None:
+        # None before the VOD service started too (the API answers as for no recording).
+        return self.vod.jobs.get(asset) if self.vod.jobs is not None else None
 
     # ---- budget ---------------------------------------------------------------------
 
@@ -386,7 +388,7 @@ class Recordings:
         row = self.live.get(name)
         if row is None:
             return None
-        job = self._jobs().get(row.asset)
+        job = self._job(row.asset)
         state = job.state if job is not None else "deleted"
         recorded = self._recorded_bytes(row.asset) if state == jobs_db.RECORDING else None
         return {
@@ -411,11 +413,11 @@ class Recordings:
     def _source(self, name: str) -> RecordingRow | None:
         """The stream's running recording, else its latest finished one."""
         if (row := self.live.get(name)) is not None:
-            job = self._jobs().get(row.asset)
+            job = self._job(row.asset)
             if job is not None and job.state in (jobs_db.RECORDING, jobs_db.READY):
                 return row
         for row in reversed(self._db().of_stream(name)):
-            job = self._jobs().get(row.asset)
+            job = self._job(row.asset)
             if row.kind == LIVE and job is not None and job.state == jobs_db.READY:
                 return row
         return None
@@ -506,10 +508,9 @@ class Recordings:
 
     async def list_recordings(self, request: Request) -> Response:
         name = request.path_params["name"]
-        jobs = self._jobs()
         items = []
         for row in self._db().of_stream(name):
-            job = jobs.get(row.asset)
+            job = self._job(row.asset)
             if job is None:
                 continue  # deleted
             items.append({**row.to_json(), "state": job.state, "duration": job.duration,

@@ -85,7 +85,7 @@ class OriginService:
             on_created=lambda asset, owner: self.access.set_policy(f"vod/{asset}", "public", owner),
         )
         self.viewers = ViewerStats(self.registry)
-        self.studio = StudioApi(self.access_api, self.keys, lambda: self.rtmp.port)
+        self.studio = StudioApi(self.access_api, self.keys, self._rtmp_port)
         self.recordings = Recordings(
             config, self.keys, self.access, self.access_api, self.vod, self.bus
         )
@@ -123,6 +123,10 @@ class OriginService:
     @property
     def url(self) -> str:
         return f"http://{self.config.host}:{self.http.port}"
+
+    def _rtmp_port(self) -> int:
+        # The configured one until the listener runs (0 = any: known once it listens).
+        return self.rtmp.port if self.rtmp.listening else self.config.rtmp_port
 
     def _stream_extras(self, name: str) -> dict[str, object]:
         return {**self.viewers.stream_json(name), "recording": self.recordings.stream_info(name)}
