@@ -47,7 +47,7 @@ from meshcast.tokens import (
     rewrite_manifest,
     token_from_query,
 )
-from meshcast.viewers import ViewerCounter, viewer_id
+from meshcast.viewers import ViewerCounter, is_viewing, viewer_id
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class Edge:
                 return json_error(503, str(exc), reason="policy_unavailable", path=path)
             if claims is None:
                 token = None  # public: nothing to forward or rewrite
-        if media is not None and media.kind == "live" and PEER_HEADER not in request.headers:
+        if media is not None and is_viewing(media) and PEER_HEADER not in request.headers:
             client = request.client.host if request.client else "-"
             agent = request.headers.get("user-agent", "")
             self.viewers.seen(media.name, viewer_id(token, client, agent), time.time())

@@ -14,6 +14,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Final
 
+from meshcast.paths import MediaPath
+
 SESSION_WINDOW: Final = 30.0
 # Edges report their counts this often; a report older than REPORT_TTL is dropped (an
 # edge that stopped or lost the origin stops counting).
@@ -23,6 +25,12 @@ REPORT_TTL: Final = 3 * REPORT_INTERVAL
 MAX_REPORT_STREAMS: Final = 10_000
 MAX_REPORT_VIEWERS: Final = 10_000_000
 MAX_SESSIONS: Final = 500_000
+
+
+def is_viewing(path: MediaPath) -> bool:
+    """Requests that mean someone watches: live playlists and media (not a poster on a
+    page that lists streams)."""
+    return path.kind == "live" and path.suffix != ".jpg"
 
 
 def viewer_id(token: str | None, address: str, agent: str) -> str:

@@ -47,6 +47,7 @@ from meshcast.paths import vod_urls
 from origin import vod_jobs as jobs_db
 from origin.access_api import AccessApi, ApiError, _json_object, _wrap
 from origin.entitlements import AccessStore
+from origin.http_app import ListedAsset
 from origin.registry import LiveStream
 from origin.vod import VodService
 from transcoder import record_assets
@@ -141,6 +142,12 @@ class RecordingDb:
 
     def of_stream(self, stream: str) -> list[RecordingRow]:
         return self._rows("stream = ?", (stream,))
+
+    def of_assets(self, assets: list[str]) -> list[RecordingRow]:
+        if not assets:
+            return []
+        marks = ",".join("?" * len(assets))
+        return self._rows(f"asset IN ({marks})", tuple(assets))
 
     def of_owner(self, owner: str) -> list[RecordingRow]:
         return self._rows("owner = ?", (owner,))
@@ -407,6 +414,17 @@ class Recordings:
         except ValueError:
             return None
         return reason if isinstance(reason, str) else None
+
+    def catalogue(self, limit: int = 24) -> list[ListedAsset]:
+        """The newest ready assets for the landing page (recordings marked as such)."""
+        if self.vod.jobs is None:
+            return []
+        ready = [j for j in self.vod.jobs.all() if j.state == jobs_db.READY][-limit:]
+        recorded = {row.asset for row in self._db().of_assets([j.id for j in ready])}
+        return [
+            ListedAsset(j.id, j.filename or j.id, j.duration, j.id in recorded)
+            for j in reversed(ready)
+        ]
 
     # ---- clips -----------------------------------------------------------------------
 

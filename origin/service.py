@@ -23,6 +23,7 @@ from origin.demo import DemoSettings, DemoSource
 from origin.entitlements import AccessStore
 from origin.http_app import create_app
 from origin.inference import inference_routes
+from origin.posters import LivePosters
 from origin.recordings import Recordings
 from origin.registry import LiveStream, PublishRefused, StreamRegistry
 from origin.remote_transcode import RemoteSink, TranscoderDirectory
@@ -116,6 +117,8 @@ class OriginService:
             segment_store=self.segment_store,
             stream_extras=self._stream_extras,
             on_live_request=self.viewers.on_live_request,
+            live_poster=LivePosters(self.vod.store).get,
+            catalogue=self.recordings.catalogue,
         )
         self.http = HttpService(self.app, config.host, config.http_port, "origin")
         self.demo = DemoSource(self.registry, demo_settings) if config.demo else None

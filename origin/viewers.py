@@ -24,6 +24,7 @@ from meshcast.viewers import (
     ReportError,
     StreamViewers,
     ViewerCounter,
+    is_viewing,
     parse_report,
     viewer_id,
 )
@@ -52,7 +53,7 @@ class ViewerStats:
         if PEER_HEADER in request.headers:
             return
         media = parse_media_path(request.url.path)
-        if media is None or media.kind != "live":
+        if media is None or not is_viewing(media):
             return
         token = token_from_query(request.url.query) or request.headers.get(TOKEN_HEADER)
         viewer = viewer_id(token, client_ip(request), request.headers.get("user-agent", ""))

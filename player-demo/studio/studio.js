@@ -33,7 +33,7 @@ const state = {
   products: [],
   recordings: new Map(), // asset -> recording row (kind, stream, parent)
   newKeys: new Map(), // name -> the secret, shown once after creation
-  uploads: new Map(), // id -> {upload, file, row}
+  notes: new Map(), // asset -> the last message of an action on it (survives redraws)
   timer: null,
 };
 
@@ -466,7 +466,7 @@ function card(asset) {
   const rec = state.recordings.get(asset.id);
   const clips = [...state.recordings.values()].filter((r) => r.parent === asset.id);
   const product = priceOf(asset.id);
-  const status = el("span", { class: "card-state muted" });
+  const status = el("span", { class: "card-state muted" }, state.notes.get(asset.id) || "");
   const price = el("input", { type: "number", min: 0, step: "0.01", size: 6, class: "price",
                               value: product ? (product.price_cents / 100).toFixed(2) : "" });
   const policy = el("span", { class: "policy" }, "…");
@@ -494,27 +494,28 @@ function card(asset) {
 }
 
 async function setPrice(asset, value, status) {
+  const note = (text) => { state.notes.set(asset.id, text); status.textContent = text; };
   const cents = Math.round(Number(value) * 100);
-  if (!Number.isFinite(cents) || cents < 0) {
-    status.textContent = "price must be a number ≥ 0";
+  if (!Number.isFinite(cents) || cents < 0 || value === "") {
+    note("price must be a number ≥ 0");
     return;
   }
   try {
     if (cents === 0) {
       await api(`/api/access/vod/${asset.id}`, { method: "PUT", body: { access: "public" } });
-      status.textContent = "free to watch (public)";
+      note("free to watch (public)");
     } else {
       // A rental: a 48 h TVOD product for this asset; viewers then need a token.
       await api("/api/products", { method: "POST", body: {
         kind: "tvod", name: asset.filename || asset.id, price_cents: cents, currency: "USD",
         duration_s: 48 * 3600, scopes: [`vod/${asset.id}`] } });
       await api(`/api/access/vod/${asset.id}`, { method: "PUT", body: { access: "token" } });
-      status.textContent = `price set: ${(cents / 100).toFixed(2)} USD (48 h rental)`;
+      note(`price set: ${(cents / 100).toFixed(2)} USD (48 h rental)`);
     }
     document.activeElement.blur();
     await refreshLibrary();
   } catch (error) {
-    status.textContent = error.message;
+    note(error.message);
   }
 }
 
@@ -524,6 +525,7 @@ async function remove(asset, status) {
     await api(`/api/vod/${asset.id}/upload`, { method: "DELETE", headers: { "Tus-Resumable": "1.0.0" } });
     await refreshLibrary();
   } catch (error) {
+    state.notes.set(asset.id, error.message);
     status.textContent = error.message;
   }
 }

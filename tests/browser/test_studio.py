@@ -165,6 +165,17 @@ async def test_studio_end_to_end(studio: Studio, ffmpeg_cli: str, tmp_path: Path
         await row.locator("details summary").click()
         await row.locator("svg[data-series='kbps']").wait_for(timeout=20_000)
         await shot(page, "streams")
+        landing = await context.new_page()
+        await landing.goto(f"{edge.url}/")
+        tile = landing.locator("a[href='/player/?stream=show']")
+        await tile.wait_for()
+        width = await tile.locator("img").evaluate(
+            "img => img.complete ? img.naturalWidth"
+            " : new Promise(r => { img.onload = () => r(img.naturalWidth); })"
+        )
+        assert width == 320
+        assert f"{VIEWERS} watching" in (await landing.text_content("main") or "")
+        await shot(landing, "landing")
         for ctx in viewer_contexts:
             await ctx.close()
 
@@ -283,6 +294,9 @@ async def test_studio_end_to_end(studio: Studio, ffmpeg_cli: str, tmp_path: Path
         await page.goto(f"{origin.url}/studio/#library")
         await page.locator(f".card[data-asset='{recording}']").wait_for(timeout=20_000)
         await shot(page, "library-recording")
+        await landing.goto(f"{origin.url}/")
+        await landing.locator(f"a[href='/player/?vod={recording}']").wait_for()
+        await shot(landing, "landing-recordings")
         assert page_errors == []
 
 

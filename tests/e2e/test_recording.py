@@ -138,6 +138,11 @@ async def test_recorded_stream_becomes_an_asset_and_clips_are_cut(
         assert r.status_code == 201, r.text
         live_clip = r.json()
         assert live_clip["source"] == asset
+        # The live poster: the picture on air now, short-lived in caches.
+        poster = await api.get("/live/show/poster.jpg")
+        assert poster.status_code == 200 and poster.content.startswith(b"\xff\xd8")
+        assert poster.headers["cache-control"] == "public, max-age=10"
+        assert (await api.get("/live/nobody/poster.jpg")).status_code == 404
         # DVR while recording: the live playlists keep every segment of the last 2 h
         # (not the 6 of an unrecorded stream), the MPD says so too.
         live = (await api.get("/live/show/360p/index.m3u8")).text
