@@ -144,6 +144,10 @@ class WorkerSink:
             self._process.terminate()
 
     @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    @property
     def alive(self) -> bool:
         return self._watcher.is_alive()  # see join(): never poll the process from here
 
