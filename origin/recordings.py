@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import math
@@ -56,6 +57,9 @@ from transcoder.recording import RecordingError, RecordingTarget
 log = logging.getLogger(__name__)
 
 LIVE: Final = "live"
+STATUS_POLL: Final = 2.0
+# At start, this many newest recordings and clips get their poster made if it is missing.
+IMAGES_RETRY: Final = 20
 CLIP: Final = "clip"
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS recordings (
@@ -152,6 +156,13 @@ class RecordingDb:
     def of_owner(self, owner: str) -> list[RecordingRow]:
         return self._rows("owner = ?", (owner,))
 
+    def recent(self, limit: int) -> list[RecordingRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM recordings ORDER BY started DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [RecordingRow(*r) for r in rows]
+
     def unfinished(self) -> list[RecordingRow]:
         return self._rows("kind = ? AND ended IS NULL", (LIVE,))
 
@@ -209,6 +220,10 @@ class Recordings:
         self.refused: dict[str, str] = {}
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Running recordings' status.json (bytes so far, stop reason), read off the event
+        # loop every STATUS_POLL seconds: the segment store may be S3.
+        self._status: dict[str, dict[str, Any]] = {}
+        self._poller: asyncio.Task[None] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -219,10 +234,38 @@ class Recordings:
             log.info("recording %s of %s interrupted by a restart; finishing", row.asset,
                      row.stream)  # fmt: skip
             self._spawn(self._finish(row, lambda: asyncio.sleep(0)))
+        # Posters of recent assets whose images were cut short by a stop.
+        for row in self.db.recent(IMAGES_RETRY):
+            job = self._job(row.asset)
+            if job is not None and job.state == jobs_db.READY:
+                self._spawn(self._images(row.asset, only_missing=True))
+        self._poller = asyncio.get_running_loop().create_task(self._poll_status())
+
+    async def _poll_status(self) -> None:
+        while True:
+            running = [r.asset for r in self.live.values() if r.ended is None]
+            for asset in running:
+                self._status[asset] = await asyncio.to_thread(self._read_status, asset)
+            for asset in [a for a in self._status if a not in running]:
+                del self._status[asset]
+            await asyncio.sleep(STATUS_POLL)
+
+    def _read_status(self, asset: str) -> dict[str, Any]:
+        raw = self.vod.store.get(f"vod/{asset}/recording/status.json")
+        try:
+            status = json.loads(raw) if raw is not None else {}
+        except ValueError:
+            status = {}
+        return status if isinstance(status, dict) else {}
 
     async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
         if self._tasks:
-            # Finishing writes manifests (seconds); images are redone at the next start.
+            # Finishing writes manifests (seconds); images cut short are made at the next
+            # start (start(): recent assets without a poster).
             await asyncio.wait(list(self._tasks), timeout=30)
         for task in list(self._tasks):
             task.cancel()
@@ -278,13 +321,8 @@ class Recordings:
         return total
 
     def _recorded_bytes(self, asset: str) -> int:
-        status = self.vod.store.get(f"vod/{asset}/recording/status.json")
-        if status is None:
-            return 0
-        try:
-            return int(json.loads(status).get("bytes", 0))
-        except (ValueError, AttributeError):
-            return 0
+        recorded = self._status.get(asset, {}).get("bytes", 0)
+        return recorded if isinstance(recorded, int) else 0
 
     # ---- live recordings --------------------------------------------------------------
 
@@ -320,6 +358,14 @@ class Recordings:
                  budget - used)  # fmt: skip
         self.bus.publish(events.RECORDING_STARTED, stream=stream.name, asset=asset, owner=owner)
         return RecordingTarget(f"vod/{asset}", budget - used, window)
+
+    def unsupported(self, stream: LiveStream, why: str) -> None:
+        """``stream`` would be recorded but cannot be (``why``): say so, record nothing."""
+        self.refused.pop(stream.name, None)
+        self.live.pop(stream.name, None)
+        if self.settings.enabled and self.keys.records(stream.name):
+            self.refused[stream.name] = f"not recorded: {why}"
+            log.warning("stream %s: not recorded: %s", stream.name, why)
 
     def _segment_bytes(self) -> int:
         """About one segment of every rendition at the ladder's nominal bitrates: a budget
@@ -372,6 +418,7 @@ class Recordings:
             length=result.bytes,
         )
         self._db().end(row.asset, result.stopped)
+        row.ended, row.reason = time.time(), result.stopped
         log.info("recording %s of %s ready: %.1f s, %d bytes%s", row.asset, row.stream,
                  result.duration, result.bytes,
                  f" ({result.stopped})" if result.stopped else "")  # fmt: skip
@@ -379,7 +426,10 @@ class Recordings:
                          duration=result.duration, reason=result.stopped)  # fmt: skip
         await self._images(row.asset)
 
-    async def _images(self, asset: str) -> None:
+    async def _images(self, asset: str, only_missing: bool = False) -> None:
+        poster = f"vod/{asset}/poster.jpg"
+        if only_missing and (await asyncio.to_thread(self.vod.store.get, poster)) is not None:
+            return
         try:
             await self._in_pool(record_assets.make_images, f"vod/{asset}")
         except Exception as exc:
@@ -402,18 +452,8 @@ class Recordings:
             "state": state,
             "asset": row.asset,
             "bytes": recorded if recorded is not None else (job.length if job else 0),
-            "reason": row.reason or self._stop_reason(row.asset),
+            "reason": row.reason or self._status.get(row.asset, {}).get("reason"),
         }
-
-    def _stop_reason(self, asset: str) -> str | None:
-        status = self.vod.store.get(f"vod/{asset}/recording/status.json")
-        if status is None:
-            return None
-        try:
-            reason = json.loads(status).get("reason")
-        except ValueError:
-            return None
-        return reason if isinstance(reason, str) else None
 
     def catalogue(self, limit: int = 24) -> list[ListedAsset]:
         """The newest ready assets for the landing page (recordings marked as such)."""

@@ -145,6 +145,7 @@ class OriginService:
             url = self.transcoders.pick()
             if url is not None:
                 remote = RemoteSink(stream.name, url, self.config.transcoder_secret, failed)
+                self.recordings.unsupported(stream, "transcoded on a remote transcoder node")
                 self._remote = {r for r in self._remote if not r.done} | {remote}
                 return remote
             if mode == "remote":

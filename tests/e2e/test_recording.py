@@ -5,6 +5,7 @@ recorded stream, and the bad inputs (keys, owners, ranges, budgets, no-record ke
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,17 @@ import httpx
 import pytest
 
 from meshcast.config import OriginConfig, RecordingConfig, TranscodeConfig
+from meshcast.ingest import deliver
 from meshcast.keys import API_KIND
+from meshcast.store import LocalStore
+from origin.demo import DemoSettings, generate
+from origin.recordings import RecordingDb, RecordingRow
 from origin.service import OriginService
+from origin.vod_jobs import JobStore
 from tests.conftest import free_port, rtmp_url, wait_for_state
 from tests.e2e.test_rtmp_ingest import ffmpeg_push
+from transcoder.pipeline import LadderPipeline
+from transcoder.recording import RecordingTarget
 
 pytestmark = pytest.mark.e2e
 
@@ -253,5 +261,46 @@ async def test_budget_and_no_record_keys(tmp_path: Path, ffmpeg_cli: str) -> Non
                                headers=bearer(dave))  # fmt: skip
             assert r.status_code == 507 and r.json()["reason"] == "budget"
             assert [a["id"] for a in (await api.get("/api/vod")).json()["assets"]] == [asset]
+    finally:
+        await service.close()
+
+
+async def test_restart_finishes_an_interrupted_recording(tmp_path: Path) -> None:
+    """An origin that died mid-stream: the worker's index (up to its last segment) is
+    finished into an asset at the next start; nothing recorded is lost."""
+    data = tmp_path / "o"
+    store = LocalStore(data)
+    target = RecordingTarget("vod/cafe0001", 1 << 30, 100)
+    pipeline = LadderPipeline(
+        "show", store, TranscodeConfig(ladder=SMALL_LADDER, encoder="x264"), target
+    )
+    # 7 s in, no end of stream: the process "died" (no ENDLIST, no final flush).
+    generate(
+        DemoSettings(width=640, height=360, fps=25, duration=7, realtime=False),
+        lambda item: deliver(pipeline, item),
+        lambda: False,
+    )
+    jobs = JobStore(data / "vod" / "jobs.sqlite")
+    jobs.create("cafe0001", "alice", "show (interrupted)", 0)
+    jobs.update("cafe0001", state="recording")
+    jobs.close()
+    db = RecordingDb(data / "vod" / "recordings.sqlite")
+    db.add(RecordingRow("cafe0001", "show", "alice", "live", None, time.time()))
+    db.close()
+
+    service = OriginService(config(data))
+    await service.start()
+    try:
+        async with httpx.AsyncClient(base_url=service.url) as api:
+            ready = await wait_asset(api, "cafe0001")
+            # Segments cut before the "crash": 3 whole ones of 2 s (the open 4th is lost).
+            assert ready["duration"] == pytest.approx(6.0, abs=0.1), ready
+            assert set(ready["renditions"]) == {"360p", "240p", "audio"}
+            seconds = await asyncio.to_thread(
+                decode_rungs, f"{service.url}/vod/cafe0001", ready["renditions"]
+            )
+            assert all(abs(s - 6.0) <= SEGMENT for s in seconds.values()), seconds
+            listing = (await api.get("/api/streams/show/recordings")).json()["recordings"]
+            assert listing[0]["asset"] == "cafe0001" and listing[0]["ended"] is not None
     finally:
         await service.close()
