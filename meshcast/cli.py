@@ -335,7 +335,8 @@ def _cmd_keys(args: argparse.Namespace) -> int:
         else:
             for record in store.list():
                 state = "active" if record.active else "revoked"
-                print(f"{record.name}\t{record.kind}\t{state}\tid={record.key_id}")
+                extra = "\tno-record" if record.kind == "stream" and not record.record else ""
+                print(f"{record.name}\t{record.kind}\t{state}\tid={record.key_id}{extra}")
     except KeyError_ as exc:
         print(f"meshcast: {exc}", file=sys.stderr)
         return 1
