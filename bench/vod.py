@@ -25,7 +25,7 @@ from bench.ladder import FFMPEG, FPS, RESULTS, check_master, cli_command, machin
 from bench.ladder import make_source as make_ladder_source
 from meshcast.config import TranscodeConfig, VodConfig
 from meshcast.store import LocalStore
-from transcoder import vod
+from transcoder import vod_transcode as vod
 
 START, END = "<!-- vod:start -->", "<!-- vod:end -->"
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -30,7 +30,15 @@ from edge.fill import Fill, FillError, Upstream
 from edge.http_semantics import RangeNotSatisfiable, etag_matches, freshness, parse_range
 from edge.metering import UsageMeter
 from edge.ml_policy import DemandTracker, MlPolicy
-from edge.plugins import EdgePlugin, PluginHooks, PluginOptions, check_options, find_plugin
+from edge.plugins import (
+    EdgePlugin,
+    NetworkMembership,
+    PluginContext,
+    PluginHooks,
+    PluginOptions,
+    check_options,
+    find_plugin,
+)
 from edge.policies import EvictionPolicy
 from edge.prefetch import PrefetchConfig, Prefetcher
 from edge.ring import PeerRing
@@ -56,6 +64,11 @@ PEER_HEADER: Final = "X-Meshcast-Peer"
 # characters.
 _PASSTHROUGH = re.compile(r"/(?:(?:player|studio)/[A-Za-z0-9._/-]*)?")
 _FORWARD_HEADERS: Final = ("content-type", "etag", "last-modified", "cache-control")
+
+
+def advertised_url(config: EdgeConfig) -> str:
+    """The edge's URL as its peers, the ring and the bus know it."""
+    return (config.advertise or f"http://{config.host}:{config.port}").rstrip("/")
 
 
 @dataclass
@@ -97,9 +110,15 @@ class EdgeMetrics:
 
 
 class Edge:
-    """State and request handling of one edge (the ASGI app is built around it)."""
+    """State and request handling of one edge (the ASGI app is built around it); the
+    :class:`~edge.plugins.EdgeHost` of its plugins."""
 
-    def __init__(self, config: EdgeConfig, metrics: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        metrics: CollectorRegistry | None = None,
+        bus: EventBus | None = None,
+    ) -> None:
         self.config = config
         # Resolved first: an unknown plugin or a bad option fails before any file or
         # socket is opened.
@@ -107,7 +126,7 @@ class Edge:
         self.plugin_options = PluginOptions.parse(config.plugin_options)
         check_options(self.plugin_options, config.plugins)
         self.origin = config.origin.rstrip("/")
-        self.self_url = (config.advertise or f"http://{config.host}:{config.port}").rstrip("/")
+        self.self_url = advertised_url(config)
         policy: str | Callable[[int], EvictionPolicy] = config.cache_policy
         self.demand: DemandTracker | None = None
         if config.cache_policy == "ml":
@@ -156,17 +175,53 @@ class Edge:
         self._fills: dict[str, Fill] = {}
         # Live viewers seen here, reported to the origin (EdgeService, meshcast/viewers.py).
         self.viewers = ViewerCounter()
-        # Set by EdgeService with --bus: plugins publish their events (moderation.flagged).
-        self.bus: EventBus | None = None
-        # {"node": id, "coordinator": URL} once this edge joined a network (edge/network.py):
-        # players read it to know where to send their beacons.
-        self.network: dict[str, str] | None = None
-        # Routes of that membership (edge/network.py: the inference executor), mounted
-        # like plugin routes; set before the app is built.
-        self.network_routes: list[BaseRoute] = []
+        # With --bus: plugins publish their events (moderation.flagged).
+        self.bus = bus
+        # Once this edge joined a network (edge/network.py): players read it to know where
+        # to send their beacons.
+        self.network: NetworkMembership | None = None
+        # Routes added through add_routes() (the network membership's inference executor).
+        self._routes: list[BaseRoute] = []
+        self._mounted = False
         # Last: plugins may use anything above (ring, cache, client, metrics).
-        self.plugins: list[EdgePlugin] = [factory(self) for factory in plugin_factories]
+        self.plugins: list[EdgePlugin] = []
+        self.plugins.extend(factory(self) for factory in plugin_factories)
         self.hooks = PluginHooks(self.plugins)
+
+    # ---- the plugin host (edge/plugins/host.py) ----------------------------------------
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self.metrics.registry
+
+    def options(self, plugin: str) -> PluginContext:
+        return self.plugin_options.context(plugin)
+
+    def cached(self, key: str) -> CachedObject | None:
+        return self.cache.get(key)
+
+    def store(self, obj: CachedObject) -> None:
+        self.cache.put(obj)
+
+    def forget(self, key: str) -> None:
+        self.cache.invalidate(key)
+
+    async def admits(self, kind: str, name: str, token: str | None) -> bool:
+        try:
+            await self.access.check(kind, name, token)
+        except (TokenError, PolicyUnavailable):
+            return False
+        return True
+
+    def add_routes(self, routes: Iterable[BaseRoute]) -> None:
+        if self._mounted:
+            raise RuntimeError("routes must be added before the edge's app is built")
+        self._routes.extend(routes)
+
+    def routes(self) -> list[BaseRoute]:
+        """The added routes and every plugin's, in that order (mounted once)."""
+        self._mounted = True
+        return [*self._routes, *(route for plugin in self.plugins for route in plugin.routes())]
 
     # ---- entry point ------------------------------------------------------------------
 
@@ -219,7 +274,7 @@ class Edge:
         if media is not None:
             self.observe(key, cached.size if cached is not None else 0, from_peer)
         if cached is not None and cached.fresh(now):
-            return self._respond(request, cached, "HIT")
+            return self.respond(request, cached, "HIT")
         fill = self._fills.get(key)
         label = "COALESCED"
         if fill is None:
@@ -379,7 +434,7 @@ class Edge:
                 headers["content-length"] = str(len(rewritten))
                 self.metrics.requests.labels(label).inc()
                 return Response(rewritten, 200, headers=headers)
-            return self._respond(request, cached, label)
+            return self.respond(request, cached, label)
         if wants_range:
             # Ranges and validators are answered from the complete object.
             try:
@@ -388,7 +443,7 @@ class Edge:
                 return self._stale_or_error(request, stale, exc)
             cached = self.cache.get(fill.key)
             if cached is not None:
-                return self._respond(request, cached, label)
+                return self.respond(request, cached, label)
         self.metrics.requests.labels(label).inc()
         headers = self._headers(fill.headers, label)
         size = fill.headers.get("content-length")
@@ -408,7 +463,7 @@ class Edge:
         self, request: Request, stale: CachedObject | None, exc: FillError
     ) -> Response:
         if stale is not None and self._stale_allowed(stale):
-            return self._respond(request, stale, "STALE")
+            return self.respond(request, stale, "STALE")
         self.metrics.requests.labels("ERROR").inc()
         return json_error(exc.status, str(exc), path=request.url.path)
 
@@ -426,7 +481,8 @@ class Edge:
         headers["X-Cache"] = label
         return headers
 
-    def _respond(self, request: Request, obj: CachedObject, label: str) -> Response:
+    def respond(self, request: Request, obj: CachedObject, label: str) -> Response:
+        """Answer with a cached object: validators, ranges, ``X-Cache``, metrics, log."""
         self.metrics.requests.labels(label).inc()
         headers = {"Content-Type": obj.content_type, "X-Cache": label, "Age": str(obj.age)}
         headers["Accept-Ranges"] = "bytes"
@@ -607,7 +663,7 @@ def create_app(edge: Edge) -> ASGIApp:
     async def network(request: Request) -> Response:
         if edge.network is None:
             return json_error(404, "this edge has not joined a contributor network")
-        return JSONResponse(edge.network, headers={"Cache-Control": "no-store"})
+        return JSONResponse(edge.network.to_json(), headers={"Cache-Control": "no-store"})
 
     async def studio_config(request: Request) -> Response:
         # The studio signs in and calls the API on the origin, never through an edge: an
@@ -620,8 +676,7 @@ def create_app(edge: Edge) -> ASGIApp:
         Route("/studio/config.json", studio_config),
         Route("/api/network", network),
         Route("/metrics", metrics_endpoint(edge.metrics.registry)),
-        *edge.network_routes,
-        *(route for plugin in edge.plugins for route in plugin.routes()),
+        *edge.routes(),
         Route("/{path:path}", handler, methods=["GET", "HEAD"]),
     ]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=[cors()])

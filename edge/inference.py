@@ -22,12 +22,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from edge.plugins import EdgeHost
 from edge.plugins.storage.cluster import Unavailable
 from edge.plugins.storage.plugin import StoragePlugin
 from edge.plugins.workers import InferencePool
@@ -42,9 +43,6 @@ from meshcast.inference import (
     parse_order,
 )
 from meshcast.signing import NodeKey
-
-if TYPE_CHECKING:
-    from edge.app import Edge
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +63,7 @@ def _job_function(model: str, pinned: bool) -> Callable[..., dict[str, Any]]:
 
 
 class InferenceExecutor:
-    def __init__(self, edge: Edge, key: NodeKey, max_skew: float = 30.0) -> None:
+    def __init__(self, edge: EdgeHost, key: NodeKey, max_skew: float = 30.0) -> None:
         self.edge = edge
         self.key = key
         self.max_skew = max_skew
@@ -112,7 +110,7 @@ class InferenceExecutor:
 
     async def handle(self, request: Request) -> Response:
         # Learnt when the node joins (edge/network.py), with the storage challenges.
-        key = (self.edge.network or {}).get("coordinator_key")
+        key = self.edge.network.coordinator_key if self.edge.network is not None else None
         if key is None:
             return json_error(503, "this node has not joined a coordinator yet")
         body = await read_signed(request, key, MAX_REQUEST, "order")

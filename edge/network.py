@@ -23,8 +23,8 @@ from typing import Any, Final
 
 import httpx
 
-from edge.app import Edge
 from edge.inference import InferenceExecutor
+from edge.plugins import EdgeHost, NetworkMembership
 from edge.plugins.storage.plugin import StoragePlugin
 from edge.plugins.storage.proofs import Prover
 from meshcast.config import EdgeConfig
@@ -65,19 +65,19 @@ def load_node_key(node_dir: Path) -> NodeKey:
 
 
 class NodeAgent:
-    def __init__(self, edge: Edge, config: EdgeConfig, key: NodeKey) -> None:
+    def __init__(self, edge: EdgeHost, config: EdgeConfig, key: NodeKey) -> None:
         assert config.join is not None
         self.edge = edge
         self.config = config
         self.key = key
         self.coordinator = config.join.rstrip("/")
         self.node_dir = config.node_dir or config.cache_dir
-        edge.network = {"node": key.node_id, "coordinator": self.coordinator}
+        edge.network = NetworkMembership(key.node_id, self.coordinator)
         self.journal = self.node_dir / RECEIPTS_FILE
         self.builder = ReceiptBuilder(key)
         # Marketplace jobs ordered by the coordinator (edge/inference.py).
         self.inference = InferenceExecutor(edge, key)
-        edge.network_routes = self.inference.routes()
+        edge.add_routes(self.inference.routes())
         self.pending: list[dict[str, Any]] = []
         self.registered = asyncio.Event()
         self._ring_urls: set[str] = set()
@@ -132,7 +132,7 @@ class NodeAgent:
         answer: dict[str, Any] = r.json()
         if self.edge.network is not None and isinstance(answer.get("coordinator"), str):
             # Storage challenges and inference orders must carry this key's signature.
-            self.edge.network["coordinator_key"] = answer["coordinator"]
+            self.edge.network.coordinator_key = answer["coordinator"]
         self._resume(ChainHead(answer["last_seq"], answer["last_hash"]))
         self.registered.set()
         log.info("edge %s joined %s as %s", self.edge.self_url, self.coordinator, self.key.node_id)

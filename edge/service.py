@@ -13,10 +13,11 @@ import time
 import httpx
 
 from edge.access import KEYS_REFRESH_S
-from edge.app import Edge, create_app
+from edge.app import Edge, advertised_url, create_app
 from edge.network import NodeAgent, load_node_key
 from meshcast import events
 from meshcast.config import EdgeConfig
+from meshcast.events import EventBus
 from meshcast.http import HttpService
 from meshcast.nats_bus import NatsBus
 from meshcast.viewers import REPORT_INTERVAL
@@ -25,15 +26,19 @@ log = logging.getLogger(__name__)
 
 
 class EdgeService:
-    def __init__(self, config: EdgeConfig) -> None:
+    def __init__(self, config: EdgeConfig, bus: EventBus | None = None) -> None:
+        """``bus``: an event bus to use instead of ``config.bus``'s NATS connection (edges
+        sharing one process and one in-process bus)."""
         self.config = config
-        self.edge = Edge(config)
+        if bus is None and config.bus:
+            bus = NatsBus(config.bus, f"edge@{advertised_url(config)}")
+        self.bus = bus
+        self.edge = Edge(config, bus=bus)
         self._health: asyncio.Task[None] | None = None
         self._prefetch: asyncio.Task[None] | None = None
         self._keys: asyncio.Task[None] | None = None
         self._viewers: asyncio.Task[None] | None = None
         self._bus_tasks: list[asyncio.Task[None]] = []
-        self.bus = NatsBus(config.bus, f"edge@{self.edge.self_url}") if config.bus else None
         self.agent: NodeAgent | None = None
         if config.join:
             self.agent = NodeAgent(
@@ -67,7 +72,6 @@ class EdgeService:
         if self.edge.prefetcher is not None:
             self._prefetch = asyncio.create_task(self.edge.prefetcher.run())
         self._viewers = asyncio.create_task(self._report_viewers())
-        self.edge.bus = self.bus
         for plugin in self.edge.plugins:
             await plugin.start()
         log.info(
@@ -110,14 +114,14 @@ class EdgeService:
             except httpx.HTTPError as exc:
                 log.debug("viewer report failed: %s", exc)
 
-    async def _announce(self, bus: NatsBus) -> None:
+    async def _announce(self, bus: EventBus) -> None:
         every = self.config.heartbeat
         while True:
-            bus.publish(events.NODE_HEARTBEAT, role="edge", url=self.edge.self_url)
+            bus.emit(events.NodeHeartbeat("edge", self.edge.self_url))
             self.edge.ring.expire(4 * every)
             await asyncio.sleep(every)
 
-    async def _listen(self, bus: NatsBus) -> None:
+    async def _listen(self, bus: EventBus) -> None:
         types = [events.NODE_HEARTBEAT, events.NODE_LEFT, events.STREAM_PUBLISHED,
                  events.STREAM_ENDED]  # fmt: skip
         with bus.subscribe(types) as sub:
@@ -135,7 +139,7 @@ class EdgeService:
 
     async def close(self) -> None:
         if self.bus is not None:
-            self.bus.publish(events.NODE_LEFT, role="edge", url=self.edge.self_url)
+            self.bus.emit(events.NodeLeft("edge", self.edge.self_url))
         if self.agent is not None:
             await self.agent.close()
         for task in (*self._bus_tasks, self._health, self._prefetch, self._keys, self._viewers):

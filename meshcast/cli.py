@@ -1,4 +1,9 @@
-"""``meshcast`` command line (contract in DESIGN.md)."""
+"""``meshcast`` command line (its flags are contracts: README.md, docs/).
+
+Defaults are the config dataclasses' own (meshcast/config.py). Modules that load PyAV,
+aiortc, numpy or an event loop are imported by the commands that need them, so key and
+rewards commands start fast.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,21 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import uvloop
+from typing import Any, Final, get_args
 
 from meshcast import config as cfg
-from meshcast.logs import setup_logging
+from meshcast.logs import LogLevel, setup_logging
 from meshcast.paths import player_url, rtmp_publish_url
 from meshcast.rewards import RewardParams
 from meshcast.sizes import parse_size
-from transcoder.encoders import EncoderUnavailable
 from transcoder.ladder import parse_ladder
+
+ORIGIN: Final = cfg.OriginConfig()
+EDGE: Final = cfg.EdgeConfig(origin="")
+TRANSCODE: Final = ORIGIN.transcode
+NETWORK: Final = ORIGIN.network
+REWARDS: Final = NETWORK.rewards
+TRANSCODER_NODE: Final = cfg.TranscoderNodeConfig(bus="")
 
 
 def _add_transcode_args(p: argparse.ArgumentParser) -> None:
@@ -31,40 +40,57 @@ def _add_transcode_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--encoder",
-        choices=["auto", "nvenc", "x264"],
-        default="auto",
+        choices=get_args(cfg.Encoder),
+        default=TRANSCODE.encoder,
         help="H.264 encoder: auto (NVENC if it opens, else libx264) or force one",
     )
-    p.add_argument("--segment-duration", type=float, default=2.0, help="seconds per segment")
+    p.add_argument(
+        "--segment-duration",
+        type=float,
+        default=TRANSCODE.segment_duration,
+        help="seconds per segment",
+    )
     p.add_argument(
         "--source-rung",
         action="store_true",
         help="also offer the source H.264 as a 'source' rendition (no re-encode)",
     )
-    p.add_argument("--dvr-window", type=int, default=6, help="segments listed in live playlists")
+    p.add_argument(
+        "--dvr-window",
+        type=int,
+        default=TRANSCODE.window_segments,
+        help="segments listed in live playlists",
+    )
+    ladder = ",".join(f"{height}:{kbps}" for height, kbps in TRANSCODE.ladder)
     p.add_argument(
         "--ladder",
         type=parse_ladder,
         default=None,
-        help="rungs as HEIGHT:KBPS,... (default 1080:5000,720:2800,480:1400,360:800)",
+        help=f"rungs as HEIGHT:KBPS,... (default {ladder})",
     )
 
 
 def _add_origin_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, default=Path("data"), help="data directory (keys, media)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--http-port", type=int, default=cfg.DEFAULT_HTTP_PORT)
-    p.add_argument("--rtmp-port", type=int, default=cfg.DEFAULT_RTMP_PORT)
+    p.add_argument(
+        "--data", type=Path, default=ORIGIN.data_dir, help="data directory (keys, media)"
+    )
+    p.add_argument("--host", default=ORIGIN.host, help="address to listen on")
+    p.add_argument("--http-port", type=int, default=ORIGIN.http_port)
+    p.add_argument("--rtmp-port", type=int, default=ORIGIN.rtmp_port)
     p.add_argument("--demo", action="store_true", help="publish the synthetic stream 'demo'")
     p.add_argument("--bus", default=None, metavar="URL", help="NATS event bus, nats://HOST:4222")
     _add_transcode_args(p)
     p.add_argument(
         "--transcoders",
-        choices=["auto", "local", "remote"],
-        default="auto",
+        choices=get_args(cfg.Transcoders),
+        default=ORIGIN.transcoders,
         help="transcode in local workers, on transcoder nodes found on --bus, or auto",
     )
-    p.add_argument("--transcoder-secret", default="", help="shared with `meshcast transcoder`")
+    p.add_argument(
+        "--transcoder-secret",
+        default=ORIGIN.transcoder_secret,
+        help="shared with `meshcast transcoder`",
+    )
     p.add_argument(
         "--no-recording",
         dest="recording",
@@ -87,18 +113,23 @@ def _add_origin_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--epoch",
         type=float,
-        default=3600.0,
+        default=REWARDS.epoch_seconds,
         metavar="SECONDS",
         help="contributor network: rewards epoch length",
     )
-    p.add_argument("--reward-pool", type=int, default=1_000_000, help="reward units per epoch")
     p.add_argument(
-        "--beacon-sample-rate", type=float, default=1.0, help="share of players sending beacons"
+        "--reward-pool", type=int, default=REWARDS.base_pool, help="reward units per epoch"
+    )
+    p.add_argument(
+        "--beacon-sample-rate",
+        type=float,
+        default=REWARDS.beacon_sample_rate,
+        help="share of players sending beacons",
     )
     p.add_argument(
         "--spot-check-rate",
         type=float,
-        default=0.1,
+        default=NETWORK.spot_check_rate,
         help="inference marketplace: share of done jobs re-executed on another node",
     )
     p.add_argument(
@@ -112,7 +143,13 @@ def _add_origin_args(p: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshcast", description=__doc__)
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=get_args(LogLevel),
+        default=None,
+        help="default INFO, or $MESHCAST_LOG_LEVEL",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="origin + RTMP + edges in one process")
@@ -138,11 +175,11 @@ def _parser() -> argparse.ArgumentParser:
 
     edge = sub.add_parser("edge", help="one edge")
     edge.add_argument("--origin", required=True, help="origin base URL")
-    edge.add_argument("--host", default="127.0.0.1")
+    edge.add_argument("--host", default=EDGE.host)
     edge.add_argument("--port", type=int, required=True)
     edge.add_argument("--peer", action="append", default=[], help="peer edge base URL")
-    edge.add_argument("--cache-mem", type=parse_size, default=256 * 1024**2)
-    edge.add_argument("--cache-disk", type=parse_size, default=0)
+    edge.add_argument("--cache-mem", type=parse_size, default=EDGE.cache_mem)
+    edge.add_argument("--cache-disk", type=parse_size, default=EDGE.cache_disk)
     _add_edge_cache_args(edge)
     edge.add_argument(
         "--cache-dir", type=Path, default=None, help="disk tier and access log (data/edge-PORT)"
@@ -150,7 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--plugin", action="append", default=[], help="edge plugin to enable")
     edge.add_argument("--plugin-option", action="append", default=[], metavar="PLUGIN.KEY=VALUE")
     edge.add_argument(
-        "--data", type=Path, default=Path("data"), help="data directory (S3 keys for storage)"
+        "--data", type=Path, default=EDGE.data_dir, help="data directory (S3 keys for storage)"
     )
     edge.add_argument("--bus", default=None, metavar="URL", help="NATS event bus: peers, streams")
     edge.add_argument("--advertise", default=None, metavar="URL", help="URL peers reach us at")
@@ -161,19 +198,22 @@ def _parser() -> argparse.ArgumentParser:
         "--node-dir", type=Path, default=None, help="node.key and receipts (default: cache dir)"
     )
     edge.add_argument(
-        "--receipt-interval", type=float, default=10.0, help="seconds between usage receipts"
+        "--receipt-interval",
+        type=float,
+        default=EDGE.receipt_interval,
+        help="seconds between usage receipts",
     )
     edge.add_argument(
-        "--bandwidth", type=parse_size, default=12_500_000, help="advertised bytes per second"
+        "--bandwidth", type=parse_size, default=EDGE.bandwidth, help="advertised bytes per second"
     )
 
     node = sub.add_parser("node", help="contributor network node identity")
     nsub = node.add_subparsers(dest="node_command", required=True)
     ninit = nsub.add_parser("init", help="create the node's Ed25519 key pair")
-    ninit.add_argument("--data", type=Path, default=Path("data"))
+    ninit.add_argument("--data", type=Path, default=cfg.DEFAULT_DATA_DIR)
     ninit.add_argument("--force", action="store_true", help="replace an existing key")
     nshow = nsub.add_parser("show", help="print the node id and public key")
-    nshow.add_argument("--data", type=Path, default=Path("data"))
+    nshow.add_argument("--data", type=Path, default=cfg.DEFAULT_DATA_DIR)
 
     rewards = sub.add_parser("rewards", help="contributor rewards ledger")
     rewards.add_argument("--coordinator", default=None, metavar="URL", help="origin URL")
@@ -189,12 +229,21 @@ def _parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("transcoder", help="a transcoder node: takes live streams from origins")
     tr.add_argument("--bus", required=True, metavar="URL", help="NATS event bus")
-    tr.add_argument("--data", type=Path, default=Path("data"), help="segment store directory")
-    tr.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    tr.add_argument("--port", type=int, default=7000, help="port origins connect to")
-    tr.add_argument("--http-port", type=int, default=7001, help="/healthz and /metrics")
+    node_defaults = TRANSCODER_NODE
+    tr.add_argument(
+        "--data", type=Path, default=node_defaults.data_dir, help="segment store directory"
+    )
+    tr.add_argument("--host", default=node_defaults.host, help="address to listen on")
+    tr.add_argument("--port", type=int, default=node_defaults.port, help="port origins connect to")
+    tr.add_argument(
+        "--http-port", type=int, default=node_defaults.http_port, help="/healthz and /metrics"
+    )
     tr.add_argument("--advertise", default=None, metavar="URL", help="tcp://HOST:PORT for origins")
-    tr.add_argument("--secret", default="", help="shared with the origins' --transcoder-secret")
+    tr.add_argument(
+        "--secret",
+        default=node_defaults.secret,
+        help="shared with the origins' --transcoder-secret",
+    )
     _add_transcode_args(tr)
 
     bench = sub.add_parser("bench", help="offline benchmarks")
@@ -208,10 +257,11 @@ def _parser() -> argparse.ArgumentParser:
 
     gen = bsub.add_parser("gen-trace", help="write a synthetic, seeded video access trace")
     gen.add_argument("--out", type=Path, required=True)
-    gen.add_argument("--seed", type=int, default=1)
-    gen.add_argument("--duration", type=float, default=3600.0, help="seconds of trace")
-    gen.add_argument("--arrivals", type=float, default=2.0, help="viewer arrivals per second")
-    gen.add_argument("--vod-share", type=float, default=0.5, help="share of VOD sessions")
+    # Unset: edge/tracegen.py's Workload defaults.
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--duration", type=float, help="seconds of trace")
+    gen.add_argument("--arrivals", type=float, help="viewer arrivals per second")
+    gen.add_argument("--vod-share", type=float, help="share of VOD sessions")
 
     vod = sub.add_parser("vod", help="on-demand assets")
     vsub = vod.add_subparsers(dest="vod_command", required=True)
@@ -219,14 +269,14 @@ def _parser() -> argparse.ArgumentParser:
         "add", help="upload a video file (tus, resumable), wait for the transcode, print URLs"
     )
     vadd.add_argument("file", type=Path)
-    vadd.add_argument("--origin", default=f"http://127.0.0.1:{cfg.DEFAULT_HTTP_PORT}")
+    vadd.add_argument("--origin", default=f"http://{ORIGIN.host}:{ORIGIN.http_port}")
     vadd.add_argument(
         "--key",
         default=None,
         help="API key (a stream key from `meshcast keys create`); default $MESHCAST_API_KEY",
     )
     vadd.add_argument("--resume", default=None, help="upload URL to resume (else remembered)")
-    vadd.add_argument("--chunk-size", type=parse_size, default=8 * 1024**2, help="bytes per PATCH")
+    vadd.add_argument("--chunk-size", type=parse_size, help="bytes per PATCH")
     vadd.add_argument("--no-wait", action="store_true", help="print the id after the upload")
 
     from meshcast.keys import KINDS, STREAM_KIND
@@ -241,7 +291,7 @@ def _parser() -> argparse.ArgumentParser:
         k = ksub.add_parser(name, help=help_text)
         if name != "list":
             k.add_argument("name")
-        k.add_argument("--data", type=Path, default=Path("data"))
+        k.add_argument("--data", type=Path, default=cfg.DEFAULT_DATA_DIR)
         if name != "list":
             k.add_argument(
                 "--kind",
@@ -264,12 +314,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_edge_cache_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--cache-policy", choices=["lru", "s3fifo", "sieve", "ml"], default="lru", help="eviction"
+        "--cache-policy",
+        choices=get_args(cfg.CachePolicy),
+        default=EDGE.cache_policy,
+        help="eviction",
     )
     parser.add_argument(
         "--prefetch-budget",
         type=parse_size,
-        default=0,
+        default=EDGE.prefetch_budget,
         help="prefetch next segments, at most SIZE bytes per second (0: off)",
     )
 
@@ -360,8 +413,8 @@ def _cmd_vod(args: argparse.Namespace) -> int:
         origin=args.origin,
         key=key,
         resume=args.resume,
-        chunk_size=args.chunk_size,
         wait=not args.no_wait,
+        **_given(chunk_size=args.chunk_size),
     )
     return add(options)
 
@@ -439,17 +492,19 @@ def _reward_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         return rows
     from origin.coordinator import read_only_rewards
 
-    return read_only_rewards(args.data or Path("data"), args.node)
+    return read_only_rewards(args.data or ORIGIN.data_dir, args.node)
 
 
 def _cmd_gen_trace(args: argparse.Namespace) -> int:
     from edge.tracegen import Workload, write_trace
 
     workload = Workload(
-        seed=args.seed,
-        duration_s=args.duration,
-        arrivals_per_s=args.arrivals,
-        vod_share=args.vod_share,
+        **_given(
+            seed=args.seed,
+            duration_s=args.duration,
+            arrivals_per_s=args.arrivals,
+            vod_share=args.vod_share,
+        )
     )
     lines = write_trace(workload, args.out)
     print(f"wrote {lines} requests to {args.out}", file=sys.stderr)
@@ -550,7 +605,7 @@ async def _edge(args: argparse.Namespace) -> None:
             peers=tuple(args.peer),
             cache_mem=args.cache_mem,
             cache_disk=args.cache_disk,
-            cache_dir=args.cache_dir or Path("data") / f"edge-{args.port}",
+            cache_dir=args.cache_dir or EDGE.data_dir / f"edge-{args.port}",
             cache_policy=args.cache_policy,
             prefetch_budget=args.prefetch_budget,
             plugins=tuple(args.plugin),
@@ -569,10 +624,10 @@ async def _edge(args: argparse.Namespace) -> None:
 
 async def _transcoder(args: argparse.Namespace) -> None:
     from meshcast.supervisor import run_services
-    from transcoder.node import TranscoderNode, TranscoderNodeConfig
+    from transcoder.node import TranscoderNode
 
     node = TranscoderNode(
-        TranscoderNodeConfig(
+        cfg.TranscoderNodeConfig(
             bus=args.bus,
             data_dir=args.data,
             host=args.host,
@@ -599,19 +654,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_rewards(args)
     if args.command == "bench":
         return _cmd_bench_cache(args) if args.bench_command == "cache" else _cmd_gen_trace(args)
+    import uvloop
+
     from edge.plugins import PluginOptionError, UnknownPlugin
+    from transcoder.encoders import EncoderUnavailable
 
     runner = {"up": _up, "origin": _origin, "edge": _edge, "transcoder": _transcoder}[args.command]
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
             loop_runner.run(runner(args))
     except (OSError, EncoderUnavailable, UnknownPlugin, PluginOptionError) as exc:
-        print(f"meshcast: {exc}", file=sys.stderr)
-        return 1
-    except TimeoutError as exc:
+        # OSError covers TimeoutError (a service that did not become ready in time).
         print(f"meshcast: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The options given on the command line; the rest keep their dataclass defaults."""
+    return {name: value for name, value in values.items() if value is not None}
 
 
 if __name__ == "__main__":

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from meshcast.rewards import RewardParams
 
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_RTMP_PORT = 1935
+DEFAULT_DATA_DIR = Path("data")
+
+# H.264 encoder: NVENC when it opens, else libx264 (auto), or one forced.
+Encoder = Literal["auto", "nvenc", "x264"]
+# Where live streams are transcoded (OriginConfig.transcoders).
+Transcoders = Literal["auto", "local", "remote"]
+# Edge cache eviction (edge/policies.py, edge/ml_policy.py).
+CachePolicy = Literal["lru", "s3fifo", "sieve", "ml"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +28,7 @@ class TranscodeConfig:
     window_segments: int = 6
     # (height, video kbps) per rung; rungs above the source height are skipped.
     ladder: tuple[tuple[int, int], ...] = ((1080, 5000), (720, 2800), (480, 1400), (360, 800))
-    encoder: str = "auto"  # auto | nvenc | x264
+    encoder: Encoder = "auto"
     audio_kbps: int = 128
     # Add the source H.264 as a "source" rendition, repackaged without re-encoding.
     source_rung: bool = False
@@ -105,7 +115,7 @@ class NetworkConfig:
 
 @dataclass(frozen=True, slots=True)
 class OriginConfig:
-    data_dir: Path = Path("data")
+    data_dir: Path = DEFAULT_DATA_DIR
     host: str = "127.0.0.1"
     http_port: int = DEFAULT_HTTP_PORT
     rtmp_port: int = DEFAULT_RTMP_PORT
@@ -130,7 +140,7 @@ class OriginConfig:
     # Where live streams are transcoded: "local" worker processes, "remote" transcoder
     # nodes found on the bus (refuse to publish when none is alive), or "auto" (remote
     # when one is alive, else local).
-    transcoders: str = "auto"
+    transcoders: Transcoders = "auto"
     transcoder_secret: str = ""
     network: NetworkConfig = field(default_factory=NetworkConfig)
 
@@ -166,8 +176,8 @@ class EdgeConfig:
     cache_mem: int = 256 * 1024 * 1024
     cache_disk: int = 0
     # Disk tier objects and the access log (access.csv, rotated).
-    cache_dir: Path = Path("data/edge")
-    cache_policy: str = "lru"  # lru | s3fifo | sieve | ml (edge/policies.py, ml_policy.py)
+    cache_dir: Path = DEFAULT_DATA_DIR / "edge"
+    cache_policy: CachePolicy = "lru"
     # Byte budget per second of the prefetcher (edge/prefetch.py); 0 turns it off.
     prefetch_budget: int = 0
     # Viewer requests between refits of the ml policy's demand model.
@@ -199,5 +209,21 @@ class EdgeConfig:
     # Advertised upload capacity in bytes per second (the coordinator's supply estimate).
     bandwidth: int = 12_500_000
     # Shared data directory: S3 access keys (keys.json) and the peers' storage secret.
-    data_dir: Path = Path("data")
+    data_dir: Path = DEFAULT_DATA_DIR
     storage: StorageConfig = field(default_factory=StorageConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class TranscoderNodeConfig:
+    """A transcoder node (``meshcast transcoder``, transcoder/node.py)."""
+
+    bus: str
+    data_dir: Path = DEFAULT_DATA_DIR
+    host: str = "127.0.0.1"
+    port: int = 7000  # ingest (TCP) from origins
+    http_port: int = 7001  # /healthz, /metrics
+    advertise: str | None = None  # tcp://HOST:PORT origins connect to
+    secret: str = ""
+    capacity: int = field(default_factory=lambda: os.cpu_count() or 1)
+    heartbeat: float = 2.0
+    transcode: TranscodeConfig = field(default_factory=TranscodeConfig)

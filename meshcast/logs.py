@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from typing import Literal
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 def setup_logging(level: str | None = None) -> None:

@@ -71,7 +71,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from meshcast.config import NetworkConfig
-from meshcast.events import EventBus
+from meshcast.events import RECEIPT_ACCEPTED, EventBus
 from meshcast.http import json_error
 from meshcast.receipts import ChainHead, Receipt, ReceiptRejected, check_next, parse_receipt
 from meshcast.refused import Refused
@@ -98,7 +98,6 @@ from origin.storage_challenges import ChallengeResult, StorageChallenger, Storag
 log = logging.getLogger(__name__)
 
 DB_FILE: Final = "network.sqlite"
-RECEIPT_ACCEPTED: Final = "receipt.accepted"
 MAX_BODY: Final = 256 * 1024
 
 _SCHEMA = """

@@ -13,7 +13,7 @@ from typing import Final
 import av
 
 from meshcast.store import SegmentStore
-from transcoder.vod import jpeg
+from transcoder.vod_transcode import jpeg
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import math
-import multiprocessing
 import secrets
 import sqlite3
 import threading
@@ -43,14 +42,14 @@ from meshcast.config import OriginConfig
 from meshcast.events import EventBus
 from meshcast.ingest import AudioConfig, MediaPacket, PacketSink, VideoConfig
 from meshcast.keys import InvalidName, KeyStore, validate_stream_name
-from meshcast.logs import ignore_terminal_signals, setup_logging
 from meshcast.paths import vod_urls
+from meshcast.pools import process_pool
 from origin import vod_jobs as jobs_db
 from origin.access_api import AccessApi, ApiError, _json_object, _wrap
 from origin.entitlements import AccessStore
 from origin.http_app import ListedAsset
 from origin.registry import LiveStream
-from origin.vod import VodService
+from origin.vod_service import VodService
 from transcoder import record_assets
 from transcoder.recording import RecordingError, RecordingTarget
 
@@ -189,11 +188,6 @@ class _FinishAfterEnd:
         self._ended()
 
 
-def _worker_init(level: int) -> None:
-    ignore_terminal_signals()
-    setup_logging(logging.getLevelName(level))
-
-
 class Recordings:
     def __init__(
         self,
@@ -281,12 +275,7 @@ class Recordings:
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=2,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_worker_init,
-                initargs=(logging.getLogger().level,),
-            )
+            self._pool = process_pool(2)
         return self._pool
 
     async def _in_pool(self, fn: Callable[..., T], *args: Any) -> T:
@@ -342,7 +331,7 @@ class Recordings:
             )
             self.refused[stream.name] = reason
             log.warning("stream %s: %s", stream.name, reason)
-            self.bus.publish(events.RECORDING_REFUSED, stream=stream.name, reason=reason)
+            self.bus.emit(events.RecordingRefused(stream.name, reason))
             return None
         asset = secrets.token_hex(8)
         when = datetime.fromtimestamp(stream.started_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -356,7 +345,7 @@ class Recordings:
         window = math.ceil(self.settings.dvr_window / self.config.transcode.segment_duration)
         log.info("stream %s: recording to vod/%s (budget left %d bytes)", stream.name, asset,
                  budget - used)  # fmt: skip
-        self.bus.publish(events.RECORDING_STARTED, stream=stream.name, asset=asset, owner=owner)
+        self.bus.emit(events.RecordingStarted(stream.name, asset, owner))
         return RecordingTarget(f"vod/{asset}", budget - used, window)
 
     def unsupported(self, stream: LiveStream, why: str) -> None:
@@ -401,8 +390,7 @@ class Recordings:
             await self._in_pool(record_assets.discard_index, prefix)
             self._jobs().delete(row.asset)
             self._db().delete(row.asset)
-            self.bus.publish(events.RECORDING_READY, stream=row.stream, asset=None,
-                             reason=str(exc))  # fmt: skip
+            self.bus.emit(events.RecordingReady(row.stream, None, 0.0, str(exc)))
             return
         except Exception as exc:
             log.exception("recording %s of %s could not be finished", row.asset, row.stream)
@@ -422,8 +410,7 @@ class Recordings:
         log.info("recording %s of %s ready: %.1f s, %d bytes%s", row.asset, row.stream,
                  result.duration, result.bytes,
                  f" ({result.stopped})" if result.stopped else "")  # fmt: skip
-        self.bus.publish(events.RECORDING_READY, stream=row.stream, asset=row.asset,
-                         duration=result.duration, reason=result.stopped)  # fmt: skip
+        self.bus.emit(events.RecordingReady(row.stream, row.asset, result.duration, result.stopped))
         await self._images(row.asset)
 
     async def _images(self, asset: str, only_missing: bool = False) -> None:
@@ -546,8 +533,7 @@ class Recordings:
         )
         log.info("clip %s of %s (%s): %.1f s from %.1f s", asset, name, source.asset,
                  result.duration, start)  # fmt: skip
-        self.bus.publish(events.CLIP_READY, stream=name, asset=asset, source=source.asset,
-                         duration=result.duration)  # fmt: skip
+        self.bus.emit(events.ClipReady(name, asset, source.asset, result.duration))
         self._spawn(self._images(asset))
         base = str(request.base_url).rstrip("/")
         return JSONResponse(

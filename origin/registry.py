@@ -197,7 +197,7 @@ class StreamRegistry:
         self._live[name] = stream
         self._ended.pop(name, None)
         log.info("stream %s published via %s from %s", name, protocol, remote)
-        self.bus.publish(events.STREAM_PUBLISHED, name=name, protocol=protocol, remote=remote)
+        self.bus.emit(events.StreamPublished(name, protocol, remote))
         return stream
 
     def end(self, stream: LiveStream, reason: str) -> None:
@@ -220,12 +220,8 @@ class StreamRegistry:
             stream.video.packets,
             stream.audio.packets,
         )
-        self.bus.publish(
-            events.STREAM_ENDED,
-            name=stream.name,
-            reason=reason,
-            video_frames=stream.video.packets,
-            audio_frames=stream.audio.packets,
+        self.bus.emit(
+            events.StreamEnded(stream.name, reason, stream.video.packets, stream.audio.packets)
         )
 
     def get(self, name: str) -> LiveStream | None:

@@ -25,8 +25,6 @@ from meshcast.ingest_wire import End, Hello, WireItem, encode
 
 log = logging.getLogger(__name__)
 
-TRANSCODER_HEARTBEAT = "transcoder.heartbeat"
-
 
 @dataclass(slots=True)
 class _Node:
@@ -50,7 +48,7 @@ class TranscoderDirectory:
         self._task = asyncio.create_task(self._listen(), name="transcoder directory")
 
     async def _listen(self) -> None:
-        with self.bus.subscribe([TRANSCODER_HEARTBEAT]) as sub:
+        with self.bus.subscribe([events.TRANSCODER_HEARTBEAT]) as sub:
             async for event in sub:
                 url = event.data.get("url")
                 if not isinstance(url, str) or not url.startswith("tcp://"):

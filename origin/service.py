@@ -31,7 +31,7 @@ from origin.rtmp_server import RtmpMetrics, RtmpServer
 from origin.signing import Keyring
 from origin.studio_api import StudioApi
 from origin.viewers import ViewerStats
-from origin.vod import VodService
+from origin.vod_service import VodService
 from origin.whip import WhipServer, whip_routes
 from transcoder.encoders import EncoderSettings, select_backend
 from transcoder.ladder import plan_ladder

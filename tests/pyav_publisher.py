@@ -4,6 +4,7 @@ with libavformat (FFmpeg 8.1 via PyAV). Exits non-zero with the FFmpeg error if 
 from __future__ import annotations
 
 import sys
+import time
 from fractions import Fraction
 
 import av
@@ -19,13 +20,30 @@ def push(url: str, seconds: float, fps: int = 30, codec: str = "libx264") -> Non
             video.options = {"preset": "ultrafast", "x265-params": "log-level=error"}
         audio = out.add_stream("aac", rate=48000)
         audio.layout = "stereo"
-        src = av.open(f"testsrc2=size=320x240:rate={fps}", format="lavfi")
-        tone = av.open("sine=frequency=440:sample_rate=48000", format="lavfi")
+        mux_test_signal(out, video, audio, seconds, fps)
+
+
+def mux_test_signal(
+    out: av.container.OutputContainer,
+    video: av.VideoStream,
+    audio: av.AudioStream,
+    seconds: float,
+    fps: int,
+    realtime: bool = False,
+) -> None:
+    """``seconds`` of a 320x240 test pattern and a 440 Hz tone, encoded and muxed into
+    ``out`` (paced to the wall clock with ``realtime``), then the encoders flushed."""
+    src = av.open(f"testsrc2=size=320x240:rate={fps}", format="lavfi")
+    tone = av.open("sine=frequency=440:sample_rate=48000", format="lavfi")
+    try:
         tones = tone.decode(audio=0)
         samples = 0
+        start = time.monotonic()
         for n, frame in enumerate(src.decode(video=0)):
             if n >= seconds * fps:
                 break
+            if realtime and (delay := start + n / fps - time.monotonic()) > 0:
+                time.sleep(delay)
             frame.pts = n
             frame.time_base = Fraction(1, fps)
             out.mux(video.encode(frame))
@@ -36,6 +54,7 @@ def push(url: str, seconds: float, fps: int = 30, codec: str = "libx264") -> Non
                 out.mux(audio.encode(aframe))
         out.mux(video.encode(None))
         out.mux(audio.encode(None))
+    finally:
         src.close()
         tone.close()
 

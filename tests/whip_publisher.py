@@ -14,8 +14,6 @@ from __future__ import annotations
 import datetime
 import sys
 import tempfile
-import time
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -23,6 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from tests.pyav_publisher import mux_test_signal
 
 
 def write_p256_certificate(directory: Path) -> tuple[Path, Path]:
@@ -68,30 +68,8 @@ def push(url: str, key: str, seconds: float, fps: int = 30) -> None:
             }
             audio = out.add_stream("libopus", rate=48000)
             audio.layout = "stereo"
-            src = av.open(f"testsrc2=size=320x240:rate={fps}", format="lavfi")
-            tone = av.open("sine=frequency=440:sample_rate=48000", format="lavfi")
-            tones = tone.decode(audio=0)
-            samples = 0
-            start = time.monotonic()
-            for n, frame in enumerate(src.decode(video=0)):
-                if n >= seconds * fps:
-                    break
-                # Real time: the muxer sends RTP as it is muxed.
-                delay = start + n / fps - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                frame.pts = n
-                frame.time_base = Fraction(1, fps)
-                out.mux(video.encode(frame))
-                while samples < (n + 1) * 48000 / fps:
-                    aframe = next(tones)
-                    aframe.pts = samples
-                    samples += aframe.samples
-                    out.mux(audio.encode(aframe))
-            out.mux(video.encode(None))
-            out.mux(audio.encode(None))
-            src.close()
-            tone.close()
+            # Real time: the muxer sends RTP as it is muxed.
+            mux_test_signal(out, video, audio, seconds, fps, realtime=True)
 
 
 if __name__ == "__main__":

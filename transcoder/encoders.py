@@ -11,10 +11,12 @@ import enum
 import logging
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Literal
 
 import av
+from av.audio.codeccontext import AudioCodecContext
 from av.codec.context import Flags
+from av.video.codeccontext import VideoCodecContext
 
 from transcoder.ladder import Rung
 
@@ -63,9 +65,25 @@ def _options(backend: Backend, rung: Rung) -> dict[str, str]:
     }
 
 
-def open_encoder(backend: Backend, rung: Rung, settings: EncoderSettings) -> Any:
+def video_context(codec: str, mode: Literal["r", "w"]) -> VideoCodecContext:
+    """A video decoder or encoder by FFmpeg codec name (ValueError for another kind)."""
+    ctx = av.CodecContext.create(codec, mode)
+    if not isinstance(ctx, VideoCodecContext):
+        raise ValueError(f"{codec} is not a video codec")
+    return ctx
+
+
+def audio_context(codec: str, mode: Literal["r", "w"]) -> AudioCodecContext:
+    """An audio decoder or encoder by FFmpeg codec name (ValueError for another kind)."""
+    ctx = av.CodecContext.create(codec, mode)
+    if not isinstance(ctx, AudioCodecContext):
+        raise ValueError(f"{codec} is not an audio codec")
+    return ctx
+
+
+def open_encoder(backend: Backend, rung: Rung, settings: EncoderSettings) -> VideoCodecContext:
     """Open an H.264 encoder for ``rung``; raises av.error.FFmpegError if it cannot."""
-    ctx: Any = av.CodecContext.create(CODEC_NAMES[backend], "w")
+    ctx = video_context(CODEC_NAMES[backend], "w")
     ctx.width, ctx.height = rung.width, rung.height
     ctx.pix_fmt = "yuv420p"
     ctx.time_base = settings.time_base

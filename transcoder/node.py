@@ -13,9 +13,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.applications import Starlette
@@ -23,31 +20,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from meshcast.config import TranscodeConfig
+from meshcast.config import TranscoderNodeConfig
+from meshcast.events import TranscoderHeartbeat
 from meshcast.http import EXCEPTION_HANDLERS, HttpService
 from meshcast.ingest import deliver
 from meshcast.ingest_wire import End, Hello, WireDecoder, WireError
 from meshcast.metrics import metrics_endpoint
 from meshcast.nats_bus import NatsBus
 from meshcast.paths import parse_media_path
-from origin.remote_transcode import TRANSCODER_HEARTBEAT
 from transcoder.worker import WorkerSink
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class TranscoderNodeConfig:
-    bus: str
-    data_dir: Path = Path("data")
-    host: str = "127.0.0.1"
-    port: int = 7000  # ingest (TCP) from origins
-    http_port: int = 7001  # /healthz, /metrics
-    advertise: str | None = None  # tcp://HOST:PORT origins connect to
-    secret: str = ""
-    capacity: int = field(default_factory=lambda: os.cpu_count() or 1)
-    heartbeat: float = 2.0
-    transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
 
 
 class TranscoderNode:
@@ -106,11 +89,8 @@ class TranscoderNode:
     async def _announce(self) -> None:
         while True:
             self.workers = {n: w for n, w in self.workers.items() if w.alive}
-            self.bus.publish(
-                TRANSCODER_HEARTBEAT,
-                url=self.ingest_url,
-                streams=len(self.workers),
-                capacity=self.config.capacity,
+            self.bus.emit(
+                TranscoderHeartbeat(self.ingest_url, len(self.workers), self.config.capacity)
             )
             await asyncio.sleep(self.config.heartbeat)
 

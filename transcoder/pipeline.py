@@ -12,17 +12,28 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
 
 import av
-from av.video.frame import PictureType
+from av.audio.codeccontext import AudioCodecContext
+from av.audio.resampler import AudioResampler
+from av.packet import Packet
+from av.stream import Stream
+from av.video.codeccontext import VideoCodecContext
+from av.video.frame import PictureType, VideoFrame
 from av.video.reformatter import VideoReformatter
 
 from meshcast import codecs
 from meshcast.config import TranscodeConfig
 from meshcast.ingest import AudioConfig, MediaKind, MediaPacket, VideoConfig
 from meshcast.store import SegmentStore
-from transcoder.encoders import Backend, EncoderSettings, open_encoder, select_backend
+from transcoder.encoders import (
+    Backend,
+    EncoderSettings,
+    audio_context,
+    open_encoder,
+    select_backend,
+    video_context,
+)
 from transcoder.fmp4 import TrackSpec
 from transcoder.ladder import Rung, RungSpec, plan_ladder
 from transcoder.packager import StreamPackager
@@ -44,12 +55,12 @@ class PipelineError(RuntimeError):
 @dataclass
 class VideoRung:
     rung: Rung
-    encoder: Any
+    encoder: VideoCodecContext
     rendition: RenditionState
     # One scaler per rung, reused: PyAV would otherwise rebuild it for every frame.
     scaler: VideoReformatter = field(default_factory=VideoReformatter)
 
-    def encode(self, frame: Any) -> list[Any]:
+    def encode(self, frame: VideoFrame) -> list[Packet[Stream]]:
         """Scale and encode one frame whose pts/time_base/pict_type are already set
         (the rung at the source size gets the decoded frame itself)."""
         scaled = self.scaler.reformat(
@@ -58,13 +69,12 @@ class VideoRung:
         if scaled is not frame:
             scaled.pts, scaled.time_base = frame.pts, frame.time_base
             scaled.pict_type = frame.pict_type
-        packets: list[Any] = self.encoder.encode(scaled)
-        return packets
+        return self.encoder.encode(scaled)
 
 
 def open_video_rung(
     backend: Backend, rung: Rung, settings: EncoderSettings
-) -> tuple[Any, TrackSpec, str]:
+) -> tuple[VideoCodecContext, TrackSpec, str]:
     """An encoder for one rung, its CMAF track and its RFC 6381 codec string (live and
     VOD chunk workers open rungs the same way, so their init segments match)."""
     encoder = open_encoder(backend, rung, settings)
@@ -83,9 +93,9 @@ def open_video_rung(
     return encoder, track, codec_string
 
 
-def open_aac_encoder(kbps: int) -> tuple[Any, TrackSpec]:
+def open_aac_encoder(kbps: int) -> tuple[AudioCodecContext, TrackSpec]:
     """The shared audio rendition's encoder: AAC-LC, 48 kHz stereo."""
-    encoder: Any = av.CodecContext.create("aac", "w")
+    encoder = audio_context("aac", "w")
     encoder.sample_rate = AUDIO_RATE
     encoder.layout = "stereo"
     encoder.format = "fltp"
@@ -118,7 +128,7 @@ class LadderPipeline:
                 self.packager.prefix,
             )  # fmt: skip
         self.backend: Backend | None = None
-        self._decoder: Any = None
+        self._decoder: VideoCodecContext | None = None
         self._decoder_time_base = Fraction(1, 1000)
         self._video_config: VideoConfig | None = None
         self._rungs: list[VideoRung] = []
@@ -129,9 +139,9 @@ class LadderPipeline:
         self._source: RenditionState | None = None
         self._source_shift: int | None = None
         self._audio_config: AudioConfig | None = None
-        self._audio_decoder: Any = None
-        self._audio_encoder: Any = None
-        self._resampler: Any = None
+        self._audio_decoder: AudioCodecContext | None = None
+        self._audio_encoder: AudioCodecContext | None = None
+        self._resampler: AudioResampler | None = None
         self._audio_next: int | None = None
         self.frames_in = 0
         self.frames_dropped = 0
@@ -145,7 +155,7 @@ class LadderPipeline:
         decoder_name = DECODERS.get(config.codec)
         if decoder_name is None:
             raise PipelineError(f"no decoder for video codec {config.codec!r}")
-        decoder: Any = av.CodecContext.create(decoder_name, "r")
+        decoder = video_context(decoder_name, "r")
         decoder.extradata = config.extradata
         decoder.thread_type = "AUTO"
         decoder.open()
@@ -231,7 +241,7 @@ class LadderPipeline:
         for frame in frames:
             self._video_frame(frame, packet.time_base)
 
-    def _video_frame(self, frame: Any, time_base: Fraction) -> None:
+    def _video_frame(self, frame: VideoFrame, time_base: Fraction) -> None:
         assert self._t0 is not None
         self.frames_in += 1
         if frame.pts is None:
@@ -288,7 +298,7 @@ class LadderPipeline:
             packet.keyframe,
         )
 
-    def _package_video(self, vr: VideoRung, out: Any) -> None:
+    def _package_video(self, vr: VideoRung, out: Packet[Stream]) -> None:
         if out.pts is None or out.dts is None:
             return
         self.packager.add(
@@ -299,7 +309,7 @@ class LadderPipeline:
             out.is_keyframe,
         )
 
-    def _open_ladder(self, frame: Any) -> None:
+    def _open_ladder(self, frame: VideoFrame) -> None:
         assert self._video_config is not None
         width = self._video_config.width or frame.width
         height = self._video_config.height or frame.height
@@ -324,7 +334,7 @@ class LadderPipeline:
     # ---- audio ----------------------------------------------------------------------
 
     def _open_audio_transcoder(self, config: AudioConfig) -> None:
-        decoder: Any = av.CodecContext.create(config.codec, "r")
+        decoder = audio_context(config.codec, "r")
         if config.extradata:
             decoder.extradata = config.extradata
         decoder.open()
@@ -353,23 +363,26 @@ class LadderPipeline:
         self.packager.add(self._audio, t, t, packet.data, True)
 
     def _transcode_audio(self, packet: MediaPacket, t: int) -> None:
+        decoder, resampler = self._audio_decoder, self._resampler
+        encoder = self._audio_encoder
+        assert decoder is not None and resampler is not None and encoder is not None
         avpkt = av.Packet(packet.data)
         try:
-            frames = self._audio_decoder.decode(avpkt)
+            frames = decoder.decode(avpkt)
         except av.error.FFmpegError as exc:
             log.warning("stream %s: audio decode error (%s); continuing", self.name, exc)
             return
         if self._audio_next is None:
-            self._audio_next = math.floor(t * AUDIO_RATE / self._audio_decoder.sample_rate)
+            self._audio_next = math.floor(t * AUDIO_RATE / decoder.sample_rate)
         for frame in frames:
             frame.pts = None
-            for resampled in self._resampler.resample(frame):
+            for resampled in resampler.resample(frame):
                 resampled.pts = self._audio_next
                 self._audio_next += resampled.samples
-                for out in self._audio_encoder.encode(resampled):
+                for out in encoder.encode(resampled):
                     self._package_audio_packet(out)
 
-    def _package_audio_packet(self, out: Any) -> None:
+    def _package_audio_packet(self, out: Packet[Stream]) -> None:
         # The AAC encoder's priming puts its first packet 1024 samples before the first
         # input sample: when that input starts right at our zero (WHIP, Opus), the packet
         # would fall before the timeline, which fragments cannot express.

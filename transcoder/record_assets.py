@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Final
 
 from meshcast.store import LocalStore, SegmentStore, open_store
-from transcoder import vod
+from transcoder import vod_transcode as vod
 from transcoder.packager import write_vod_manifests
 from transcoder.recording import STOPPED, Recording, RecordingError, load
 from transcoder.segments import RenditionState

@@ -22,23 +22,44 @@ needs (collected by :class:`PluginHooks`):
   (captions add their track to ``master.m3u8`` and the MPD). Must be idempotent: a peer
   may hand us a copy it already rewrote.
 
-Options: ``--plugin-option PLUGIN.KEY=VALUE`` (repeatable; a repeated key keeps every
-value), parsed once into :class:`PluginOptions` on the edge (``edge.plugin_options``).
+What a plugin may use of its edge is the :class:`EdgeHost` protocol (``host.py``); its
+options come from ``host.options(name)`` (``options.py``).
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol
 
 from starlette.responses import Response
-from starlette.routing import BaseRoute
 
-if TYPE_CHECKING:
-    from edge.app import Edge
+from edge.plugins.host import EdgeHost, EdgePlugin, NetworkMembership
+from edge.plugins.options import (
+    PluginContext,
+    PluginOptionError,
+    PluginOptions,
+    check_options,
+)
+
+__all__ = [
+    "BUILTIN",
+    "ENTRY_POINT_GROUP",
+    "EdgeHost",
+    "EdgePlugin",
+    "NetworkMembership",
+    "PluginContext",
+    "PluginFactory",
+    "PluginHooks",
+    "PluginOptionError",
+    "PluginOptions",
+    "UnknownPlugin",
+    "check_options",
+    "find_plugin",
+    "register",
+    "unregister",
+]
 
 ENTRY_POINT_GROUP: Final = "meshcast.plugins"
 BUILTIN: Final = {
@@ -52,27 +73,8 @@ class UnknownPlugin(Exception):
     pass
 
 
-class PluginOptionError(ValueError):
-    pass
-
-
-@runtime_checkable
-class EdgePlugin(Protocol):
-    """Constructed with the edge (before its app is built); ``routes()`` are mounted ahead
-    of the media catch-all; ``start``/``close`` run with the edge's HTTP service. Metrics go
-    on ``edge.metrics.registry``."""
-
-    name: str
-
-    def routes(self) -> list[BaseRoute]: ...
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-
 class PluginFactory(Protocol):
-    def __call__(self, edge: Edge) -> EdgePlugin: ...
+    def __call__(self, host: EdgeHost, /) -> EdgePlugin: ...
 
 
 # Registered at run time: tests register their deliberately slow plugin here.
@@ -101,59 +103,6 @@ def find_plugin(name: str) -> PluginFactory:
     module, _, attr = target.partition(":")
     loaded: PluginFactory = getattr(importlib.import_module(module), attr)
     return loaded
-
-
-# ---- options ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PluginOptions:
-    """``PLUGIN.KEY=VALUE`` strings, by plugin then key (every value of a repeated key)."""
-
-    values: dict[str, dict[str, list[str]]] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, items: Sequence[str]) -> PluginOptions:
-        values: dict[str, dict[str, list[str]]] = {}
-        for item in items:
-            head, sep, value = item.partition("=")
-            plugin, dot, key = head.partition(".")
-            if not sep or not dot or not plugin or not key:
-                raise PluginOptionError(f"plugin option {item!r} is not PLUGIN.KEY=VALUE")
-            values.setdefault(plugin, {}).setdefault(key, []).append(value)
-        return cls(values)
-
-    def context(self, plugin: str) -> PluginContext:
-        return PluginContext(self.values.get(plugin, {}))
-
-
-def check_options(options: PluginOptions, enabled: Sequence[str]) -> None:
-    unused = set(options.values) - set(enabled)
-    if unused:
-        raise PluginOptionError(f"options for plugins not enabled: {', '.join(sorted(unused))}")
-
-
-@dataclass(frozen=True, slots=True)
-class PluginContext:
-    """One plugin's options."""
-
-    options: dict[str, list[str]]
-
-    def get(self, key: str, default: str) -> str:
-        values = self.options.get(key)
-        return values[-1] if values else default
-
-    def number(self, key: str, default: float) -> float:
-        raw = self.get(key, "")
-        if not raw:
-            return default
-        try:
-            return float(raw)
-        except ValueError as exc:
-            raise PluginOptionError(f"option {key}={raw!r} is not a number") from exc
-
-    def all(self, key: str) -> list[str]:
-        return list(self.options.get(key, ()))
 
 
 # ---- request-path hooks -------------------------------------------------------------------

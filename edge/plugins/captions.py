@@ -51,17 +51,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from prometheus_client import Histogram
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from edge.plugins import PluginContext, asr
+from edge.plugins import EdgeHost, PluginContext, asr
+from edge.plugins.assets import OwnedAssets, vod_key
 from edge.plugins.live import (
     OwnedStreams,
     PlaylistEntry,
@@ -79,12 +79,9 @@ from edge.plugins.webvtt import (
     media_playlist,
     vtt_segment,
 )
-from edge.plugins.workers import InferencePool, Timed, plugin_metrics
+from edge.plugins.workers import InferencePool, ModelPlugin, Timed, plugin_metrics
 from meshcast.http import json_error
 from meshcast.paths import IMMUTABLE, parse_media_path
-
-if TYPE_CHECKING:
-    from edge.app import Edge
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +155,6 @@ class _Batch:
     future: asyncio.Future[Timed] | None
 
 
-def vod_key(asset: str) -> str:
-    return f"vod:{asset}"
-
-
 def commit_segment(
     transcript: asr.Transcript, index: int, lower: float | None, last: bool, margin: float
 ) -> tuple[float, list[Cue], float | None, float]:
@@ -182,28 +175,31 @@ def _wallclock(pdt: str | None) -> float | None:
     return None
 
 
-class CaptionsPlugin:
+class CaptionsPlugin(ModelPlugin[StreamCaptions]):
     name = "captions"
 
-    def __init__(self, edge: Edge) -> None:
-        self.config = CaptionsConfig.from_context(edge.plugin_options.context(self.name))
+    def __init__(self, edge: EdgeHost) -> None:
+        super().__init__()
+        self.config = CaptionsConfig.from_context(edge.options(self.name))
         self.streams: dict[str, StreamCaptions] = {}
         self._edge = edge
-        self._pool: InferencePool | None = None
-        self._owned: OwnedStreams | None = None
-        self._task: asyncio.Task[None] | None = None
         self._delay: Histogram | None = None
-        self.vod: OrderedDict[str, StreamCaptions] = OrderedDict()  # complete captions
-        self._vod_jobs: dict[str, asyncio.Task[None]] = {}
-        self._vod_failed: dict[str, float] = {}  # asset -> time of the failure
-        self._nudged: dict[str, float] = {}  # asset -> when this edge last nudged its owner
-        self._nudges: set[asyncio.Task[None]] = set()
+        self.vod = OwnedAssets(
+            edge,
+            "captions",
+            lambda: StreamCaptions(vod=True),
+            self._caption_vod,
+            self._nudge,
+            keep=self.config.vod_assets,
+            retry_s=self.config.vod_retry_s,
+            nudge_s=self.config.vod_nudge_s,
+        )
 
     # ---- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
         edge = self._edge
-        registry = edge.metrics.registry
+        registry = edge.registry
         self._pool = InferencePool(
             self.name,
             plugin_metrics(registry),
@@ -219,27 +215,7 @@ class CaptionsPlugin:
             registry=registry,
         )
         self._owned = OwnedStreams(edge, self._caption, self.name)
-        self._task = asyncio.create_task(self._owned.run())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._owned is not None:
-            await self._owned.close()
-        for pending in [*self._vod_jobs.values(), *self._nudges]:
-            pending.cancel()
-        for pending in [*self._vod_jobs.values(), *self._nudges]:
-            with contextlib.suppress(asyncio.CancelledError):
-                await pending  # both kinds catch their own errors
-        if self._pool is not None:
-            await self._pool.close()
-
-    @property
-    def pool(self) -> InferencePool | None:
-        """The worker pool, once started: marketplace jobs run here too (edge/inference.py)."""
-        return self._pool
+        self._tasks.append(asyncio.create_task(self._owned.run()))
 
     def routes(self) -> list[BaseRoute]:
         return [Route("/api/captions/{name}", self._status)]
@@ -285,10 +261,8 @@ class CaptionsPlugin:
         manifest = media.relative in ("master.m3u8", "manifest.mpd")
         if not manifest and media.rendition != RENDITION:
             return
-        if self._owner(media.kind, media.name) == self._edge.self_url:
-            self._schedule_vod(media.name, token)
-        elif manifest and not from_peer:
-            self._nudge_owner(media.name, token)
+        # A non-owner nudges the owner for a viewer's manifest request only.
+        self.vod.demand(media.name, token, nudge=manifest and not from_peer)
 
     def serve(self, path: str, from_peer: bool) -> Response | None:
         media = parse_media_path(path)
@@ -298,8 +272,7 @@ class CaptionsPlugin:
             return None  # manifests and media segments: the normal path
         if not from_peer and self._owner(media.kind, media.name) != self._edge.self_url:
             return None  # filled from the owner through the normal path (upstream hook)
-        states = self.vod if media.kind == "vod" else self.streams
-        state: StreamCaptions | None = states.get(media.name)
+        state = self.vod.done(media.name) if media.kind == "vod" else self.streams.get(media.name)
         if state is not None and media.relative.endswith("index.m3u8"):
             age = 3600 if state.vod else 1  # a complete VOD playlist no longer changes
             headers = {"Cache-Control": f"public, max-age={age}", "X-Cache": "HIT"}
@@ -421,82 +394,34 @@ class CaptionsPlugin:
 
     # ---- VOD: one job per asset, at the owner of vod:ASSET ------------------------------
 
-    def _schedule_vod(self, asset: str, token: str | None) -> None:
-        if asset in self.vod:
-            self.vod.move_to_end(asset)  # recently asked for: evicted last
-            return
-        running = self._vod_jobs.get(asset)
-        if running is not None and not running.done():
-            return
-        failed = self._vod_failed.get(asset)
-        if failed is not None and time.time() - failed < self.config.vod_retry_s:
-            return
-        job = self._run_vod(asset, token)
-        task = asyncio.get_running_loop().create_task(job, name=f"vod {asset}")
-        self._vod_jobs[asset] = task
-
-    def _nudge_owner(self, asset: str, token: str | None) -> None:
+    async def _nudge(self, owner: str, asset: str, token: str | None) -> None:
         """A non-owner edge makes the owner schedule the job by filling the captions
         playlist from it (a 404 until ready, which no edge caches)."""
         assert self._edge is not None
-        now = time.time()
-        if now - self._nudged.get(asset, 0.0) < self.config.vod_nudge_s:
-            return
-        if len(self._nudged) > 10_000:  # bounded: an old entry only means one more nudge
-            self._nudged.clear()
-        self._nudged[asset] = now
-        nudge = asyncio.get_running_loop().create_task(self._nudge(asset, token))
-        self._nudges.add(nudge)
-        nudge.add_done_callback(self._nudges.discard)
+        await self._edge.fetch(f"/vod/{asset}/{RENDITION}/index.m3u8", refresh=True, token=token)
 
-    async def _nudge(self, asset: str, token: str | None) -> None:
-        assert self._edge is not None
-        try:
-            key = f"/vod/{asset}/{RENDITION}/index.m3u8"
-            await self._edge.fetch(key, refresh=True, token=token)
-        except Exception as exc:  # the next nudge or a viewer's request tries again
-            log.debug("captions of VOD %s: nudging the owner failed: %r", asset, exc)
-
-    async def _run_vod(self, asset: str, token: str | None) -> None:
-        try:
-            state = await self._caption_vod(asset, token)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("captions of VOD %s failed: %r", asset, exc)
-            state = None
-        finally:
-            self._vod_jobs.pop(asset, None)
-        if state is None:
-            if len(self._vod_failed) > 10_000:  # bounded: forgetting only allows a retry
-                self._vod_failed.clear()
-            self._vod_failed[asset] = time.time()
-            return
-        self._vod_failed.pop(asset, None)
-        self.vod[asset] = state
-        while len(self.vod) > max(1, self.config.vod_assets):
-            self.vod.popitem(last=False)
-
-    async def _caption_vod(self, asset: str, token: str | None) -> StreamCaptions | None:
-        """Captions of a whole VOD asset, or None when its audio is not available (yet)."""
+    async def _caption_vod(self, asset: str, state: StreamCaptions, token: str | None) -> None:
+        """Captions of a whole VOD asset into ``state``; LookupError when its audio is not
+        available (yet)."""
         assert self._edge is not None and self._pool is not None
         edge, pool, config = self._edge, self._pool, self.config
         directory = f"/vod/{asset}/audio/"
         body = await edge.fetch(f"{directory}index.m3u8", token=token)
         if body is None:
-            return None
+            raise LookupError(f"no {directory}index.m3u8 (or it is token-only, without a token)")
         playlist = parse_media_playlist(body.decode("utf-8", "replace"))
         if not playlist.ended or not playlist.entries:
-            return None  # not a finished VOD rendition: nothing to caption once
+            raise LookupError(f"{directory} is not a finished VOD rendition")
         init = await edge.fetch(f"{directory}init.mp4", token=token)
         segments: list[bytes] = []
         for entry in playlist.entries:
             segment = await edge.fetch(f"{directory}{entry.number}.m4s", token=token)
             if segment is None or init is None:
-                return None  # a gap would shift every word after it
+                # A gap would shift every word after it.
+                raise LookupError(f"{directory}: segment {entry.number} or init.mp4 missing")
             segments.append(segment)
         assert init is not None
-        state = StreamCaptions(target=playlist.target_duration, vod=True)
+        state.target = playlist.target_duration
         lower: float | None = None
         batch = max(1, config.vod_batch)
         for first in range(0, len(segments), batch):
@@ -513,7 +438,6 @@ class CaptionsPlugin:
                 state.entries.append(entry)
         state.ended = True
         log.info("captions of VOD %s: %d segments", asset, len(state.entries))
-        return state
 
     def _add(
         self, state: StreamCaptions, item: _Pending, vtt: bytes, transcribed: bool, cues: int

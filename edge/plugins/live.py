@@ -17,10 +17,9 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-if TYPE_CHECKING:
-    from edge.app import Edge
+from edge.plugins.host import EdgeHost
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ class OwnedStreams:
     Which streams are live comes from the origin's ``/api/streams`` (works with and without
     a bus)."""
 
-    def __init__(self, edge: Edge, work: Callable[[str], Awaitable[None]], label: str) -> None:
+    def __init__(self, edge: EdgeHost, work: Callable[[str], Awaitable[None]], label: str) -> None:
         self.edge = edge
         self.live: frozenset[str] = frozenset()
         self._work = work
@@ -139,7 +138,7 @@ class OwnedStreams:
 
 
 async def follow(
-    edge: Edge,
+    edge: EdgeHost,
     directory: str,
     poll_s: float = 0.5,
     backlog: int = 1,

@@ -32,34 +32,30 @@ Blocks last for the edge's lifetime: lifting one is a moderator's decision, not 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
 import re
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Literal
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from edge.access import PolicyUnavailable
-from edge.plugins import PluginContext, PluginOptionError, nsfw
+from edge.plugins import EdgeHost, PluginContext, PluginOptionError, nsfw
+from edge.plugins.assets import OwnedAssets, vod_key
 from edge.plugins.live import OwnedStreams, follow, stream_key
-from edge.plugins.workers import InferencePool, Timed, plugin_metrics
+from edge.plugins.workers import InferencePool, ModelPlugin, Timed, plugin_metrics
+from meshcast.events import MODERATION_FLAGGED, ModerationFlagged
 from meshcast.http import json_error
-from meshcast.tokens import TOKEN_HEADER, TokenError
-
-if TYPE_CHECKING:
-    from edge.app import Edge
+from meshcast.tokens import TOKEN_HEADER
 
 log = logging.getLogger(__name__)
 
-MODERATION_FLAGGED: Final = "moderation.flagged"
 POLICIES: Final = ("log", "blur-poster", "block")
 # nudenet labels that flag by default: exposed nudity (faces, feet, covered parts do not).
 DEFAULT_LABELS: Final = (
@@ -130,15 +126,9 @@ class StreamModeration:
 
 @dataclass
 class VodModeration:
-    state: str = "scanning"  # scanning | done | failed
     findings: list[dict[str, Any]] = field(default_factory=list)
     flagged: bool = False
     segments: int = 0
-    error: str | None = None
-
-
-def vod_key(asset: str) -> str:
-    return f"vod:{asset}"
 
 
 def _finding(number: int, sample: nsfw.Sample) -> dict[str, Any]:
@@ -165,23 +155,27 @@ def lowest_rendition(master: str) -> str | None:
     return best[1] if best else None
 
 
-class ModerationPlugin:
+class ModerationPlugin(ModelPlugin[VodModeration]):
     name = "moderation"
 
-    def __init__(self, edge: Edge) -> None:
-        self.config = ModerationConfig.from_context(edge.plugin_options.context(self.name))
+    def __init__(self, edge: EdgeHost) -> None:
+        super().__init__()
+        self.config = ModerationConfig.from_context(edge.options(self.name))
         self.streams: dict[str, StreamModeration] = {}
         self.blocked: dict[str, list[dict[str, Any]]] = {}  # stream -> the flagging detections
-        self.assets: OrderedDict[str, VodModeration] = OrderedDict()
+        self.vod = OwnedAssets(
+            edge,
+            "moderation",
+            VodModeration,
+            self._moderate_vod,
+            self._nudge,
+            keep=VOD_ASSETS,
+            retry_s=VOD_RETRY_S,
+            nudge_s=VOD_NUDGE_S,
+        )
         self.blocked_vod: dict[str, list[dict[str, Any]]] = {}  # asset -> flagging detections
-        self._vod_failed: dict[str, float] = {}
-        self._vod_nudged: dict[str, float] = {}
         self._vod_watch: dict[str, float] = {}  # asset -> until when to poll its owner
-        self._vod_tasks: set[asyncio.Task[Any]] = set()
         self._edge = edge
-        self._pool: InferencePool | None = None
-        self._owned: OwnedStreams | None = None
-        self._tasks: list[asyncio.Task[None]] = []
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -189,7 +183,7 @@ class ModerationPlugin:
         edge = self._edge
         self._pool = InferencePool(
             self.name,
-            plugin_metrics(edge.metrics.registry),
+            plugin_metrics(edge.registry),
             queue=self.config.queue,
             initializer=nsfw.load_detector,
         )
@@ -200,21 +194,6 @@ class ModerationPlugin:
             p == "block" for p in (self.config.default_policy, *dict(self.config.policies).values())
         ):
             self._tasks.append(asyncio.create_task(self._learn_blocks(edge)))
-
-    async def close(self) -> None:
-        for task in [*self._tasks, *self._vod_tasks]:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._owned is not None:
-            await self._owned.close()
-        if self._pool is not None:
-            await self._pool.close()
-
-    @property
-    def pool(self) -> InferencePool | None:
-        """The worker pool, once started: marketplace jobs run here too (edge/inference.py)."""
-        return self._pool
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -263,7 +242,7 @@ class ModerationPlugin:
             return
         parts = path.split("/", 3)
         if len(parts) == 4 and parts[3] in ("master.m3u8", "manifest.mpd"):
-            self._vod_demand(parts[2], token)
+            self.vod.demand(parts[2], token)
 
     def block_vod(self, asset: str, detections: list[dict[str, Any]]) -> None:
         if asset not in self.blocked_vod:
@@ -332,20 +311,18 @@ class ModerationPlugin:
             # Asking is demand (a non-owner's nudge lands here), with the viewer's token if
             # it verifies: the owner reads a token-only asset with it.
             token = request.headers.get(TOKEN_HEADER)
-            if token is not None:
-                try:
-                    await edge.access.check("vod", asset, token)
-                except (TokenError, PolicyUnavailable):
-                    token = None
-            self._vod_demand(asset, token)
-        state = self.assets.get(asset)
-        if state is None:
+            if token is not None and not await edge.admits("vod", asset, token):
+                token = None
+            self.vod.demand(asset, token)
+        job = self.vod.get(asset)
+        if job is None:
             return json_error(404, f"no moderation of VOD asset {asset!r} here", owner=owner)
+        state = job.value
         return JSONResponse(
             {
                 "asset": asset,
-                "state": state.state,
-                "error": state.error,
+                "state": "scanning" if job.state == "running" else job.state,
+                "error": job.error,
                 "policy": self.config.policy(f"vod/{asset}"),
                 "flagged": state.flagged,
                 "blocked": asset in self.blocked_vod,
@@ -357,53 +334,13 @@ class ModerationPlugin:
 
     # ---- VOD: one scan per asset, at the owner of vod:ASSET ------------------------------
 
-    def _vod_demand(self, asset: str, token: str | None) -> None:
-        """A viewer asked for an asset's manifest: scan it once (the owner) or make its
-        owner scan it (anyone else)."""
-        if asset in self.assets:
-            self.assets.move_to_end(asset)
-            if self.assets[asset].state != "failed":
-                return
-            if time.time() - self._vod_failed.get(asset, 0.0) < VOD_RETRY_S:
-                return
-        edge = self._edge
-        owner = edge.ring.owner(vod_key(asset))
-        now = time.time()
-        if owner == edge.self_url:
-            self.assets[asset] = VodModeration()
-            while len(self.assets) > VOD_ASSETS:
-                self.assets.popitem(last=False)
-            self._spawn(self._scan_vod(asset, token), f"moderate vod {asset}")
-            return
-        if now - self._vod_nudged.get(asset, 0.0) < VOD_NUDGE_S:
-            return
-        if len(self._vod_nudged) > 10_000:  # bounded: an old entry only means one more nudge
-            self._vod_nudged.clear()
-        self._vod_nudged[asset] = now
+    async def _nudge(self, owner: str, asset: str, token: str | None) -> None:
+        """Asking the owner for its scan is the nudge (the next viewer's request nudges
+        again on failure). Under a block policy, this edge then polls the owner for its
+        verdict (without a bus, that is how it learns a block)."""
         if self.config.policy(f"vod/{asset}") == "block" and len(self._vod_watch) < 10_000:
-            self._vod_watch[asset] = now + VOD_WATCH_S
-        # Asking the owner is the nudge (the next viewer's request nudges again on failure).
-        nudge = self._ask_owner(f"{owner}/api/moderation/vod/{asset}", token)
-        self._spawn(nudge, f"nudge vod {asset}")
-
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._vod_tasks.add(task)
-        task.add_done_callback(self._vod_tasks.discard)
-
-    async def _scan_vod(self, asset: str, token: str | None) -> None:
-        state = self.assets[asset]
-        try:
-            await self._moderate_vod(asset, state, token)
-            state.state = "done"
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("moderation of VOD %s failed: %r", asset, exc)
-            state.state, state.error = "failed", str(exc) or repr(exc)
-            if len(self._vod_failed) > 10_000:
-                self._vod_failed.clear()
-            self._vod_failed[asset] = time.time()
+            self._vod_watch[asset] = time.time() + VOD_WATCH_S
+        await self._ask_owner(f"{owner}/api/moderation/vod/{asset}", token)
 
     async def _moderate_vod(self, asset: str, state: VodModeration, token: str | None) -> None:
         assert self._pool is not None
@@ -441,20 +378,21 @@ class ModerationPlugin:
                 self._publish_flag("vod", asset, number, sample, policy)
 
     def _publish_flag(
-        self, kind: str, name: str, number: int, sample: nsfw.Sample, policy: str
+        self, kind: Literal["live", "vod"], name: str, number: int, sample: nsfw.Sample, policy: str
     ) -> None:
         if self._edge.bus is None:
             return
-        self._edge.bus.publish(
-            MODERATION_FLAGGED,
-            kind=kind,
-            name=name,
-            number=number,
-            media_time=sample.media_time,
-            policy=policy,
-            labels=[d["class"] for d in sample.flagged],
-            scores=[d["score"] for d in sample.flagged],
-            edge=self._edge.self_url,
+        self._edge.bus.emit(
+            ModerationFlagged(
+                kind=kind,
+                name=name,
+                number=number,
+                media_time=sample.media_time,
+                policy=policy,
+                labels=[d["class"] for d in sample.flagged],
+                scores=[d["score"] for d in sample.flagged],
+                edge=self._edge.self_url,
+            )
         )
 
     # ---- the owner's work ---------------------------------------------------------------
@@ -523,7 +461,7 @@ class ModerationPlugin:
 
     # ---- blocks decided on other edges --------------------------------------------------
 
-    async def _learn_blocks(self, edge: Edge) -> None:
+    async def _learn_blocks(self, edge: EdgeHost) -> None:
         listen = asyncio.create_task(self._listen(edge)) if edge.bus is not None else None
         try:
             while True:
@@ -542,7 +480,7 @@ class ModerationPlugin:
             if listen is not None:
                 listen.cancel()
 
-    async def _learn_vod_blocks(self, edge: Edge) -> None:
+    async def _learn_vod_blocks(self, edge: EdgeHost) -> None:
         """Poll the owners of the assets this edge served under a block policy until their
         scan is done (without a bus, this is how a non-owner learns a VOD block)."""
         now = time.time()
@@ -577,7 +515,7 @@ class ModerationPlugin:
             return {}, None
         return body, nsfw.flagged(detections, self.config.labels, self.config.threshold)
 
-    async def _listen(self, edge: Edge) -> None:
+    async def _listen(self, edge: EdgeHost) -> None:
         assert edge.bus is not None
         with edge.bus.subscribe([MODERATION_FLAGGED]) as sub:
             async for event in sub:

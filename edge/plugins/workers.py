@@ -9,6 +9,7 @@ process (the initializer), and nothing from the edge's event loop is forked into
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import time
@@ -17,13 +18,18 @@ from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from edge.plugins.assets import OwnedAssets
+    from edge.plugins.live import OwnedStreams
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+V = TypeVar("V")
 
 
 @dataclass
@@ -208,3 +214,34 @@ class InferencePool:
             pool, self._pool = self._pool, None
             # In a thread: a running job (one inference at most) finishes off the loop.
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+
+class ModelPlugin(Generic[V]):
+    """What the plugins that run a model share (captions, moderation): the worker pool,
+    the live streams they own, their VOD jobs (values ``V``) and background tasks, and
+    closing all of it in order (tasks, then streams, then VOD jobs, then the pool)."""
+
+    vod: OwnedAssets[V]
+
+    def __init__(self) -> None:
+        self._pool: InferencePool | None = None
+        self._owned: OwnedStreams | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def pool(self) -> InferencePool | None:
+        """The worker pool, once started: marketplace jobs run here too (edge/inference.py)."""
+        return self._pool
+
+    async def close(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._owned is not None:
+            await self._owned.close()
+        await self.vod.close()
+        if self._pool is not None:
+            await self._pool.close()

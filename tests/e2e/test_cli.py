@@ -56,6 +56,49 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     assert KeyStore(tmp_path).records("cam2") is False
 
 
+def test_keys_list_loads_no_media_stack(tmp_path: Path) -> None:
+    """Key commands start without PyAV, aiortc or numpy: those load with the command that
+    needs them (up, origin, edge, transcoder)."""
+    run("keys", "create", "cam1", "--data", str(tmp_path))
+    script = (
+        "import sys\n"
+        "from meshcast.cli import main\n"
+        f"code = main(['keys', 'list', '--data', {str(tmp_path)!r}])\n"
+        "print('MODULES', *sorted({m.split('.')[0] for m in sys.modules}))\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("cam1\tstream\tactive"), done.stdout
+    loaded = set(done.stdout.rpartition("MODULES ")[2].split())
+    assert {"meshcast", "argparse"} <= loaded  # the listing is what was measured
+    assert not loaded & {"av", "aiortc", "numpy", "uvloop", "sklearn"}, loaded
+
+
+def test_cli_defaults_are_the_config_defaults() -> None:
+    from meshcast.cli import EDGE, ORIGIN, TRANSCODE, _parser
+
+    parser = _parser()
+    origin = parser.parse_args(["origin"])
+    assert (origin.data, origin.http_port, origin.rtmp_port) == (
+        ORIGIN.data_dir,
+        ORIGIN.http_port,
+        ORIGIN.rtmp_port,
+    )
+    assert (origin.encoder, origin.dvr_window) == (TRANSCODE.encoder, TRANSCODE.window_segments)
+    edge = parser.parse_args(["edge", "--origin", "http://o", "--port", "1"])
+    assert (edge.cache_mem, edge.cache_policy, edge.bandwidth) == (
+        EDGE.cache_mem,
+        EDGE.cache_policy,
+        EDGE.bandwidth,
+    )
+    assert parser.parse_args(["--log-level", "debug", "origin"]).log_level == "DEBUG"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["edge", "--origin", "o", "--port", "1", "--cache-policy", "fifo"])
+
+
 def test_up_demo_ready_live_and_clean_shutdown(tmp_path: Path) -> None:
     http_port, rtmp_port = free_port(), free_port()
     proc = subprocess.Popen(

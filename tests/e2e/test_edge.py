@@ -15,6 +15,7 @@ import pytest
 
 from edge.service import EdgeService
 from meshcast.config import EdgeConfig, OriginConfig
+from meshcast.events import EventBus
 from meshcast.http import HttpService
 from origin.service import OriginService
 from tests.conftest import free_port, rtmp_url, wait_for_state
@@ -46,9 +47,14 @@ async def origin_fetches(edges: list[EdgeService]) -> float:
 
 @contextlib.asynccontextmanager
 async def running_mesh(
-    tmp_path: Path, edges: int = 2, origin_config: OriginConfig | None = None, **edge_options: Any
+    tmp_path: Path,
+    edges: int = 2,
+    origin_config: OriginConfig | None = None,
+    bus: EventBus | None = None,
+    **edge_options: Any,
 ) -> AsyncIterator[Mesh]:
-    """An origin and a ring of ``edges`` edges (peers of each other), closed afterwards."""
+    """An origin and a ring of ``edges`` edges (peers of each other, sharing ``bus`` when
+    given), closed afterwards."""
     origin = OriginService(
         origin_config
         or OriginConfig(data_dir=tmp_path / "origin", http_port=free_port(), rtmp_port=0)
@@ -63,7 +69,8 @@ async def running_mesh(
                 peers=tuple(f"http://127.0.0.1:{p}" for p in ports if p != port),
                 cache_dir=tmp_path / f"edge-{port}",
                 **edge_options,
-            )
+            ),
+            bus,
         )
         for port in ports
     ]

@@ -69,20 +69,21 @@ async def net(tmp_path: Path) -> AsyncIterator[Net]:
         port = free_port()
         node_dir = tmp_path / f"node-{i}"
         keys.append(NodeKey.create(node_dir / "node.key"))
-        service = EdgeService(
-            EdgeConfig(
-                origin=origin.url,
-                port=port,
-                cache_dir=tmp_path / f"edge-{port}",
-                join=origin.url,  # no --peer, no bus: the ring comes from the registry
-                node_dir=node_dir,
-                receipt_interval=1.0,
-                heartbeat=0.5,
+        with pytest.MonkeyPatch.context() as patch:
+            if i == 2:  # built with the edge: its routes are mounted with the app
+                patch.setattr("edge.service.NodeAgent", InflatingAgent)
+            service = EdgeService(
+                EdgeConfig(
+                    origin=origin.url,
+                    port=port,
+                    cache_dir=tmp_path / f"edge-{port}",
+                    join=origin.url,  # no --peer, no bus: the ring comes from the registry
+                    node_dir=node_dir,
+                    receipt_interval=1.0,
+                    heartbeat=0.5,
+                )
             )
-        )
-        if i == 2:
-            assert service.agent is not None
-            service.agent = InflatingAgent(service.edge, service.config, service.agent.key)
+        assert isinstance(service.agent, InflatingAgent) == (i == 2)
         edges.append(service)
     for edge in edges:
         await edge.start()

@@ -23,8 +23,7 @@ import pytest
 from nudenet import NudeDetector
 from starlette.routing import BaseRoute
 
-from edge.app import Edge
-from edge.plugins import asr, nsfw, register, unregister
+from edge.plugins import EdgeHost, asr, nsfw, register, unregister
 from edge.plugins.live import OwnedStreams, follow
 from edge.plugins.moderation import ModerationPlugin, lowest_rendition
 from edge.plugins.webvtt import parse_vtt
@@ -51,9 +50,10 @@ async def plugin_mesh(
     options: tuple[str, ...] = (),
     edges: int = 2,
     config: OriginConfig | None = None,
+    bus: EventBus | None = None,
 ) -> AsyncIterator[tuple[OriginService, list[EdgeService]]]:
     async with running_mesh(
-        tmp_path, edges, config, plugins=plugins, plugin_options=options
+        tmp_path, edges, config, bus, plugins=plugins, plugin_options=options
     ) as mesh:
         yield mesh.origin, mesh.edges
 
@@ -318,11 +318,9 @@ async def test_moderation_findings_are_the_detectors_and_block_answers_451(
         "moderation.threshold=0.3",
         f"moderation.file={tmp_path / 'findings.jsonl'}",
     )
-    async with plugin_mesh(tmp_path, ("moderation",), options) as (origin, edges):
-        bus = EventBus()
-        for service in edges:
-            service.edge.bus = bus
-        flags = bus.subscribe(["moderation.flagged"])
+    bus = EventBus()
+    flags = bus.subscribe(["moderation.flagged"])
+    async with plugin_mesh(tmp_path, ("moderation",), options, bus=bus) as (origin, edges):
         key = origin.keys.create("mix")
         proc = await push(ffmpeg_cli, rtmp_url(origin, key), 24.0, video=["-i", str(video)])
         owner = edges[0].edge.ring.owner("stream:mix")
@@ -382,8 +380,8 @@ class SlowPlugin:
 
     name = "slow"
 
-    def __init__(self, edge: Edge) -> None:
-        context = edge.plugin_options.context(self.name)
+    def __init__(self, edge: EdgeHost) -> None:
+        context = edge.options(self.name)
         self.seconds = context.number("seconds", 2.5)
         self.queue = int(context.number("queue", 1))
         self.edge = edge
@@ -393,7 +391,7 @@ class SlowPlugin:
         return []
 
     async def start(self) -> None:
-        registry = self.edge.metrics.registry
+        registry = self.edge.registry
         self.pool = InferencePool(self.name, plugin_metrics(registry), queue=self.queue)
         self.owned = OwnedStreams(self.edge, self.work, self.name)
         self.tasks.append(asyncio.create_task(self.owned.run(0.5)))

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import ast
+import asyncio
 import tomllib
 from pathlib import Path
 
 import cv2
+import httpx
 import numpy as np
 import pytest
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
-from edge.app import Edge
+from edge.app import Edge, create_app
 from edge.plugins import (
     BUILTIN,
     ENTRY_POINT_GROUP,
+    NetworkMembership,
     PluginContext,
     PluginOptionError,
     PluginOptions,
@@ -21,6 +27,7 @@ from edge.plugins import (
     find_plugin,
     nsfw,
 )
+from edge.plugins.assets import OwnedAssets
 from edge.plugins.captions import CaptionsPlugin, commit_segment
 from edge.plugins.live import parse_media_playlist
 from edge.plugins.moderation import ModerationConfig, ModerationPlugin, lowest_rendition
@@ -93,6 +100,144 @@ def test_unknown_plugin_and_bad_options_fail_clearly(
     assert code == 1
     assert "unknown edge plugin 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "edge").exists()
+
+
+def _host_members() -> set[str]:
+    tree = ast.parse((ROOT / "edge/plugins/host.py").read_text())
+    host = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "EdgeHost")
+    members = {n.name for n in host.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+    members |= {
+        n.target.id
+        for n in host.body
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+    }
+    return members
+
+
+# How the plugins name the host they are given (a parameter or an attribute of self).
+_HOST_NAMES = frozenset({"edge", "_edge", "host", "_host"})
+
+
+def _is_host(node: ast.expr) -> bool:
+    if isinstance(node, ast.Name):
+        return node.id in _HOST_NAMES
+    return (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+        and node.attr in _HOST_NAMES
+    )
+
+
+def test_plugins_see_the_edge_only_through_the_host_protocol() -> None:
+    """No module under edge/plugins/ imports edge/app.py (the import cycle it made) or takes
+    from the edge anything but a member of EdgeHost: never a private attribute."""
+    members = _host_members()
+    assert {"fetch", "respond", "add_routes", "bus", "registry", "config"} <= members
+    problems: list[str] = []
+    files = sorted((ROOT / "edge/plugins").rglob("*.py"))
+    assert len(files) > 10
+    for path in files:
+        where = path.relative_to(ROOT)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            imported: set[str] = set()
+            if isinstance(node, ast.Import):
+                imported = {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module is not None:
+                imported = {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            if "edge.app" in imported:
+                problems.append(f"{where}:{node.lineno}: imports edge.app")
+            if (
+                isinstance(node, ast.Attribute)
+                and _is_host(node.value)
+                and (node.attr.startswith("_") or node.attr not in members)
+            ):
+                problems.append(f"{where}:{node.lineno}: host.{node.attr} is not in EdgeHost")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_static_check_sees_a_private_access() -> None:
+    """The check above can fail: the access pins.py used to make is caught."""
+    tree = ast.parse("self.edge._respond(request, cached, 'HIT')\nedge.cache.memory.remove(k)")
+    caught = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and _is_host(n.value)]
+    assert caught == ["_respond", "cache"] and not {"_respond", "cache"} & _host_members()
+
+
+async def test_routes_are_added_before_the_app_is_built(tmp_path: Path) -> None:
+    edge = edge_with(tmp_path)
+    try:
+        edge.add_routes([Route("/_extra", lambda request: PlainTextResponse("extra"))])
+        app = create_app(edge)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://edge"
+        ) as client:
+            assert (await client.get("/_extra")).text == "extra"
+            # Not joined: no membership to show.
+            assert (await client.get("/api/network")).status_code == 404
+            edge.network = NetworkMembership("n1", "http://coordinator")
+            assert (await client.get("/api/network")).json() == {
+                "node": "n1",
+                "coordinator": "http://coordinator",
+            }
+        with pytest.raises(RuntimeError, match="before the edge's app is built"):
+            edge.add_routes([Route("/_late", lambda request: PlainTextResponse("late"))])
+    finally:
+        await edge.close()
+
+
+async def test_owned_assets_run_one_job_per_asset_and_nudge_the_owner(tmp_path: Path) -> None:
+    """VOD jobs on first demand (captions, moderation): one job per asset at its owner,
+    a failure waits retry_s, finished results are kept LRU; other edges nudge the owner at
+    most once per nudge_s."""
+    peer = "http://127.0.0.1:9"
+    edge = Edge(EdgeConfig(origin=peer, cache_dir=tmp_path / "edge", peers=(peer,)))
+    ran: list[tuple[str, str | None]] = []
+    nudged: list[tuple[str, str, str | None]] = []
+    gate = asyncio.Event()
+
+    async def work(asset: str, value: list[str], token: str | None) -> None:
+        ran.append((asset, token))
+        await gate.wait()
+        if asset.startswith("bad"):
+            raise LookupError(f"{asset} is not there")
+        value.append(asset)
+
+    async def nudge(owner: str, asset: str, token: str | None) -> None:
+        nudged.append((owner, asset, token))
+
+    assets = OwnedAssets(edge, "test", list, work, nudge, keep=2, retry_s=60, nudge_s=30)
+    mine = [f"a{i}" for i in range(40) if assets.owns(f"a{i}")]
+    theirs = next(f"a{i}" for i in range(40) if not assets.owns(f"a{i}"))
+    bad = next(f"bad{i}" for i in range(40) if assets.owns(f"bad{i}"))
+    try:
+        assets.demand(mine[0], "t1")
+        assets.demand(mine[0], "t2")  # running: not again
+        job = assets.get(mine[0])
+        assert job is not None and job.state == "running" and assets.done(mine[0]) is None
+        assets.demand(bad, None)
+        gate.set()
+        await asyncio.sleep(0.01)
+        assert ran == [(mine[0], "t1"), (bad, None)]
+        assert assets.done(mine[0]) == [mine[0]]
+        failed = assets.get(bad)
+        assert failed is not None and failed.state == "failed"
+        assert failed.error == f"{bad} is not there"
+        assets.demand(bad, None)  # within retry_s: not retried
+        assets.demand(mine[0], None)  # done: kept, not redone
+        for asset in mine[1:3]:
+            assets.demand(asset, None)
+        await asyncio.sleep(0.01)
+        assert [a for a, _ in ran] == [mine[0], bad, *mine[1:3]]
+        assert assets.get(mine[0]) is None  # least recently asked for: evicted (keep=2)
+        assert assets.done(mine[2]) == [mine[2]]
+        for _ in range(3):
+            assets.demand(theirs, "t3")
+        assets.demand(theirs, "t4", nudge=False)
+        await asyncio.sleep(0.01)
+        assert nudged == [(peer, theirs, "t3")] and assets.get(theirs) is None
+    finally:
+        await assets.close()
+        await edge.close()
 
 
 def test_moderation_policies_per_stream() -> None:

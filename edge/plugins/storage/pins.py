@@ -18,7 +18,6 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
@@ -26,6 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from edge.cache import CachedObject
+from edge.plugins.host import EdgeHost
 from edge.plugins.storage.blobs import NS_OBJECT, NS_PIN, Manifest
 from edge.plugins.storage.cluster import Cluster, Unavailable
 from edge.plugins.storage.s3api import write_chunks
@@ -35,9 +35,6 @@ from meshcast.config import StorageConfig
 from meshcast.http import json_error
 from meshcast.keys import KeyRejected, KeyStore
 
-if TYPE_CHECKING:
-    from edge.app import Edge
-
 
 async def _read_upload(upload: UploadFile, size: int) -> AsyncIterator[bytes]:
     while piece := await upload.read(size):
@@ -45,7 +42,9 @@ async def _read_upload(upload: UploadFile, size: int) -> AsyncIterator[bytes]:
 
 
 class Pins:
-    def __init__(self, edge: Edge, cluster: Cluster, keys: KeyStore, config: StorageConfig) -> None:
+    def __init__(
+        self, edge: EdgeHost, cluster: Cluster, keys: KeyStore, config: StorageConfig
+    ) -> None:
         self.edge = edge
         self.cluster = cluster
         self.keys = keys
@@ -210,7 +209,7 @@ class Pins:
         tombstone = Manifest(NS_PIN, "", cid, time.time_ns(), self.cluster.self_url, deleted=True)
         await self.cluster.put_manifest(tombstone)
         # Other edges keep serving cached copies until evicted: CIDs are immutable.
-        self.edge.cache.memory.remove(request.url.path)
+        self.edge.forget(request.url.path)
         return Response(status_code=204)
 
     async def ipfs(self, request: Request) -> Response:
@@ -220,9 +219,9 @@ class Pins:
         except BadCid as exc:
             return json_error(400, str(exc), cid=cid)
         key = request.url.path
-        cached = self.edge.cache.get(key)
+        cached = self.edge.cached(key)
         if cached is not None:
-            return self.edge._respond(request, cached, "HIT")
+            return self.edge.respond(request, cached, "HIT")
         found = await self._find(cid)
         if found is None:
             return json_error(404, "not pinned", cid=cid)
@@ -250,8 +249,8 @@ class Pins:
             expires_at=None,
             body=body,
         )
-        self.edge.cache.put(obj)
-        return self.edge._respond(request, obj, "MISS")
+        self.edge.store(obj)
+        return self.edge.respond(request, obj, "MISS")
 
     async def _stream(self, request: Request, pin: Manifest) -> Response:
         """Too big for the cache: stream chunk by chunk (each verified by its own hash)."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
 
 from starlette.routing import BaseRoute
 
+from edge.plugins.host import EdgeHost
 from edge.plugins.storage.blobs import BlobStore
 from edge.plugins.storage.cluster import Cluster, StorageMetrics, peer_secret
 from edge.plugins.storage.pins import Pins
@@ -15,14 +15,11 @@ from edge.plugins.storage.proofs import Prover
 from edge.plugins.storage.s3api import S3Api
 from meshcast.keys import KeyStore
 
-if TYPE_CHECKING:
-    from edge.app import Edge
-
 
 class StoragePlugin:
     name = "storage"
 
-    def __init__(self, edge: Edge) -> None:
+    def __init__(self, edge: EdgeHost) -> None:
         self.config = edge.config.storage
         self.store = BlobStore(edge.config.cache_dir / "storage")
         keys = KeyStore(edge.config.data_dir)
@@ -32,7 +29,7 @@ class StoragePlugin:
             edge.client,
             peer_secret(edge.config.data_dir),
             self.config.replicas,
-            StorageMetrics(edge.metrics.registry),
+            StorageMetrics(edge.registry),
             self.config.chunk_cache,
         )
         self.s3 = S3Api(self.cluster, keys, self.config)

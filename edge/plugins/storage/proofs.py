@@ -14,18 +14,16 @@ import asyncio
 import json
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from edge.plugins.host import EdgeHost
 from edge.plugins.storage.blobs import BlobStore, CorruptChunk
 from meshcast.http import json_error, read_signed
 from meshcast.storage_proofs import PROOF_HEADER, Commitment, Inventory, ProofInvalid
-
-if TYPE_CHECKING:
-    from edge.app import Edge
 
 # Commitments a challenge may still name (one per receipt; the coordinator challenges
 # the newest one it accepted, which may be a receipt or two behind ours).
@@ -34,7 +32,7 @@ MAX_SKEW: Final = 30.0
 
 
 class Prover:
-    def __init__(self, store: BlobStore, edge: Edge) -> None:
+    def __init__(self, store: BlobStore, edge: EdgeHost) -> None:
         self.store = store
         self.edge = edge
         self._snapshots: OrderedDict[str, Inventory] = OrderedDict()
@@ -71,15 +69,15 @@ class Prover:
         return [Route("/_storage/challenge", self._challenge, methods=["POST"])]
 
     async def _challenge(self, request: Request) -> Response:
-        network = self.edge.network or {}
-        key = network.get("coordinator_key")
-        if not isinstance(key, str):
+        network = self.edge.network
+        key = network.coordinator_key if network is not None else None
+        if network is None or key is None:
             return json_error(404, "this edge has not joined a contributor network")
         body = await read_signed(request, key, 4096, "challenge")
         if isinstance(body, Response):
             return body
         ts, root, offset = body.get("ts"), body.get("root"), body.get("offset")
-        if body.get("kind") != "challenge" or body.get("node") != network.get("node"):
+        if body.get("kind") != "challenge" or body.get("node") != network.node:
             return json_error(400, "not a storage challenge for this node")
         if not isinstance(ts, int | float) or abs(ts - time.time()) > MAX_SKEW:
             return json_error(400, "challenge expired")

@@ -11,7 +11,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import multiprocessing
 import os
 import secrets
 from collections.abc import Callable
@@ -26,11 +25,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from meshcast.config import OriginConfig
-from meshcast.events import EventBus
+from meshcast.events import EventBus, VodFailed, VodProgress, VodReady
 from meshcast.http import json_error
 from meshcast.keys import API_KIND, KeyRejected, KeyStore
-from meshcast.logs import ignore_terminal_signals, setup_logging
 from meshcast.paths import vod_urls
+from meshcast.pools import process_pool
 from meshcast.store import LocalStore, SegmentStore
 from meshcast.tus import (
     OFFSET_CONTENT_TYPE,
@@ -44,26 +43,17 @@ from meshcast.tus import (
 )
 from origin import vod_jobs as jobs_db
 from origin.vod_jobs import Job, JobStore
-from transcoder import vod
+from transcoder import vod_transcode as vod
 from transcoder.encoders import EncoderUnavailable
 
 log = logging.getLogger(__name__)
 
-VOD_PROGRESS: Final = "vod.progress"
-VOD_READY: Final = "vod.ready"
-VOD_FAILED: Final = "vod.failed"
 AUDIO_PART: Final = -1
 IMAGES_PART: Final = -2
 # Share of the progress bar the transcode itself takes; manifests take the rest.
 _TRANSCODE_SHARE: Final = 99.0
 
 T = TypeVar("T")
-
-
-def _worker_init(log_level: int) -> None:
-    # Ctrl-C goes to the origin, which shuts the pool down; workers must not die first.
-    ignore_terminal_signals()
-    setup_logging(logging.getLevelName(log_level))
 
 
 class VodService:
@@ -119,12 +109,7 @@ class VodService:
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_worker_init,
-                initargs=(logging.getLogger().level,),
-            )
+            self._pool = process_pool(self.workers)
         return self._pool
 
     async def _in_pool(self, fn: Callable[..., T], *args: Any) -> T:
@@ -319,7 +304,7 @@ class VodService:
 
     def _queue(self, job: Job) -> None:
         self._db().update(job.id, state=jobs_db.QUEUED, progress=0.0)
-        self.bus.publish(VOD_PROGRESS, id=job.id, state=jobs_db.QUEUED, progress=0.0)
+        self.bus.emit(VodProgress(job.id, jobs_db.QUEUED, 0.0))
         log.info("vod %s: upload complete (%d bytes), queued", job.id, job.length)
         self._wake.set()
 
@@ -352,11 +337,11 @@ class VodService:
     def _fail(self, job: Job, error: str) -> None:
         log.warning("vod %s: failed: %s", job.id, error)
         self._db().update(job.id, state=jobs_db.FAILED, error=error)
-        self.bus.publish(VOD_FAILED, id=job.id, error=error)
+        self.bus.emit(VodFailed(job.id, error))
 
     def _progress(self, job: Job, progress: float) -> None:
         self._db().update(job.id, progress=progress)
-        self.bus.publish(VOD_PROGRESS, id=job.id, state=jobs_db.TRANSCODING, progress=progress)
+        self.bus.emit(VodProgress(job.id, jobs_db.TRANSCODING, progress))
 
     async def _transcode(self, job: Job) -> None:
         db, source = self._db(), str(self.upload_path(job.id))
@@ -414,7 +399,7 @@ class VodService:
             duration=round(info.duration, 3),
             renditions=renditions,
         )
-        self.bus.publish(VOD_READY, id=job.id, renditions=renditions, duration=info.duration)
+        self.bus.emit(VodReady(job.id, renditions, info.duration))
         log.info("vod %s: ready (%s)", job.id, ", ".join(renditions))
 
     def _save_part(self, prefix: str, index: int, result: Any) -> dict[str, Any]:
