@@ -22,7 +22,9 @@ SESSION_WINDOW: Final = 30.0
 REPORT_INTERVAL: Final = 5.0
 REPORT_TTL: Final = 3 * REPORT_INTERVAL
 # Bounds on what one edge may claim in a report (counts are edge claims, see docs).
-MAX_REPORT_STREAMS: Final = 10_000
+MAX_REPORT_STREAMS: Final = 1000
+# Reporting edges the origin keeps at once (each process of an edge is one).
+MAX_REPORTERS: Final = 256
 MAX_REPORT_VIEWERS: Final = 10_000_000
 MAX_SESSIONS: Final = 500_000
 

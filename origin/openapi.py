@@ -193,7 +193,10 @@ def openapi_schema() -> dict[str, Any]:
                             },
                         }
                     ),
-                    "responses": {"204": {"description": "counted"}, **_errors(400, 408, 413)},
+                    "responses": {
+                        "204": {"description": "counted"},
+                        **_errors(400, 408, 413, 429),
+                    },
                 }
             },
             "/api/me": {

@@ -19,6 +19,7 @@ from meshcast.http import BodyTooLarge, client_ip, json_error, read_body
 from meshcast.paths import parse_media_path
 from meshcast.tokens import TOKEN_HEADER, token_from_query
 from meshcast.viewers import (
+    MAX_REPORTERS,
     REPORT_INTERVAL,
     REPORT_TTL,
     ReportError,
@@ -59,17 +60,28 @@ class ViewerStats:
         viewer = viewer_id(token, client_ip(request), request.headers.get("user-agent", ""))
         self.local.seen(media.name, viewer, self.clock())
 
-    def report(self, edge: str, counts: dict[str, int]) -> None:
-        self.reports[edge] = (self.clock(), counts)
+    def report(self, edge: str, counts: dict[str, int]) -> bool:
+        """Keep an edge's counts of live streams; False when too many edges report."""
+        now = self.clock()
+        if edge not in self.reports and len(self.reports) >= MAX_REPORTERS:
+            self._expire(now)
+            if len(self.reports) >= MAX_REPORTERS:
+                return False
+        live = {s.name for s in self.registry.live_streams()}
+        self.reports[edge] = (now, {n: c for n, c in counts.items() if n in live})
+        return True
+
+    def _expire(self, now: float) -> None:
+        for edge, (at, _) in list(self.reports.items()):
+            if now - at > REPORT_TTL:
+                del self.reports[edge]
 
     # ---- aggregation ----------------------------------------------------------------
 
     def current(self, now: float) -> dict[str, int]:
         totals = dict(self.local.counts(now))
-        for edge, (at, counts) in list(self.reports.items()):
-            if now - at > REPORT_TTL:
-                del self.reports[edge]
-                continue
+        self._expire(now)
+        for _, counts in self.reports.values():
             for name, count in counts.items():
                 totals[name] = totals.get(name, 0) + count
         return totals
@@ -123,7 +135,8 @@ class ViewerStats:
         except (ValueError, RecursionError) as exc:
             message = str(exc) if isinstance(exc, ReportError) else "body must be JSON"
             return json_error(400, message)
-        self.report(edge, counts)
+        if not self.report(edge, counts):
+            return json_error(429, f"more than {MAX_REPORTERS} edges are reporting")
         self.tick()
         return Response(status_code=204)
 

@@ -240,6 +240,18 @@ async function refreshStreams() {
   renderStreams();
 }
 
+// Ingest health from the last samples: nothing arriving, a frame rate well under the
+// stream's own, or fine.
+function health(entry, history) {
+  if (!entry || entry.state !== "live" || history.length < 3) return null;
+  const recent = history.slice(-3);
+  if (recent.every((p) => p.kbps === 0)) return { level: "stalled", text: "no data for 4 s" };
+  const nominal = entry.video && entry.video.fps;
+  const fps = recent.reduce((a, p) => a + p.fps, 0) / recent.length;
+  if (nominal && fps < nominal * 0.8) return { level: "unsteady", text: `${fps.toFixed(1)} of ${nominal} fps` };
+  return { level: "healthy", text: "receiving steadily" };
+}
+
 function ffmpegCommand(name) {
   const key = state.newKeys.get(name) || "STREAM_KEY";
   return `ffmpeg -re -i INPUT.mp4 -c:v libx264 -preset veryfast -g 60 -c:a aac -b:a 128k -f flv ${state.me.rtmp}/${key}`;
@@ -256,9 +268,11 @@ function renderStreams() {
     const live = s && s.state === "live";
     const history = state.history.get(key.name) || [];
     const rec = s && s.recording;
+    const ok = health(s, history);
     const row = el("div", { class: "stream", "data-stream": key.name },
       el("h3", {}, key.name,
         el("span", { class: `badge ${live ? "live" : ""}`, "data-field": "state" }, s ? s.state : "offline"),
+        ok ? el("span", { class: `badge health ${ok.level}`, "data-field": "health", title: ok.text }, ok.level) : null,
         key.record ? el("span", { class: "badge" }, "records") : el("span", { class: "badge" }, "no recording")),
       el("div", { class: "stats" },
         el("span", {}, "viewers ", el("b", { "data-field": "viewers" }, String(s ? s.viewers || 0 : 0))),
@@ -462,6 +476,34 @@ async function refreshLibrary() {
   for (const asset of [...state.assets].reverse()) list.append(card(asset));
 }
 
+// Moderation findings and captions come from edges running those plugins (they are edge
+// plugins): the studio asks the edge named here, never sending it the API key.
+const PLUGIN_EDGE = "meshcast.pluginEdge";
+
+function pluginEdge() {
+  return (localStorage.getItem(PLUGIN_EDGE) || "").replace(/\/$/, "");
+}
+
+async function pluginInfo(asset, rec, node) {
+  const edge = pluginEdge();
+  if (!edge) return;
+  const parts = [];
+  try {
+    const r = await fetch(`${edge}/api/moderation/vod/${asset.id}`);
+    if (r.ok) {
+      const m = await r.json();
+      parts.push(`moderation: ${m.state}${m.flagged ? `, ${m.flagged} flagged` : ""}${m.blocked ? ", blocked" : ""}`);
+    } else parts.push("moderation: –");
+  } catch { parts.push("moderation: edge unreachable"); }
+  if (rec && rec.kind === "live") {
+    try {
+      const r = await fetch(`${edge}/api/captions/${encodeURIComponent(rec.stream)}`);
+      parts.push(r.ok ? `captions: ${(await r.json()).segments.length} live segments (not recorded)` : "captions: none");
+    } catch { parts.push("captions: edge unreachable"); }
+  }
+  node.textContent = parts.join(" · ");
+}
+
 function card(asset) {
   const rec = state.recordings.get(asset.id);
   const clips = [...state.recordings.values()].filter((r) => r.parent === asset.id);
@@ -470,6 +512,8 @@ function card(asset) {
   const price = el("input", { type: "number", min: 0, step: "0.01", size: 6, class: "price",
                               value: product ? (product.price_cents / 100).toFixed(2) : "" });
   const policy = el("span", { class: "policy" }, "…");
+  const plugins = el("div", { class: "muted plugins" });
+  if (asset.state === "ready") pluginInfo(asset, rec, plugins);
   api(`/api/access/vod/${asset.id}`).then((p) => { policy.textContent = p.access; }).catch(() => { policy.textContent = "?"; });
   const node = el("div", { class: "card", "data-asset": asset.id },
     asset.state === "ready" && asset.poster
@@ -483,6 +527,7 @@ function card(asset) {
     el("div", { class: "muted" }, "renditions: ", asset.renditions.join(", ") || "–"),
     el("div", { class: "muted" }, "access: ", policy, product ? ` · price ${(product.price_cents / 100).toFixed(2)} ${product.currency}` : ""),
     rec && rec.reason ? el("div", { class: "muted" }, rec.reason) : null,
+    plugins,
     clips.length ? el("div", {}, "clips: ", ...clips.map((c) => el("a", { href: `/player/?vod=${c.asset}`, target: "_blank" }, `${c.asset} `))) : null,
     el("div", { class: "row" },
       asset.state === "ready" ? el("a", { href: `/player/?vod=${asset.id}`, target: "_blank" }, "Play") : null,
@@ -529,6 +574,13 @@ async function remove(asset, status) {
     status.textContent = error.message;
   }
 }
+
+$("plugin-edge").value = pluginEdge();
+$("plugin-edge-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  localStorage.setItem(PLUGIN_EDGE, $("plugin-edge").value.trim());
+  refreshLibrary().catch(reportError);
+});
 
 // ---- embed ---------------------------------------------------------------------------
 

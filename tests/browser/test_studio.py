@@ -162,6 +162,7 @@ async def test_studio_end_to_end(studio: Studio, ffmpeg_cli: str, tmp_path: Path
 
         await until(studio_counts_them, f"the studio showing {VIEWERS} viewers", 60)
         assert (await api.get("/api/streams/show")).json()["viewers"] == VIEWERS
+        await row.locator("[data-field='health']:has-text('healthy')").wait_for(timeout=20_000)
         await row.locator("details summary").click()
         await row.locator("svg[data-series='kbps']").wait_for(timeout=20_000)
         await shot(page, "streams")

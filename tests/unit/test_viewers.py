@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from meshcast.events import EventBus
 from meshcast.viewers import (
+    MAX_REPORTERS,
     REPORT_TTL,
     SESSION_WINDOW,
     ReportError,
@@ -92,3 +93,18 @@ async def test_origin_sums_edges_and_keeps_peak_and_watch_time() -> None:
     assert stats.stream_json("show")["peak_viewers"] == 6
     registry.publish("show", "rtmp", "again")  # a new publication starts from zero
     assert stats.stream_json("show") == {"viewers": 0, "peak_viewers": 0, "watch_seconds": 0.0}
+
+
+def test_reports_keep_live_streams_and_a_bounded_number_of_edges() -> None:
+    now = [0.0]
+    registry = StreamRegistry(EventBus())
+    stats = ViewerStats(registry, clock=lambda: now[0])
+    registry.publish("show", "rtmp", "test")
+    assert stats.report("e0", {"show": 1, "not-live": 9})
+    assert stats.reports["e0"][1] == {"show": 1}
+    for i in range(1, MAX_REPORTERS):
+        assert stats.report(f"e{i}", {"show": 1})
+    assert not stats.report("one-too-many", {"show": 1})
+    assert stats.current(now[0])["show"] == MAX_REPORTERS
+    now[0] += REPORT_TTL + 1  # the old reports expire: room for new edges
+    assert stats.report("one-too-many", {"show": 1})
