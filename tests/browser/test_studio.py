@@ -148,7 +148,8 @@ async def test_studio_end_to_end(studio: Studio, ffmpeg_cli: str, tmp_path: Path
             ctx = await studio.browser.new_context(user_agent=f"viewer-{i}")
             viewer_contexts.append(ctx)
             viewer = await ctx.new_page()
-            await viewer.goto(f"{edge.url}/player/?stream=show")
+            # One hls.js viewer and one shaka (DASH) viewer.
+            await viewer.goto(f"{edge.url}/player/?stream=show{'&format=dash' if i else ''}")
             viewers.append(viewer)
 
         async def all_playing() -> bool:
@@ -163,6 +164,29 @@ async def test_studio_end_to_end(studio: Studio, ffmpeg_cli: str, tmp_path: Path
         await until(studio_counts_them, f"the studio showing {VIEWERS} viewers", 60)
         assert (await api.get("/api/streams/show")).json()["viewers"] == VIEWERS
         await row.locator("[data-field='health']:has-text('healthy')").wait_for(timeout=20_000)
+
+        # DVR: a recorded stream keeps its whole past in the live playlists/MPD (an
+        # unrecorded one only 12 s): both players can seek back to its start.
+        async def dvr_span(viewer: Page) -> float:
+            span = await viewer.evaluate(
+                "(() => { const s = document.getElementById('video').seekable;"
+                " return s.length ? s.end(s.length - 1) - s.start(0) : 0; })()"
+            )
+            return float(span)
+
+        async def long_window() -> bool:
+            return all([await dvr_span(v) > 16 for v in viewers])
+
+        await until(long_window, "a DVR window longer than an unrecorded stream's", 60)
+        for viewer in viewers:
+            start = await viewer.evaluate("document.getElementById('video').seekable.start(0)")
+            await viewer.evaluate(f"document.getElementById('video').currentTime = {start + 1}")
+
+            async def plays_back_there(viewer: Page = viewer, start: float = start) -> bool:
+                t = await video_time(viewer)
+                return start + 2 < t < start + 12
+
+            await until(plays_back_there, "playback from the start of the DVR window", 30)
         await row.locator("details summary").click()
         await row.locator("svg[data-series='kbps']").wait_for(timeout=20_000)
         await shot(page, "streams")
