@@ -15,6 +15,7 @@ disk budget left when the stream was published.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -216,6 +217,7 @@ class Recording:
                 state.name, state.track, state.codecs, state.segment_duration, 0.0,
                 state.frame_rate,
             )  # fmt: skip
+            copy.segments = collections.deque()
             for seg in state.segments:
                 if self._in(seg, start, end):
                     copy.append(seg)
@@ -255,7 +257,7 @@ def load(store: SegmentStore, prefix: str) -> Recording:
     segment_duration = Fraction(tracks["segment_duration"])
     states: dict[str, RenditionState] = {}
     for item in tracks["renditions"]:
-        states[item["name"]] = RenditionState(
+        state = RenditionState(
             item["name"],
             track_from_json(item["track"]),
             item["codecs"],
@@ -263,6 +265,10 @@ def load(store: SegmentStore, prefix: str) -> Recording:
             0.0,
             item["frame_rate"],
         )
+        # Unbounded: a recording is kept whole however long it ran (the live packager's
+        # history is bounded, the index on disk is not).
+        state.segments = collections.deque()
+        states[item["name"]] = state
     shard_no = 0
     while (shard := _json(store, f"{prefix}/{INDEX}/{shard_no}.json")) is not None:
         for name, records in shard.items():
