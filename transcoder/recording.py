@@ -272,12 +272,11 @@ def load(store: SegmentStore, prefix: str) -> Recording:
     shard_no = 0
     while (shard := _json(store, f"{prefix}/{INDEX}/{shard_no}.json")) is not None:
         for name, records in shard.items():
-            state = states.get(name)
-            if state is None:
+            if (found := states.get(name)) is None:
                 continue
             for number, start, duration, size in records:
-                state.append(
-                    SegmentRecord(number, start, duration, size, state.track.timescale, 0.0)
+                found.append(
+                    SegmentRecord(number, start, duration, size, found.track.timescale, 0.0)
                 )
         shard_no += 1
     status = _json(store, f"{prefix}/{INDEX}/status.json") or {"state": RECORDING, "bytes": 0}
