@@ -254,27 +254,38 @@ def load(store: SegmentStore, prefix: str) -> Recording:
     tracks = _json(store, f"{prefix}/{INDEX}/tracks.json")
     if tracks is None:
         raise RecordingError("nothing recorded: the stream never produced a segment")
-    segment_duration = Fraction(tracks["segment_duration"])
+    try:
+        segment_duration = Fraction(tracks["segment_duration"])
+        items = [
+            (item["name"], track_from_json(item["track"]), item["codecs"], item["frame_rate"])
+            for item in tracks["renditions"]
+        ]
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        raise RecordingError(f"{prefix}: damaged recording index (tracks: {exc})") from None
     states: dict[str, RenditionState] = {}
-    for item in tracks["renditions"]:
-        state = RenditionState(
-            item["name"],
-            track_from_json(item["track"]),
-            item["codecs"],
-            segment_duration,
-            0.0,
-            item["frame_rate"],
-        )
+    for name, track, codecs, frame_rate in items:
+        state = RenditionState(name, track, codecs, segment_duration, 0.0, frame_rate)
         # Unbounded: a recording is kept whole however long it ran (the live packager's
         # history is bounded, the index on disk is not).
         state.segments = collections.deque()
-        states[item["name"]] = state
+        states[name] = state
     shard_no = 0
     while (shard := _json(store, f"{prefix}/{INDEX}/{shard_no}.json")) is not None:
+        if not isinstance(shard, dict):
+            raise RecordingError(f"{prefix}: damaged recording index (shard {shard_no})")
         for name, records in shard.items():
             if (found := states.get(name)) is None:
                 continue
-            for number, start, duration, size in records:
+            for record in records if isinstance(records, list) else [None]:
+                if (
+                    not isinstance(record, list)
+                    or len(record) != 4
+                    or not all(isinstance(v, int) and v >= 0 for v in record)
+                ):
+                    raise RecordingError(
+                        f"{prefix}: damaged recording index (shard {shard_no}, {name})"
+                    )
+                number, start, duration, size = record
                 found.append(
                     SegmentRecord(number, start, duration, size, found.track.timescale, 0.0)
                 )

@@ -3,6 +3,7 @@ the origin reads back, across shards; clip ranges in whole segments; the byte li
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 from pathlib import Path
 
@@ -105,3 +106,26 @@ def test_damaged_or_missing_index_is_a_clear_error(tmp_path: Path) -> None:
     store.put("vod/a/recording/0.json", b"{not json")
     with pytest.raises(RecordingError, match="damaged"):
         load(store, "vod/a")
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 10**6) | st.text(max_size=4),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(["360p", "x"]), c),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(shard=_JSON)
+def test_any_damaged_shard_is_a_recording_error(
+    tmp_path_factory: pytest.TempPathFactory, shard: object
+) -> None:
+    store = LocalStore(tmp_path_factory.mktemp("d"))
+    record(store, 2)
+    store.put("vod/a/recording/1.json", json.dumps(shard))
+    try:
+        recording = load(store, "vod/a")
+    except RecordingError as exc:
+        assert "damaged" in str(exc)
+        return
+    assert len(recording.videos[0].segments) >= 2  # what was valid is all there
