@@ -154,7 +154,11 @@ class OriginService:
         recording = self.recordings.begin(stream)
         try:
             sink = WorkerSink(
-                stream.name, self.config.data_dir, self.config.transcode, failed, recording
+                stream.name,
+                self.config.data_dir,
+                self.config.transcode,
+                failed,
+                recording=recording,
             )
         except BaseException:
             self.recordings.abandon(stream)

@@ -115,6 +115,7 @@ class LadderPipeline:
         name: str,
         store: SegmentStore,
         config: TranscodeConfig,
+        *,
         recording: RecordingTarget | None = None,
     ) -> None:
         self.name = name
@@ -124,9 +125,8 @@ class LadderPipeline:
         self.packager = StreamPackager(store, f"live/{name}", self.segment_duration, window)
         if recording is not None:
             self.packager.recorder = Recorder(
-                store, recording, self.segment_duration, self.packager.first_number,
-                self.packager.prefix,
-            )  # fmt: skip
+                store, recording, self.segment_duration, self.packager.prefix
+            )
         self.backend: Backend | None = None
         self._decoder: VideoCodecContext | None = None
         self._decoder_time_base = Fraction(1, 1000)

@@ -71,8 +71,10 @@ class Recorder:
     store: SegmentStore
     target: RecordingTarget
     segment_duration: Fraction
-    first_number: int
     live_prefix: str  # where the live packager wrote the same segment
+    # Number of the first segment recorded: shards count from it (taken from the segments
+    # themselves, not the packager's clock, which may be set after this is made).
+    first_number: int | None = None
     recorded: int = 0  # bytes
     state: str = RECORDING
     reason: str | None = None
@@ -115,7 +117,10 @@ class Recorder:
                 self._write_tracks()
         self._link(f"{state.name}/{record.number}.m4s", data)
         self.recorded += record.size
-        shard_no = (record.number - self.first_number) // SHARD
+        if self.first_number is None:
+            self.first_number = record.number
+            self._write_tracks()
+        shard_no = max(0, record.number - self.first_number) // SHARD
         shard = self._shards.setdefault(shard_no, {})
         shard.setdefault(state.name, []).append(
             [record.number, record.start, record.duration, record.size]

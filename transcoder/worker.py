@@ -39,6 +39,7 @@ def worker_main(
     config: TranscodeConfig,
     inbox: Any,
     log_level: int,
+    *,
     recording: RecordingTarget | None = None,
 ) -> None:
     ignore_terminal_signals()
@@ -47,7 +48,7 @@ def worker_main(
 
     store = open_store(config.segment_store, data_dir)
     store.clear(f"live/{name}")  # a new publication starts a new timeline
-    pipeline = LadderPipeline(name, store, config, recording)
+    pipeline = LadderPipeline(name, store, config, recording=recording)
     try:
         while True:
             item = inbox.get()
@@ -73,6 +74,7 @@ class WorkerSink:
         data_dir: Path,
         config: TranscodeConfig,
         on_failure: Callable[[str], None],
+        *,
         recording: RecordingTarget | None = None,
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -80,7 +82,8 @@ class WorkerSink:
         self._inbox: Any = ctx.Queue(config.queue_packets)
         self._process = ctx.Process(
             target=worker_main,
-            args=(name, data_dir, config, self._inbox, logging.getLogger().level, recording),
+            args=(name, data_dir, config, self._inbox, logging.getLogger().level),
+            kwargs={"recording": recording},
             name=f"meshcast-transcode-{name}",
             daemon=True,
         )

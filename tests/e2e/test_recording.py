@@ -272,7 +272,7 @@ async def test_restart_finishes_an_interrupted_recording(tmp_path: Path) -> None
     store = LocalStore(data)
     target = RecordingTarget("vod/cafe0001", 1 << 30, 100)
     pipeline = LadderPipeline(
-        "show", store, TranscodeConfig(ladder=SMALL_LADDER, encoder="x264"), target
+        "show", store, TranscodeConfig(ladder=SMALL_LADDER, encoder="x264"), recording=target
     )
     # 7 s in, no end of stream: the process "died" (no ENDLIST, no final flush).
     generate(

@@ -31,7 +31,7 @@ AUDIO = TrackSpec(2, "audio", 48_000, b"\x11\x90", sample_rate=48_000, channels=
 
 
 def record(store: LocalStore, count: int, limit: int = 1 << 40, last: float = 2.0) -> Recorder:
-    recorder = Recorder(store, RecordingTarget("vod/a", limit), SEG, FIRST, "live/x")
+    recorder = Recorder(store, RecordingTarget("vod/a", limit), SEG, "live/x")
     states = [
         RenditionState("360p", VIDEO, "avc1.64001f", SEG, 0.0, 25.0, FIRST),
         RenditionState("240p", SMALL, "avc1.64001f", SEG, 0.0, 25.0, FIRST),
