@@ -575,6 +575,8 @@ async def _up(args: argparse.Namespace) -> None:
         f"  origin:   http://{args.host}:{args.http_port}",
         *(f"  edge:     http://{args.host}:{args.http_port + i}" for i in range(1, len(edges) + 1)),
         f"  player:   {player_url(viewer_base, 'demo' if args.demo else 'NAME')}",
+        f"  studio:   http://{args.host}:{args.http_port}/studio/  "
+        f"(API key: meshcast keys create NAME --kind api --data {args.data})",
         "ready",
     ]
     await run_services([origin, *edges], on_ready=lambda: "\n".join(lines))

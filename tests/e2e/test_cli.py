@@ -134,6 +134,7 @@ def test_up_demo_ready_live_and_clean_shutdown(tmp_path: Path) -> None:
         assert lines and lines[-1] == "ready", out
         assert f"rtmp://127.0.0.1:{rtmp_port}/live" in out
         assert f"http://127.0.0.1:{http_port + 1}/player/?stream=demo" in out
+        assert f"studio:   http://127.0.0.1:{http_port}/studio/" in out
         for port in (http_port, http_port + 1, http_port + 2):
             assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
         # the demo stream is live and moving
