@@ -442,6 +442,16 @@ class Recordings:
             "reason": row.reason or self._status.get(row.asset, {}).get("reason"),
         }
 
+    def origin_of(self, asset: str) -> dict[str, Any]:
+        """What ``GET /api/vod`` says of where an asset came from."""
+        rows = self._db().of_assets([asset])
+        if not rows:
+            return {"source": "upload"}
+        row = rows[0]
+        source = "clip" if row.kind == CLIP else "recording"
+        return {"source": source, "stream": row.stream, "parent": row.parent,
+                "reason": row.reason}  # fmt: skip
+
     def catalogue(self, limit: int = 24) -> list[ListedAsset]:
         """The newest ready assets for the landing page (recordings marked as such)."""
         if self.vod.jobs is None:

@@ -90,6 +90,7 @@ class OriginService:
         self.recordings = Recordings(
             config, self.keys, self.access, self.access_api, self.vod, self.bus
         )
+        self.vod.origin_of = self.recordings.origin_of
         self.whip = WhipServer(
             config.whip, self.registry, self.keys, self.metrics, self.key_failures
         )

@@ -446,19 +446,14 @@ drop.addEventListener("drop", (event) => {
 // ---- library -------------------------------------------------------------------------
 
 async function loadCatalogue() {
-  const [vod, products] = await Promise.all([api("/api/vod"), api("/api/products")]);
+  const [vod, products, keys] = await Promise.all([api("/api/vod"), api("/api/products"), api("/api/keys")]);
   const mine = state.me.kind === "admin" ? vod.assets : vod.assets.filter((a) => a.owner === state.me.owner);
   state.assets = mine;
   state.products = products.products;
-  const streams = new Set(state.keys.map((k) => k.name));
-  if (!state.keys.length) {
-    const keys = await api("/api/keys");
-    state.keys = keys.keys;
-    for (const k of keys.keys) streams.add(k.name);
-  }
-  const lists = await Promise.all([...streams].map((name) =>
-    api(`/api/streams/${encodeURIComponent(name)}/recordings`).catch(() => ({ recordings: [] }))));
-  state.recordings = new Map(lists.flatMap((l) => l.recordings).map((r) => [r.asset, r]));
+  state.keys = keys.keys;
+  // Recordings and clips say which stream they came from (GET /api/vod: source, stream).
+  state.recordings = new Map(mine.filter((a) => a.source && a.source !== "upload").map((a) =>
+    [a.id, { asset: a.id, kind: a.source === "clip" ? "clip" : "live", stream: a.stream, parent: a.parent, reason: a.reason }]));
 }
 
 function priceOf(assetId) {

@@ -118,6 +118,7 @@ async def test_recorded_stream_becomes_an_asset_and_clips_are_cut(
         asset = recording["asset"]
         listed = {a["id"]: a for a in (await api.get("/api/vod")).json()["assets"]}
         assert listed[asset]["state"] == "recording" and listed[asset]["owner"] == "alice"
+        assert listed[asset]["source"] == "recording" and listed[asset]["stream"] == "show"
 
         # Bad clip requests while live: refused with the reason, nothing cut.
         clips = "/api/streams/show/clips"
@@ -188,6 +189,7 @@ async def test_recorded_stream_becomes_an_asset_and_clips_are_cut(
         assert clip["playback"]["hls"].endswith(f"/vod/{clip['id']}/master.m3u8")
         clip_ready = await wait_asset(api, clip["id"])
         assert clip_ready["owner"] == "alice"
+        assert (clip_ready["source"], clip_ready["parent"]) == ("clip", asset)
         clip_seconds = await asyncio.to_thread(
             decode_rungs, f"{origin.url}/vod/{clip['id']}", clip_ready["renditions"]
         )
