@@ -331,7 +331,10 @@ class Recordings:
             )
             self.refused[stream.name] = reason
             log.warning("stream %s: %s", stream.name, reason)
-            self.bus.emit(events.RecordingRefused(stream.name, reason))
+            # After the registry's stream.published (this runs while it publishes).
+            asyncio.get_running_loop().call_soon(
+                self.bus.emit, events.RecordingRefused(stream.name, reason)
+            )
             return None
         asset = secrets.token_hex(8)
         when = datetime.fromtimestamp(stream.started_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -345,7 +348,9 @@ class Recordings:
         window = math.ceil(self.settings.dvr_window / self.config.transcode.segment_duration)
         log.info("stream %s: recording to vod/%s (budget left %d bytes)", stream.name, asset,
                  budget - used)  # fmt: skip
-        self.bus.emit(events.RecordingStarted(stream.name, asset, owner))
+        asyncio.get_running_loop().call_soon(
+            self.bus.emit, events.RecordingStarted(stream.name, asset, owner)
+        )
         return RecordingTarget(f"vod/{asset}", budget - used, window)
 
     def unsupported(self, stream: LiveStream, why: str) -> None:

@@ -34,6 +34,8 @@ const state = {
   recordings: new Map(), // asset -> recording row (kind, stream, parent)
   newKeys: new Map(), // name -> the secret, shown once after creation
   notes: new Map(), // asset -> the last message of an action on it (survives redraws)
+  clipSeconds: new Map(), // stream -> the clip length typed
+  clipNotes: new Map(), // stream -> the last clip's outcome
   timer: null,
 };
 
@@ -259,6 +261,9 @@ function ffmpegCommand(name) {
 
 function renderStreams() {
   const list = $("stream-list");
+  const typing = document.activeElement && document.activeElement.tagName === "INPUT" &&
+    list.contains(document.activeElement);
+  if (typing) return; // do not redraw under someone typing a clip length
   const open = new Set([...list.querySelectorAll("details[open]")].map((d) => d.dataset.name));
   list.replaceChildren();
   const active = state.keys.filter((k) => !k.revoked);
@@ -288,9 +293,10 @@ function renderStreams() {
         chart(history, "viewers", "viewers")) : null,
       el("div", { class: "row" },
         el("a", { href: `/player/?stream=${encodeURIComponent(key.name)}`, target: "_blank" }, "Watch"),
-        el("label", {}, "Clip last ", el("input", { type: "number", min: 1, value: 30, size: 4, class: "clip-seconds" }), " s"),
+        el("label", {}, "Clip last ", el("input", { type: "number", min: 1, value: state.clipSeconds.get(key.name) || 30,
+          class: "clip-seconds", onchange: (e) => state.clipSeconds.set(key.name, e.target.value) }), " s"),
         el("button", { type: "button", class: "clip", onclick: (e) => clip(key.name, e.target) }, "Clip"),
-        el("span", { class: "clip-state muted" }),
+        el("span", { class: "clip-state muted" }, state.clipNotes.get(key.name) || ""),
         el("button", { type: "button", class: "danger revoke", onclick: () => revoke(key.name) }, "Revoke key")),
       settings(key.name, open.has(key.name)));
     list.append(row);
@@ -343,14 +349,18 @@ async function revoke(name) {
 async function clip(name, button) {
   const row = button.closest(".stream");
   const seconds = Number(row.querySelector(".clip-seconds").value);
-  const status = row.querySelector(".clip-state");
-  status.textContent = "cutting…";
+  state.clipSeconds.set(name, String(seconds));
+  const say = (text) => {
+    state.clipNotes.set(name, text);
+    const status = $("stream-list").querySelector(`[data-stream="${CSS.escape(name)}"] .clip-state`);
+    if (status) status.textContent = text;
+  };
+  say("cutting…");
   try {
     const made = await api(`/api/streams/${encodeURIComponent(name)}/clips`, { method: "POST", body: { seconds } });
-    status.replaceChildren("clip ", el("a", { href: `/player/?vod=${made.id}`, target: "_blank", class: "clip-link" }, made.id),
-      ` (${fmtDuration(made.duration)})`);
+    say(`clip ${made.id} (${fmtDuration(made.duration)}): in the library`);
   } catch (error) {
-    status.textContent = error.message;
+    say(error.message);
   }
 }
 

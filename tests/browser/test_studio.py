@@ -164,6 +164,12 @@ async def test_studio_end_to_end(studio: Studio, ffmpeg_cli: str, tmp_path: Path
         await until(studio_counts_them, f"the studio showing {VIEWERS} viewers", 60)
         assert (await api.get("/api/streams/show")).json()["viewers"] == VIEWERS
         await row.locator("[data-field='health']:has-text('healthy')").wait_for(timeout=20_000)
+        await row.locator("input.clip-seconds").fill("6")
+        await row.locator("button.clip").click()
+        await row.locator(".clip-state:has-text('in the library')").wait_for(timeout=30_000)
+        clip_id = (await row.locator(".clip-state").text_content() or "").split()[1]
+        clip = (await api.get(f"/api/vod/{clip_id}")).json()
+        assert clip["source"] == "clip" and abs(clip["duration"] - 6) <= 2, clip
 
         # DVR: a recorded stream keeps its whole past in the live playlists/MPD (an
         # unrecorded one only 12 s): both players can seek back to its start.
