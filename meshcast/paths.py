@@ -44,7 +44,7 @@ _MEDIA_PATH = re.compile(
     r"/(?P<kind>live|vod)/(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,63})/"
     r"(?:(?P<top>master\.m3u8|manifest\.mpd|poster\.jpg|thumbnails\.(?:jpg|vtt))|"
     r"(?P<rendition>[0-9]{2,4}p|audio|source|captions)/"
-    r"(?P<file>index\.m3u8|init\.mp4|[0-9]{1,12}\.(?:m4s|vtt)))"
+    r"(?P<file>index\.m3u8|init(?:-[0-9]{1,16})?\.mp4|[0-9]{1,12}\.(?:m4s|vtt)))"
 )
 _CONTENT_TYPES: Final = {
     ".m3u8": "application/vnd.apple.mpegurl",
@@ -58,6 +58,17 @@ _CONTENT_TYPES: Final = {
 # current picture (origin/posters.py).
 _VOD_ONLY: Final = frozenset({"thumbnails.jpg", "thumbnails.vtt"})
 IMMUTABLE: Final = "public, max-age=31536000, immutable"
+# A live rendition's init.mp4 is rewritten by every publication of the name (and a new
+# publication may change codec parameters): caches must ask again within a second, like
+# for a live playlist. Playlists and MPDs reference the publication's own, immutable
+# init-TAG.mp4 instead (see ``versioned_init``), so players never mix inits.
+MUTABLE_INIT: Final = "public, max-age=1"
+LATEST_INIT: Final = "init.mp4"
+
+
+def versioned_init(tag: int) -> str:
+    """File name of one publication's init segment: never rewritten with other bytes."""
+    return f"init-{tag}.mp4"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +85,11 @@ class MediaPath:
     @property
     def is_manifest(self) -> bool:
         return self.suffix in (".m3u8", ".mpd")
+
+    @property
+    def is_latest_init(self) -> bool:
+        """``RENDITION/init.mp4`` of a live stream: the one media file that changes."""
+        return self.kind == "live" and self.relative.endswith("/" + LATEST_INIT)
 
     @property
     def content_type(self) -> str:

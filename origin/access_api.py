@@ -111,17 +111,31 @@ class AccessApi:
 
     def guard(self, request: Request, media: MediaPath) -> tuple[Response | None, str | None]:
         """(refusal, None) or (None, token to carry into child URLs, None if public)."""
-        policy = self.store.policy(f"{media.kind}/{media.name}")
-        if policy.access == "public":
+        if self.store.policy(f"{media.kind}/{media.name}").access == "public":
             return None, None
         token = token_from_query(request.url.query) or request.headers.get(TOKEN_HEADER)
-        try:
-            authorize(
-                token, media.kind, media.name, policy.owner, self.keyring.public_keys(), time.time()
-            )
-        except TokenError as exc:
-            return json_error(exc.status, str(exc), reason=exc.reason, path=request.url.path), None
+        refused = self._refusal(media.kind, media.name, token)
+        if refused is not None:
+            return json_error(
+                refused.status, str(refused), reason=refused.reason, path=request.url.path
+            ), None
         return None, token
+
+    def play_check(self, name: str, token: str | None) -> str | None:
+        """RTMP playback of live NAME (token from the play name's query): None when
+        allowed, else why not."""
+        refused = self._refusal("live", name, token)
+        return None if refused is None else str(refused)
+
+    def _refusal(self, kind: str, name: str, token: str | None) -> TokenError | None:
+        policy = self.store.policy(f"{kind}/{name}")
+        if policy.access == "public":
+            return None
+        try:
+            authorize(token, kind, name, policy.owner, self.keyring.public_keys(), time.time())
+        except TokenError as exc:
+            return exc
+        return None
 
     # ---- handlers ---------------------------------------------------------------------
 

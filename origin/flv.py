@@ -12,7 +12,14 @@ from __future__ import annotations
 from meshcast.codecs import CodecError, aac_audio_config, h264_video_config
 from meshcast.ingest import AudioConfig, MediaKind, MediaPacket, VideoConfig
 
-__all__ = ["FlvError", "parse_audio_tag", "parse_video_tag"]
+__all__ = [
+    "FlvError",
+    "audio_tag",
+    "parse_audio_tag",
+    "parse_video_tag",
+    "playable_over_rtmp",
+    "video_tag",
+]
 
 
 class FlvError(ValueError):
@@ -338,3 +345,38 @@ def _audio_packet(data: bytes, timestamp_ms: int) -> MediaPacket | None:
     return MediaPacket(
         kind=MediaKind.AUDIO, data=data, dts=timestamp_ms, pts=timestamp_ms, keyframe=True
     )
+
+
+# --------------------------------------------------------------------------- writing
+# Legacy FLV tag bodies (AVC + AAC), what every RTMP player understands (rtmpdump,
+# FFmpeg 5, OBS media sources): RTMP playback re-frames the ingest messages with these.
+
+_AAC_TAG_FLAGS = (_SOUND_AAC << 4) | 0x0F  # 44 kHz, 16-bit, stereo: fixed for AAC
+
+
+def playable_over_rtmp(video: VideoConfig | None, audio: AudioConfig | None) -> str | None:
+    """None when legacy FLV can carry the stream, else why not (a WHIP publisher's
+    VP8/Opus, Enhanced RTMP's HEVC/AV1)."""
+    if video is not None and video.codec != "h264":
+        return f"video codec {video.codec} has no legacy FLV form (only H.264)"
+    if video is None and (audio is None or audio.codec != "aac"):
+        return "no H.264 video or AAC audio to play"
+    return None
+
+
+def video_tag(item: VideoConfig | MediaPacket) -> bytes:
+    """AVC sequence header (from the avcC record) or one coded frame."""
+    if isinstance(item, VideoConfig):
+        return bytes([(_FRAME_KEY << 4) | _CODEC_AVC, _AVC_SEQUENCE_HEADER, 0, 0, 0]) + (
+            item.extradata
+        )
+    frame_type = _FRAME_KEY if item.keyframe else 2  # 2: inter frame
+    composition = (item.pts - item.dts).to_bytes(3, "big", signed=True)
+    return bytes([(frame_type << 4) | _CODEC_AVC, _AVC_NALU]) + composition + item.data
+
+
+def audio_tag(item: AudioConfig | MediaPacket) -> bytes:
+    """AAC sequence header (the AudioSpecificConfig) or one raw AAC frame."""
+    if isinstance(item, AudioConfig):
+        return bytes([_AAC_TAG_FLAGS, _AAC_SEQUENCE_HEADER]) + item.extradata
+    return bytes([_AAC_TAG_FLAGS, _AAC_RAW]) + item.data

@@ -28,7 +28,7 @@ from starlette.routing import BaseRoute, Route
 from meshcast.events import EventBus
 from meshcast.http import EXCEPTION_HANDLERS, CorsOnly, json_error
 from meshcast.metrics import metrics_endpoint
-from meshcast.paths import IMMUTABLE, MediaPath, parse_media_path
+from meshcast.paths import IMMUTABLE, MUTABLE_INIT, MediaPath, parse_media_path
 from meshcast.s3store import S3Store, S3StoreError
 from meshcast.store import LocalStore, SegmentStore
 from meshcast.tokens import rewrite_manifest
@@ -76,6 +76,7 @@ PLAYER_TYPES = {
     ".css": "text/css; charset=utf-8",
 }
 PLAYER_CACHE = "public, max-age=60"
+LIVE_MANIFEST_CACHE = "public, max-age=1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,15 +210,14 @@ def create_app(
             return admitted
         media, token = admitted
         path = store.path(f"live/{media.name}/{media.relative}")
-        if not path.is_file():
+        if not path.is_file() or _previous_publication(path, media, registry.get(media.name)):
             stream = registry.get(media.name)
             reason = "stream not live" if stream is None else "not available (yet)"
             return json_error(404, reason, path=request.url.path)
         if media.is_manifest:
-            stream = registry.get(media.name)
-            live = stream is not None and stream.live
-            # Live manifests change every segment; ended ones only on a new publication.
-            cache = "public, max-age=1" if live else "public, max-age=10"
+            # Live manifests change every segment, an ended one as soon as the name is
+            # published again: edges without the event bus must see that within a second.
+            cache = LIVE_MANIFEST_CACHE
             # A viewer straight on the origin: children carry the token (an edge rewrites
             # for its own viewers, from its shared cached copy).
             rewrite = token is not None and PEER_HEADER not in request.headers
@@ -237,7 +237,7 @@ def create_app(
             with contextlib.suppress(OSError):
                 sent(request, request.url.path, path.stat().st_size)
         return FileResponse(
-            path, media_type=media.content_type, headers={"Cache-Control": IMMUTABLE}
+            path, media_type=media.content_type, headers={"Cache-Control": _live_media_cache(media)}
         )
 
     async def healthz(request: Request) -> Response:
@@ -381,18 +381,31 @@ def live_from_store(
             reason = "stream not live" if stream is None else "not available (yet)"
             return json_error(404, reason, path=request.url.path)
         if media.is_manifest:
-            stream = registry.get(media.name)
-            cache = (
-                "public, max-age=1" if stream is not None and stream.live else "public, max-age=10"
-            )
+            cache = LIVE_MANIFEST_CACHE
             if token is not None and PEER_HEADER not in request.headers:
                 cache = "private, no-store"
                 data = rewrite_manifest(media.relative, data, token)
         else:
-            cache = IMMUTABLE
+            cache = _live_media_cache(media)
         return _bytes_response(request, data, media, cache)
 
     return live_file
+
+
+def _previous_publication(path: Path, media: MediaPath, stream: LiveStream | None) -> bool:
+    """A manifest or init.mp4 written before the live publication of its name started:
+    the previous one's, until the new transcoder clears them (it starts in a second)."""
+    if stream is None or not stream.live or not (media.is_manifest or media.is_latest_init):
+        return False
+    try:
+        return path.stat().st_mtime < stream.started_at
+    except FileNotFoundError:
+        return True
+
+
+def _live_media_cache(media: MediaPath) -> str:
+    """Segments and versioned inits never change; the rewritten init.mp4 does."""
+    return MUTABLE_INIT if media.is_latest_init else IMMUTABLE
 
 
 def _admit(

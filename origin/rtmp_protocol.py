@@ -4,8 +4,9 @@ Covers what publishers (OBS, FFmpeg, hardware encoders) use: the plain handshake
 its timing fields, the chunk stream, protocol control messages (Set Chunk Size, Abort,
 Acknowledgement and Window Acknowledgement Size, Set Peer Bandwidth, User Control ping),
 the publish command sequence (connect, releaseStream, FCPublish, createStream, publish,
-FCUnpublish, deleteStream) and ``@setDataFrame onMetaData``. Playback over RTMP is not
-offered: viewers use HLS/DASH.
+FCUnpublish, deleteStream) and ``@setDataFrame onMetaData``; and the play sequence
+players use (createStream, play, then the server's StreamBegin, NetStream.Play.Reset/Start,
+``|RtmpSampleAccess`` and the media): the application decides and feeds the media.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ MAX_STREAMS_PER_CONNECTION: Final = 8
 CSID_CONTROL: Final = 2
 CSID_COMMAND: Final = 3
 CSID_STATUS: Final = 5
+CSID_AUDIO: Final = 6
+CSID_VIDEO: Final = 7
 
 USER_CONTROL_STREAM_BEGIN: Final = 0
 USER_CONTROL_STREAM_EOF: Final = 1
@@ -84,6 +87,13 @@ class PublishRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class PlayRequest:
+    stream_id: int
+    stream_name: str  # as the player sent it: NAME, maybe with a ?query
+    transaction_id: float
+
+
+@dataclass(frozen=True, slots=True)
 class StreamMetadata:
     stream_id: int
     metadata: dict[str, Any]
@@ -113,6 +123,7 @@ Event = (
     HandshakeComplete
     | ConnectRequest
     | PublishRequest
+    | PlayRequest
     | StreamMetadata
     | MediaMessage
     | UnpublishRequest
@@ -126,6 +137,7 @@ class _MessageStream:
     publishing: bool = False
     pending_publish: bool = False
     key: str | None = None
+    playing: bool = False
 
 
 def _uptime_ms_factory() -> Callable[[], int]:
@@ -263,6 +275,45 @@ class RtmpServerConnection:
             self._send_status(stream_id, "status", "NetStream.Unpublish.Success", description)
             self._send_user_control(USER_CONTROL_STREAM_EOF, stream_id)
         self._state = _State.CLOSED
+
+    def accept_play(self, stream_id: int, name: str) -> None:
+        """Start playback on ``stream_id``; the application then sends the media."""
+        stream = self._stream(stream_id)
+        self._awaiting_decision = False
+        stream.playing = True
+        self._send_user_control(USER_CONTROL_STREAM_BEGIN, stream_id)
+        self._send_status(
+            stream_id, "status", "NetStream.Play.Reset", f"Playing and resetting {name}."
+        )
+        self._send_status(stream_id, "status", "NetStream.Play.Start", f"Started playing {name}.")
+        self.send_data(stream_id, "|RtmpSampleAccess", True, True)
+
+    def reject_play(
+        self, stream_id: int, description: str, code: str = "NetStream.Play.StreamNotFound"
+    ) -> None:
+        """Refuse a play request; the connection closes after the status is sent."""
+        self._stream(stream_id)
+        self._awaiting_decision = False
+        self._send_status(stream_id, "error", code, description)
+        self._state = _State.CLOSED
+
+    def end_play(self, stream_id: int, description: str) -> None:
+        """The played stream ended: tell the player, then close (it cannot resume)."""
+        if stream_id in self._streams:
+            self._send_status(stream_id, "status", "NetStream.Play.UnpublishNotify", description)
+            self._send_status(stream_id, "status", "NetStream.Play.Stop", description)
+            self._send_user_control(USER_CONTROL_STREAM_EOF, stream_id)
+        self._state = _State.CLOSED
+
+    def send_media(self, stream_id: int, type_id: MessageType, timestamp: int, body: bytes) -> None:
+        """One FLV audio/video tag body to a playing stream (timestamp in milliseconds)."""
+        csid = CSID_VIDEO if type_id == MessageType.VIDEO else CSID_AUDIO
+        self._out += self._writer.write(Message(type_id, stream_id, timestamp, body), csid)
+
+    def send_data(self, stream_id: int, *values: Any) -> None:
+        """An AMF0 data message (onMetaData, |RtmpSampleAccess) to a playing stream."""
+        message = Message(MessageType.DATA_AMF0, stream_id, 0, amf0.encode(*values))
+        self._out += self._writer.write(message, CSID_STATUS)
 
     # ---- handshake ------------------------------------------------------------------
 
@@ -425,6 +476,21 @@ class RtmpServerConnection:
             stream.key = args[0]
             events.append(PublishRequest(stream_id, args[0], publish_type, txn))
             self._awaiting_decision = True
+        elif name == "play":
+            stream = self._streams.get(stream_id)
+            if stream is None:
+                raise RtmpProtocolError(f"play on stream {stream_id} that was never created")
+            if stream.playing or stream.publishing or stream.pending_publish:
+                raise RtmpProtocolError(f"play on stream {stream_id} that is already in use")
+            if not args or not isinstance(args[0], str) or not args[0]:
+                raise RtmpProtocolError("play without a stream name")
+            events.append(PlayRequest(stream_id, args[0], txn))
+            self._awaiting_decision = True
+        elif name in ("getStreamLength", "FCSubscribe"):
+            # Players ask before playing; a live stream has no length (0, as FMS says).
+            self._send_command(0, "_result", txn, None, 0.0)
+        elif name in ("receiveAudio", "receiveVideo"):
+            pass  # a playing client's preferences; everything is sent
         elif name == "FCUnpublish":
             self._send_command(0, "_result", txn, None, amf0.UNDEFINED)
             for stream in self._streams.values():
@@ -436,7 +502,7 @@ class RtmpServerConnection:
             if name == "deleteStream" and args and isinstance(args[0], float):
                 target = int(args[0])
             stream = self._streams.pop(target, None)
-            if stream is not None and stream.publishing:
+            if stream is not None and (stream.publishing or stream.playing):
                 events.append(UnpublishRequest(target, name))
         else:
             if txn:
@@ -448,8 +514,7 @@ class RtmpServerConnection:
                     {
                         "level": "error",
                         "code": "NetConnection.Call.Failed",
-                        "description": f"{name} is not supported (publish only; "
-                        "play over HLS/DASH)",
+                        "description": f"{name} is not supported",
                     },
                 )
             events.append(UnsupportedCommand(name, txn))

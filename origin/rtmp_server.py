@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -14,13 +16,16 @@ from meshcast.ingest import AudioConfig, MediaPacket, VideoConfig, deliver
 from meshcast.keys import KeyRejected, KeyStore
 from meshcast.paths import RTMP_APP
 from meshcast.ratelimit import FailureLimiter
+from meshcast.tokens import token_from_query
 from origin import flv
 from origin.registry import LiveStream, PublishRefused, StreamAlreadyLive, StreamRegistry
 from origin.rtmp_chunk import MessageType
+from origin.rtmp_play import RtmpViewer
 from origin.rtmp_protocol import (
     ConnectRequest,
     HandshakeComplete,
     MediaMessage,
+    PlayRequest,
     PublishRequest,
     RtmpProtocolError,
     RtmpServerConnection,
@@ -99,6 +104,7 @@ class _Connection:
         self.remote = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.core = RtmpServerConnection()
         self.streams: dict[int, LiveStream] = {}
+        self.viewers: dict[int, RtmpViewer] = {}
         self._last_ts: dict[tuple[int, MessageType], int] = {}
 
     async def run(self) -> None:
@@ -110,11 +116,13 @@ class _Connection:
         handshake_deadline: float | None = loop.time() + cfg.rtmp_handshake_timeout
         try:
             while not self.core.closed:
-                wait = timeout
+                # A player sends next to nothing (an acknowledgement per window): while it
+                # plays, a dead peer shows as a failed write, not as silence.
+                wait: float | None = None if self.viewers else timeout
                 if handshake_deadline is not None:
                     wait = min(timeout, handshake_deadline - loop.time())
                 try:
-                    if wait <= 0:
+                    if wait is not None and wait <= 0:
                         raise TimeoutError
                     data = await asyncio.wait_for(self.reader.read(READ_SIZE), wait)
                 except TimeoutError:
@@ -183,6 +191,8 @@ class _Connection:
         for stream in self.streams.values():
             self.server.registry.end(stream, reason)
         self.streams.clear()
+        for stream_id in list(self.viewers):
+            self._detach(stream_id)
 
     def shutdown(self) -> None:
         for stream_id in list(self.streams):
@@ -216,6 +226,8 @@ class _Connection:
             self.core.accept_connect(event.transaction_id)
         elif isinstance(event, PublishRequest):
             self._publish(event)
+        elif isinstance(event, PlayRequest):
+            self._play(event)
         elif isinstance(event, StreamMetadata):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
@@ -224,6 +236,7 @@ class _Connection:
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
                 self.server.registry.end(stream, f"publisher sent {event.reason}")
+            self._detach(event.stream_id)
         elif isinstance(event, UnsupportedCommand):
             log.info("rtmp %s: unsupported command %r ignored", self.remote, event.name)
 
@@ -257,6 +270,54 @@ class _Connection:
         self.streams[event.stream_id] = stream
         self.core.accept_publish(event.stream_id)
 
+    def _play(self, event: PlayRequest) -> None:
+        """RTMP playback of a live stream's source (see origin/rtmp_play.py)."""
+        name, _, query = event.stream_name.partition("?")
+        name = name.strip("/").removeprefix(f"{RTMP_APP}/")
+        stream = self.server.registry.get(name)
+        refusal: tuple[str, str] | None = None
+        if stream is None or not stream.live:
+            refusal = ("NetStream.Play.StreamNotFound", f"stream {name!r} is not live")
+        elif (why := flv.playable_over_rtmp(stream.video_config, stream.audio_config)) is not None:
+            refusal = ("NetStream.Play.Failed", f"{name}: {why}; play it over HLS/DASH")
+        elif (denied := self.server.play_check(name, token_from_query(query))) is not None:
+            refusal = ("NetStream.Play.Failed", f"{name}: {denied}")
+        if refusal is not None or stream is None:
+            code, description = refusal or ("NetStream.Play.Failed", "")
+            log.info("rtmp %s: play refused: %s", self.remote, description)
+            self.server.metrics.rejected.labels("play").inc()
+            self.core.reject_play(event.stream_id, description, code)
+            raise _Refused
+        self.core.accept_play(event.stream_id, name)
+        viewer = RtmpViewer(
+            self.core, event.stream_id, stream, self._write_now, self._close_viewer, self.remote
+        )
+        self.viewers[event.stream_id] = viewer
+        stream.sinks.append(viewer)
+        log.info("rtmp %s: playing %s", self.remote, name)
+        viewer.start()
+
+    def _write_now(self) -> int:
+        """Out of the read loop (media fan-out): queue our output on the socket now.
+        Returns the bytes the transport still holds (the viewer's backlog)."""
+        out = self.core.data_to_send()
+        if out and not self.writer.is_closing():
+            self.writer.write(out)
+        return self.writer.transport.get_write_buffer_size()
+
+    def _close_viewer(self, reason: str) -> None:
+        log.info("rtmp %s: playback over: %s", self.remote, reason)
+        self._write_now()
+        self.writer.close()  # the read loop sees EOF and cleans up
+
+    def _detach(self, stream_id: int) -> None:
+        viewer = self.viewers.pop(stream_id, None)
+        if viewer is None:
+            return
+        viewer.closed = True
+        # Not during the registry's fan-out loop over the sinks: on the next turn.
+        asyncio.get_running_loop().call_soon(_discard, viewer.stream.sinks, viewer)
+
     def _media(self, event: MediaMessage) -> None:
         stream = self.streams.get(event.stream_id)
         if stream is None:
@@ -276,6 +337,15 @@ class _Connection:
         deliver(stream, parsed)
 
 
+def _discard(sinks: list[Any], viewer: RtmpViewer) -> None:
+    if viewer in sinks:
+        sinks.remove(viewer)
+
+
+def _public(name: str, token: str | None) -> str | None:
+    return None
+
+
 class RtmpServer:
     def __init__(
         self,
@@ -284,8 +354,12 @@ class RtmpServer:
         keys: KeyStore,
         metrics: RtmpMetrics,
         key_failures: FailureLimiter | None = None,
+        play_check: Callable[[str, str | None], str | None] = _public,
     ) -> None:
         self.config = config
+        # May a viewer with this token (None: none) play a live stream? None: yes, else
+        # why not. The origin passes its access policy check (token-only streams).
+        self.play_check = play_check
         self.registry = registry
         self.keys = keys
         self.metrics = metrics

@@ -59,7 +59,12 @@ class OriginService:
         self.keyring = Keyring(config.data_dir)
         self.access_api = AccessApi(self.access, self.keys, self.keyring, self.key_failures)
         self.rtmp = RtmpServer(
-            config, self.registry, self.keys, RtmpMetrics(self.metrics), self.key_failures
+            config,
+            self.registry,
+            self.keys,
+            RtmpMetrics(self.metrics),
+            self.key_failures,
+            self.access_api.play_check,
         )
         Gauge(
             "meshcast_origin_live_streams", "Streams live now", registry=self.metrics

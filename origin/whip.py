@@ -46,6 +46,7 @@ from meshcast.http import client_ip, json_error
 from meshcast.ingest import IngestItem, deliver
 from meshcast.keys import KeyRejected, KeyStore
 from meshcast.ratelimit import FailureLimiter
+from origin import dtls_system
 from origin.registry import LiveStream, PublishRefused, StreamAlreadyLive, StreamRegistry
 from origin.whip_media import RTP_OPUS_CLOCK, RTP_VIDEO_CLOCK, OpusAdapter, VideoAdapter
 from origin.whip_sdp import OfferError, check_offer
@@ -286,6 +287,13 @@ class WhipServer:
         self.key_failures = key_failures or FailureLimiter("whip key check")
         self.metrics = WhipMetrics(metrics)
         self.sessions: dict[str, WhipSession] = {}
+        # Stock FFmpeg 8 WHIP (GnuTLS: a P-224 certificate) needs a DTLS stack that still
+        # speaks P-224; without one, those publishers fail their handshake (logged).
+        if not dtls_system.install():
+            log.warning(
+                "WHIP: no system OpenSSL 3 for DTLS; FFmpeg WHIP publishers with P-224 "
+                "certificates (GnuTLS builds) will fail their DTLS handshake"
+            )
 
     def forget(self, session: WhipSession) -> None:
         if self.sessions.pop(session.id, None) is not None:

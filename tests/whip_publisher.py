@@ -1,12 +1,11 @@
-"""``python -m tests.whip_publisher URL KEY SECONDS``: publish synthetic H.264 + Opus with
-FFmpeg 8.1's own ``whip`` muxer (libavformat inside PyAV), paced to real time. Exits non-zero
-with FFmpeg's error when refused.
+"""``python -m tests.whip_publisher URL KEY SECONDS [--stock]``: publish synthetic H.264 +
+Opus with FFmpeg 8.1's own ``whip`` muxer (libavformat inside PyAV), paced to real time.
+Exits non-zero with FFmpeg's error when refused.
 
-The muxer gets an ECDSA P-256 certificate (``cert_file``/``key_file``): FFmpeg 8.1's GnuTLS
-build otherwise makes a P-224 one, a curve the OpenSSL 4 under aiortc (``cryptography``'s
-wheel) no longer accepts in TLS, and the handshake ends with an illegal_parameter alert.
-P-256 ECDSA is what RFC 8827 requires every WebRTC endpoint to support, and what browsers
-and OBS use.
+By default the muxer gets an ECDSA P-256 certificate (``cert_file``/``key_file``), what
+browsers and OBS present. ``--stock`` passes no certificate, as a user typing
+``ffmpeg -f whip URL`` does: FFmpeg 8.1's GnuTLS build then makes a P-224 one, which the
+origin accepts because its DTLS runs on the system OpenSSL 3 (origin/dtls_system.py).
 """
 
 from __future__ import annotations
@@ -25,8 +24,11 @@ from cryptography.x509.oid import NameOID
 from tests.pyav_publisher import mux_test_signal
 
 
-def write_p256_certificate(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
+def self_signed(
+    curve: ec.EllipticCurve,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """An ECDSA key on ``curve`` and its self-signed certificate, as WebRTC peers make."""
+    key = ec.generate_private_key(curve)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshcast-test-publisher")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
@@ -39,6 +41,11 @@ def write_p256_certificate(directory: Path) -> tuple[Path, Path]:
         .not_valid_after(now + datetime.timedelta(days=30))
         .sign(key, hashes.SHA256())
     )
+    return key, cert
+
+
+def write_p256_certificate(directory: Path) -> tuple[Path, Path]:
+    key, cert = self_signed(ec.SECP256R1())
     key_path, cert_path = directory / "key.pem", directory / "cert.pem"
     key_path.write_bytes(
         key.private_bytes(
@@ -51,10 +58,12 @@ def write_p256_certificate(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def push(url: str, key: str, seconds: float, fps: int = 30) -> None:
+def push(url: str, key: str, seconds: float, fps: int = 30, stock: bool = False) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        cert, pkey = write_p256_certificate(Path(tmp))
-        options = {"authorization": key, "cert_file": str(cert), "key_file": str(pkey)}
+        options = {"authorization": key}
+        if not stock:
+            cert, pkey = write_p256_certificate(Path(tmp))
+            options |= {"cert_file": str(cert), "key_file": str(pkey)}
         with av.open(url, mode="w", format="whip", options=options) as out:
             video = out.add_stream("libx264", rate=fps)
             video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
@@ -73,4 +82,4 @@ def push(url: str, key: str, seconds: float, fps: int = 30) -> None:
 
 
 if __name__ == "__main__":
-    push(sys.argv[1], sys.argv[2], float(sys.argv[3]))
+    push(sys.argv[1], sys.argv[2], float(sys.argv[3]), stock="--stock" in sys.argv[4:])

@@ -69,7 +69,8 @@ def _adaptation_set(
         attrs += ' lang="und"'
     template = (
         f'<SegmentTemplate timescale="{reference.track.timescale}" '
-        f'initialization="$RepresentationID$/init.mp4" media="$RepresentationID$/$Number$.m4s" '
+        f'initialization="$RepresentationID$/{reference.init_name}" '
+        'media="$RepresentationID$/$Number$.m4s" '
         f'startNumber="{segments[0].number}"{offset}>'
         f"<SegmentTimeline>{_timeline(segments)}</SegmentTimeline></SegmentTemplate>"
     )
@@ -103,7 +104,7 @@ def mpd(
     now: float,
     passthrough: RenditionState | None = None,
 ) -> str:
-    sets = [_adaptation_set(videos, "video", 0, window, ended)]
+    sets = [_adaptation_set(videos, "video", 0, window, ended)] if videos else []
     if audio is not None:
         sets.append(_adaptation_set([audio], "audio", 1, window, ended))
     if passthrough is not None:

@@ -36,7 +36,7 @@ def media_playlist(
         f"#EXT-X-MEDIA-SEQUENCE:{segments[0].number if segments else 0}",
         *(["#EXT-X-PLAYLIST-TYPE:VOD"] if vod else []),
         "#EXT-X-INDEPENDENT-SEGMENTS",
-        '#EXT-X-MAP:URI="init.mp4"',
+        f'#EXT-X-MAP:URI="{rendition.init_name}"',
     ]
     for seg in segments:
         if not vod:
@@ -77,3 +77,21 @@ def master_playlist(videos: Sequence[RenditionState], audio: RenditionState | No
         lines.append("#EXT-X-STREAM-INF:" + ",".join(attrs))
         lines.append(f"{video.name}/index.m3u8")
     return "\n".join(lines) + "\n"
+
+
+def audio_only_master(audio: RenditionState) -> str:
+    """A stream without video (an internet radio, a podcast feed): one audio-only variant,
+    the audio rendition itself (RFC 8216bis 4.4.6.2: CODECS lists only the audio)."""
+    return (
+        "\n".join(
+            [
+                "#EXTM3U",
+                "#EXT-X-VERSION:7",
+                "#EXT-X-INDEPENDENT-SEGMENTS",
+                f"#EXT-X-STREAM-INF:BANDWIDTH={audio.peak_bps},"
+                f'AVERAGE-BANDWIDTH={audio.average_bps},CODECS="{audio.codecs}"',
+                f"{audio.name}/index.m3u8",
+            ]
+        )
+        + "\n"
+    )

@@ -6,6 +6,7 @@ import logging
 import time
 from fractions import Fraction
 
+from meshcast.paths import LATEST_INIT, versioned_init
 from meshcast.store import SegmentStore
 from transcoder import dash, hls
 from transcoder.fmp4 import TrackSpec, init_segment
@@ -37,9 +38,14 @@ class StreamPackager:
         self.source: RenditionState | None = None  # passthrough of the source video
         self.audio: RenditionState | None = None
         self.ended = False
+        # Set by the pipeline once a stream has shown audio and no video for a while:
+        # the manifests then describe the audio rendition alone.
+        self.audio_only = False
         # Numbers continue across publications of a name (they follow the wall clock),
         # so a cached /live/NAME/R/N.m4s is never a segment of an earlier publication.
         self.first_number = int(self.wallclock_start / float(segment_duration))
+        # Names this publication's init segments (milliseconds: unique per publication).
+        self.init_tag = int(self.wallclock_start * 1000)
         # Set when this publication is recorded (transcoder/recording.py).
         self.recorder: Recorder | None = None
 
@@ -66,10 +72,18 @@ class StreamPackager:
             self.videos.append(state)
         else:
             self.audio = state
-        self.store.put(f"{self.prefix}/{name}/init.mp4", init_segment(track))
+        self._write_init(state)
         if self.recorder is not None and not passthrough:
             self.recorder.add_rendition(state)
         return state
+
+    def _write_init(self, state: RenditionState) -> None:
+        """The publication's own init (immutable, named by the playlists) and the
+        contract's ``init.mp4`` (the latest one, short-lived in caches)."""
+        init = init_segment(state.track)
+        state.init_name = versioned_init(self.init_tag)
+        self.store.put(f"{self.prefix}/{state.name}/{state.init_name}", init)
+        self.store.put(f"{self.prefix}/{state.name}/{LATEST_INIT}", init)
 
     @property
     def renditions(self) -> list[RenditionState]:
@@ -100,7 +114,11 @@ class StreamPackager:
     def _write_manifests(self) -> None:
         # Players read the multivariant playlist once: write it when every rendition
         # has a measured segment, then keep BANDWIDTH current.
-        if not self.videos or any(not r.segments for r in self.renditions):
+        if any(not r.segments for r in self.renditions):
+            return
+        if not self.videos:
+            if self.audio_only and self.audio is not None:
+                self._write_audio_only_manifests(self.audio)
             return
         variants = [*self.videos, *([self.source] if self.source else [])]
         self.store.put(f"{self.prefix}/master.m3u8", hls.master_playlist(variants, self.audio))
@@ -115,6 +133,21 @@ class StreamPackager:
                 ended=self.ended,
                 now=time.time(),
                 passthrough=self.source,
+            ),
+        )
+
+    def _write_audio_only_manifests(self, audio: RenditionState) -> None:
+        self.store.put(f"{self.prefix}/master.m3u8", hls.audio_only_master(audio))
+        self.store.put(
+            f"{self.prefix}/manifest.mpd",
+            dash.mpd(
+                [],
+                audio,
+                availability_start=self.wallclock_start,
+                segment_duration=float(self.segment_duration),
+                window=self.window,
+                ended=self.ended,
+                now=time.time(),
             ),
         )
 

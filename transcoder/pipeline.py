@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 VIDEO_TIMESCALE = 90_000
 AUDIO_RATE = 48_000
 AAC_FRAME = 1024
+# Audio segments without any video before a stream counts as audio-only.
+AUDIO_ONLY_AFTER_SEGMENTS = 2
 DECODERS = {"h264": "h264", "hevc": "hevc", "av1": "libdav1d", "vp8": "vp8", "vp9": "vp9"}
 
 
@@ -93,18 +95,21 @@ def open_video_rung(
     return encoder, track, codec_string
 
 
-def open_aac_encoder(kbps: int) -> tuple[AudioCodecContext, TrackSpec]:
-    """The shared audio rendition's encoder: AAC-LC, 48 kHz stereo."""
+def open_aac_encoder(
+    kbps: int, rate: int = AUDIO_RATE, channels: int = 2
+) -> tuple[AudioCodecContext, TrackSpec]:
+    """The shared audio rendition's encoder: AAC-LC, 48 kHz stereo unless the rendition
+    already has another format (a publisher's changed parameters are re-encoded to it)."""
     encoder = audio_context("aac", "w")
-    encoder.sample_rate = AUDIO_RATE
-    encoder.layout = "stereo"
+    encoder.sample_rate = rate
+    encoder.layout = "stereo" if channels == 2 else "mono"
     encoder.format = "fltp"
-    encoder.time_base = Fraction(1, AUDIO_RATE)
+    encoder.time_base = Fraction(1, rate)
     encoder.bit_rate = kbps * 1000
     encoder.open()
     asc = bytes(encoder.extradata or b"")
     track = TrackSpec(
-        2, "audio", AUDIO_RATE, asc, sample_rate=AUDIO_RATE, channels=2, avg_bitrate=kbps * 1000
+        2, "audio", rate, asc, sample_rate=rate, channels=channels, avg_bitrate=kbps * 1000
     )
     return encoder, track
 
@@ -145,6 +150,7 @@ class LadderPipeline:
         self._audio_next: int | None = None
         self.frames_in = 0
         self.frames_dropped = 0
+        self.frames_retimed = 0
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"rung-{name}")
 
     # ---- ingest ---------------------------------------------------------------------
@@ -155,6 +161,8 @@ class LadderPipeline:
         decoder_name = DECODERS.get(config.codec)
         if decoder_name is None:
             raise PipelineError(f"no decoder for video codec {config.codec!r}")
+        if self._video_config is not None:
+            self._video_changed(self._video_config, config)
         decoder = video_context(decoder_name, "r")
         decoder.extradata = config.extradata
         decoder.thread_type = "AUTO"
@@ -167,7 +175,25 @@ class LadderPipeline:
             return
         self._audio_config = config
         if self._audio is not None:
-            if config.codec != "aac":
+            # New parameters mid-stream (no republish): the rendition keeps its init, so
+            # players follow without a discontinuity; the new audio is decoded and
+            # re-encoded to the rendition's own rate and channels.
+            passthrough = self._audio_encoder is None
+            if (
+                not passthrough
+                or config.codec != "aac"
+                or config.extradata != self._audio.track.extradata
+            ):
+                log.info(
+                    "stream %s: audio now %s %s Hz %s ch; re-encoded to the rendition's "
+                    "%d Hz %d ch",
+                    self.name,
+                    config.codec,
+                    config.sample_rate,
+                    config.channels,
+                    self._audio.track.sample_rate,
+                    self._audio.track.channels,
+                )
                 self._open_audio_transcoder(config)
             return
         if config.codec == "aac" and config.sample_rate and config.channels:
@@ -199,6 +225,19 @@ class LadderPipeline:
         else:
             self._audio_packet(packet)
 
+    def _check_audio_only(self) -> None:
+        """No video after a few segments of audio: an audio-only publication (an RTMP
+        radio feed). Its manifests list the audio rendition alone; video that starts
+        later still gets its ladder (and the manifests list it from then on)."""
+        if (
+            self._video_config is None
+            and self._audio is not None
+            and not self.packager.audio_only
+            and (len(self._audio.segments) >= AUDIO_ONLY_AFTER_SEGMENTS or self.packager.ended)
+        ):
+            log.info("stream %s: audio only (no video); manifests list the audio", self.name)
+            self.packager.audio_only = True
+
     def on_end(self) -> None:
         if self._decoder is not None and self._video_config is not None:
             try:
@@ -212,13 +251,16 @@ class LadderPipeline:
         if self._audio_encoder is not None:
             for out in self._audio_encoder.encode(None):
                 self._package_audio_packet(out)
+        self.packager.ended = True
+        self._check_audio_only()
         self.packager.finish()
         self._pool.shutdown()
         log.info(
-            "stream %s: transcode finished, %d frames in, %d dropped, %s segments",
+            "stream %s: transcode finished, %d frames in, %d dropped, %d retimed, %s segments",
             self.name,
             self.frames_in,
             self.frames_dropped,
+            self.frames_retimed,
             {r.name: len(r.segments) for r in self.packager.renditions},
         )
 
@@ -249,8 +291,7 @@ class LadderPipeline:
             return
         pts = math.floor((Fraction(frame.pts) * time_base - self._t0) * VIDEO_TIMESCALE)
         if pts <= self._last_video_pts:
-            self.frames_dropped += 1  # repeated or backwards timestamp: not representable
-            return
+            pts = self._retime(pts)
         self._last_video_pts = pts
         if not self._rungs:
             self._open_ladder(frame)
@@ -266,6 +307,50 @@ class LadderPipeline:
         for vr, packets in zip(self._rungs, results, strict=True):
             for out in packets:
                 self._package_video(vr, out)
+
+    def _retime(self, pts: int) -> int:
+        """A repeated or backwards timestamp (an encoder with a coarse or stalled clock, a
+        publisher's clock jump): the frame is kept, one nominal frame after the last one,
+        until the publisher's timestamps move ahead again."""
+        if not self.frames_retimed:
+            log.warning(
+                "stream %s: video timestamp %.3f s not after the previous frame's %.3f s; "
+                "retiming such frames at the nominal frame rate",
+                self.name,
+                pts / VIDEO_TIMESCALE,
+                self._last_video_pts / VIDEO_TIMESCALE,
+            )
+        self.frames_retimed += 1
+        fps = (self._video_config.fps if self._video_config else None) or 30.0
+        return self._last_video_pts + max(1, round(VIDEO_TIMESCALE / fps))
+
+    def _video_changed(self, old: VideoConfig, new: VideoConfig) -> None:
+        """New video parameters mid-stream (no republish). The ladder keeps its rungs: the
+        old decoder's last frames are encoded, then new frames are scaled into the same
+        sizes, so the renditions and their init segments do not change. The source rung
+        repackages the publisher's own samples, which a new init would have to describe:
+        that stream ends clearly instead (the publisher republishes)."""
+        log.warning(
+            "stream %s: video parameters changed mid-stream (%s %sx%s -> %s %sx%s)",
+            self.name,
+            old.codec,
+            old.width,
+            old.height,
+            new.codec,
+            new.width,
+            new.height,
+        )
+        if self._source is not None:
+            raise PipelineError(
+                "video parameters changed mid-stream while the source rung passes them "
+                "through; republish to start a new timeline"
+            )
+        if self._decoder is not None and self._t0 is not None:
+            try:
+                for frame in self._decoder.decode(None):
+                    self._video_frame(frame, self._decoder_time_base)
+            except av.error.FFmpegError as exc:
+                log.warning("stream %s: decoder flush failed: %s", self.name, exc)
 
     def _source_packet(self, packet: MediaPacket, config: VideoConfig) -> None:
         """The source rung: the publisher's H.264 samples, repackaged (no re-encode)."""
@@ -339,10 +424,27 @@ class LadderPipeline:
             decoder.extradata = config.extradata
         decoder.open()
         self._audio_decoder = decoder
-        if self._audio_encoder is None:
+        if self._audio_encoder is not None:
+            return
+        if self._audio is None:
             self._audio_encoder, track = open_aac_encoder(self.config.audio_kbps)
-            self._resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
             self._audio = self.packager.add_rendition("audio", track, "mp4a.40.2")
+        else:
+            # Was AAC passthrough: encode to the rendition's own format, or stop cleanly
+            # when our encoder cannot produce it (HE-AAC without libfdk).
+            track = self._audio.track
+            self._audio_encoder, ours = open_aac_encoder(
+                self.config.audio_kbps, track.sample_rate, track.channels
+            )
+            if ours.extradata != track.extradata:
+                raise PipelineError(
+                    "audio parameters changed mid-stream and the rendition's format "
+                    f"({self._audio.codecs}) cannot be re-encoded; republish"
+                )
+        layout = "stereo" if self._audio.track.channels == 2 else "mono"
+        self._resampler = av.AudioResampler(
+            format="fltp", layout=layout, rate=self._audio.track.sample_rate
+        )
 
     def _audio_packet(self, packet: MediaPacket) -> None:
         if self._audio is None:
@@ -356,11 +458,14 @@ class LadderPipeline:
             self._transcode_audio(packet, t)
             return
         # Millisecond timestamps jitter by up to 1 ms around the true sample clock:
-        # snap to the expected position unless there is a real gap.
-        if self._audio_next is not None and abs(t - self._audio_next) < AAC_FRAME // 2:
+        # snap to the expected position unless there is a real gap. A frame stamped
+        # before that position (a repeated or backwards timestamp) is kept there too:
+        # the sample count is audio's clock.
+        if self._audio_next is not None and t - self._audio_next < AAC_FRAME // 2:
             t = self._audio_next
         self._audio_next = t + AAC_FRAME
         self.packager.add(self._audio, t, t, packet.data, True)
+        self._check_audio_only()
 
     def _transcode_audio(self, packet: MediaPacket, t: int) -> None:
         decoder, resampler = self._audio_decoder, self._resampler
@@ -373,7 +478,7 @@ class LadderPipeline:
             log.warning("stream %s: audio decode error (%s); continuing", self.name, exc)
             return
         if self._audio_next is None:
-            self._audio_next = math.floor(t * AUDIO_RATE / decoder.sample_rate)
+            self._audio_next = t  # already in the rendition's timescale
         for frame in frames:
             frame.pts = None
             for resampled in resampler.resample(frame):
@@ -388,3 +493,4 @@ class LadderPipeline:
         # would fall before the timeline, which fragments cannot express.
         if self._audio is not None and out.pts is not None and out.pts >= 0:
             self.packager.add(self._audio, out.pts, out.pts, bytes(out), True)
+            self._check_audio_only()

@@ -6,6 +6,7 @@ import collections
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from meshcast.paths import LATEST_INIT
 from transcoder.fmp4 import Sample, TrackSpec, media_segment
 
 
@@ -48,6 +49,9 @@ class RenditionState:
     wallclock_start: float
     frame_rate: float = 0.0
     first_number: int = 0
+    # The init segment playlists and MPDs name: a live publication's own immutable
+    # init-TAG.mp4 (meshcast.paths.versioned_init); VOD assets never change, so init.mp4.
+    init_name: str = LATEST_INIT
     segments: collections.deque[SegmentRecord] = field(
         default_factory=lambda: collections.deque(maxlen=100_000)
     )

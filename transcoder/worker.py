@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,13 @@ from transcoder.recording import RecordingTarget
 log = logging.getLogger(__name__)
 
 Item = IngestItem | None  # None: end of stream
+# Worker exit status when the publisher's media cannot be followed (PipelineError: e.g.
+# codec parameters changed under the source rung); the stream ends with this reason.
+EXIT_MEDIA_REFUSED = 3
+_EXIT_REASONS = {
+    EXIT_MEDIA_REFUSED: "the publisher's media changed in a way this stream cannot follow "
+    "(the origin log says what); republish"
+}
 
 
 def worker_main(
@@ -44,11 +52,12 @@ def worker_main(
 ) -> None:
     ignore_terminal_signals()
     setup_logging(logging.getLevelName(log_level))
-    from transcoder.pipeline import LadderPipeline
+    from transcoder.pipeline import LadderPipeline, PipelineError
 
     store = open_store(config.segment_store, data_dir)
     store.clear(f"live/{name}")  # a new publication starts a new timeline
     pipeline = LadderPipeline(name, store, config, recording=recording)
+    refused = False
     try:
         while True:
             item = inbox.get()
@@ -57,12 +66,17 @@ def worker_main(
             deliver(pipeline, item)
     except KeyboardInterrupt:
         pass
+    except PipelineError as exc:
+        log.error("stream %s: %s", name, exc)
+        refused = True
     finally:
         # Also on errors: playlists get their ENDLIST so players stop cleanly.
         try:
             pipeline.on_end()
         except Exception:
             log.exception("stream %s: could not finalize playlists", name)
+    if refused:
+        sys.exit(EXIT_MEDIA_REFUSED)
 
 
 class WorkerSink:
@@ -102,7 +116,7 @@ class WorkerSink:
         if code != 0 and not self._failed:
             self._failed = True
             log.error("stream %s: transcoder worker exited with code %s", self.name, code)
-            self._on_failure(f"transcoder failed (exit code {code})")
+            self._on_failure(_EXIT_REASONS.get(code or 0, f"transcoder failed (exit code {code})"))
 
     def _put(self, item: Item) -> bool:
         if self._failed or self._ending:

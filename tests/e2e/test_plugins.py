@@ -332,7 +332,11 @@ async def test_moderation_findings_are_the_detectors_and_block_answers_451(
             # in memory on both edges: the FastPath's HIT candidates).
             assert first["owner"] == owner and not first["flagged"] and not first["blocked"]
             assert not first["findings"][0]["flagged"]
-            cached = "/live/mix/360p/init.mp4"
+            # The publication's own init segment: immutable, so a FastPath HIT candidate.
+            playlist = (await client.get(f"{origin.url}/live/mix/360p/index.m3u8")).text
+            init_name = re.search(r'#EXT-X-MAP:URI="([^"]+)"', playlist)
+            assert init_name is not None, playlist
+            cached = f"/live/mix/360p/{init_name[1]}"
             for edge in edges:
                 assert (await client.get(edge.url + cached)).status_code == 200
                 assert (await client.get(edge.url + cached)).headers["x-cache"] == "HIT"

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from meshcast.codecs import CodecError
 from meshcast.ingest import AudioConfig, MediaKind, MediaPacket, VideoConfig
+from origin import flv
 from origin.flv import FlvError, parse_audio_tag, parse_video_tag
 
 # --------------------------------------------------------------------------- fixtures
@@ -431,3 +432,28 @@ def test_fuzz_video_tag(prefix: bytes, body: bytes, timestamp: int) -> None:
 def test_fuzz_audio_tag(prefix: bytes, body: bytes, timestamp: int) -> None:
     with contextlib.suppress(FlvError):
         parse_audio_tag(prefix + body, timestamp)
+
+
+@given(
+    data=st.binary(min_size=1, max_size=64),
+    dts=st.integers(0, 2**31),
+    offset=st.integers(-(2**23), 2**23 - 1),
+    keyframe=st.booleans(),
+)
+def test_written_video_tags_parse_back(data: bytes, dts: int, offset: int, keyframe: bool) -> None:
+    packet = MediaPacket(MediaKind.VIDEO, data, dts, dts + offset, keyframe)
+    assert flv.parse_video_tag(flv.video_tag(packet), dts) == packet
+
+
+@given(data=st.binary(min_size=1, max_size=64), ts=st.integers(0, 2**31))
+def test_written_audio_tags_parse_back(data: bytes, ts: int) -> None:
+    packet = MediaPacket(MediaKind.AUDIO, data, ts, ts, True)
+    assert flv.parse_audio_tag(flv.audio_tag(packet), ts) == packet
+
+
+def test_written_sequence_headers_parse_back() -> None:
+    asc = bytes([0x12, 0x10])  # AAC-LC, 44.1 kHz, stereo
+    audio = flv.parse_audio_tag(flv.audio_tag(AudioConfig("aac", asc, 44100, 2)), 0)
+    assert isinstance(audio, AudioConfig) and audio.extradata == asc
+    assert flv.playable_over_rtmp(None, audio) is None
+    assert "VP8" in (flv.playable_over_rtmp(VideoConfig("vp8", b""), audio) or "").upper()

@@ -15,6 +15,7 @@ from origin.rtmp_protocol import (
     ConnectRequest,
     HandshakeComplete,
     MediaMessage,
+    PlayRequest,
     PublishRequest,
     RtmpProtocolError,
     RtmpServerConnection,
@@ -243,13 +244,13 @@ def test_ping_request_gets_response() -> None:
 def test_unknown_command_gets_error_and_event() -> None:
     conn, _ = run_session([full_session()[: 1 + 2 * HANDSHAKE_SIZE]])
     pub = ScriptedPublisher().obs_connect_sequence(KEY)
-    pub.command("play", 9.0, None, "x")
+    pub.command("seek", 9.0, None, 0.0)
     conn.data_to_send()
     (connect,) = conn.receive_data(pub.take())
     assert isinstance(connect, ConnectRequest)
     conn.accept_connect(connect.transaction_id)
     (event,) = conn.receive_data(b"")
-    assert event == UnsupportedCommand("play", 9.0)
+    assert event == UnsupportedCommand("seek", 9.0)
     error = decode_commands(conn.data_to_send())[-1]
     assert error[0] == "_error" and "not supported" in error[3]["description"]
 
@@ -313,3 +314,57 @@ def test_fuzz_publish_key_reaches_the_server_intact(key: str) -> None:
     _, events = run_session([c0c1 + handshake_c2(s1) + pub.take()])
     published = [e.stream_key for e in events if isinstance(e, PublishRequest)]
     assert published == [key]
+
+
+def _play_request(name: str = "cam") -> tuple[RtmpServerConnection, PlayRequest]:
+    """A player's sequence (librtmp order) up to its play request."""
+    conn, _ = run_session([full_session()[: 1 + 2 * HANDSHAKE_SIZE]])
+    pub = ScriptedPublisher().obs_connect_sequence(KEY)
+    pub.command("createStream", 2.0, None)
+    pub.command("getStreamLength", 3.0, None, name)
+    pub.command("play", 4.0, None, name, -1000.0, stream_id=1)
+    (connect,) = conn.receive_data(pub.take())
+    assert isinstance(connect, ConnectRequest)
+    conn.accept_connect(connect.transaction_id)
+    (play,) = conn.receive_data(b"")
+    assert isinstance(play, PlayRequest)
+    conn.data_to_send()
+    return conn, play
+
+
+def test_play_is_accepted_with_the_status_sequence_players_wait_for() -> None:
+    conn, play = _play_request()
+    assert play == PlayRequest(1, "cam", 4.0)
+    conn.accept_play(play.stream_id, "cam")
+    conn.send_media(1, MessageType.VIDEO, 40, AVC_SEQ)
+    messages = server_messages(conn.data_to_send())
+    assert messages[0].type_id == MessageType.USER_CONTROL  # StreamBegin 1
+    assert messages[0].payload == b"\x00\x00" + (1).to_bytes(4, "big")
+    codes = [amf0.decode(m.payload)[3]["code"] for m in messages[1:3]]
+    assert codes == ["NetStream.Play.Reset", "NetStream.Play.Start"]
+    assert amf0.decode(messages[3].payload) == ["|RtmpSampleAccess", True, True]
+    media = messages[4]
+    assert (media.type_id, media.stream_id, media.timestamp) == (MessageType.VIDEO, 1, 40)
+    assert media.payload == AVC_SEQ
+    conn.end_play(1, "cam ended")
+    codes = [c[3]["code"] for c in decode_commands(conn.data_to_send())]
+    assert codes == ["NetStream.Play.UnpublishNotify", "NetStream.Play.Stop"]
+    assert conn.closed
+
+
+def test_play_refused_sends_the_status_and_closes() -> None:
+    conn, play = _play_request("nobody")
+    conn.reject_play(play.stream_id, "stream 'nobody' is not live")
+    (status,) = decode_commands(conn.data_to_send())
+    assert status[0] == "onStatus" and status[3]["code"] == "NetStream.Play.StreamNotFound"
+    assert conn.closed
+
+
+def test_play_without_a_created_stream_is_a_protocol_error() -> None:
+    conn, _ = run_session([full_session()[: 1 + 2 * HANDSHAKE_SIZE]])
+    pub = ScriptedPublisher().obs_connect_sequence(KEY)
+    pub.command("play", 4.0, None, "cam", stream_id=3)
+    (connect,) = conn.receive_data(pub.take())
+    conn.accept_connect(connect.transaction_id)
+    with pytest.raises(RtmpProtocolError, match="never created"):
+        conn.receive_data(b"")
