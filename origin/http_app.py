@@ -303,6 +303,7 @@ def create_app(
         image = await live_poster(media.name) if live_poster is not None else None
         if image is None:
             return json_error(404, "no picture of this stream (yet)", path=request.url.path)
+        sent(request, request.url.path, len(image))  # an edge's fetch: the network's log
         body = b"" if request.method == "HEAD" else image
         headers = {"Cache-Control": "public, max-age=10", "Content-Length": str(len(image))}
         return Response(body, media_type="image/jpeg", headers=headers)

@@ -638,7 +638,9 @@ async function refreshNetwork() {
     return;
   }
   const totals = new Map();
+  const flags = new Map(); // node -> flags of its latest closed epoch (why a reward is low)
   for (const row of rewards.epochs) {
+    flags.set(row.node, [...new Set(Object.values(row.kinds || {}).flatMap((k) => k.flags || []))]);
     const t = totals.get(row.node) || { bytes: 0, storage: 0, compute: 0 };
     for (const [kind, v] of Object.entries(row.kinds || {})) {
       const slot = kind.includes("storage") ? "storage" : kind.includes("infer") || kind.includes("compute") ? "compute" : "bytes";
@@ -648,12 +650,14 @@ async function refreshNetwork() {
   }
   $("network-state").textContent = `${nodes.nodes.filter((n) => n.live).length} of ${nodes.nodes.length} nodes live`;
   $("network-nodes").replaceChildren(el("table", { id: "nodes-table" },
-    el("tr", {}, ...["node", "url", "live", "verified bytes", "verified storage", "verified compute", "reward"].map((h) => el("th", {}, h))),
+    el("tr", {}, ...["node", "url", "live", "verified bytes", "verified storage", "verified compute", "reward", "flags (last epoch)"].map((h) => el("th", {}, h))),
     ...nodes.nodes.map((n) => {
       const t = totals.get(n.node) || { bytes: 0, storage: 0, compute: 0 };
       return el("tr", {}, el("td", {}, n.node), el("td", {}, n.url), el("td", {}, n.live ? "yes" : "no"),
-        el("td", {}, fmtBytes(t.bytes)), el("td", {}, fmtBytes(t.storage)), el("td", {}, String(t.compute)),
-        el("td", {}, String((rewards.totals || {})[n.node] || 0)));
+        el("td", { class: "verified-bytes" }, fmtBytes(t.bytes)), el("td", {}, fmtBytes(t.storage)),
+        el("td", {}, String(t.compute)),
+        el("td", {}, String((rewards.totals || {})[n.node] || 0)),
+        el("td", { class: "flags" }, (flags.get(n.node) || []).join(", ") || "–"));
     })));
   const perEpoch = new Map();
   for (const row of rewards.epochs) perEpoch.set(row.epoch, (perEpoch.get(row.epoch) || 0) + row.reward);
@@ -677,6 +681,11 @@ function bars(points, width = 640, height = 140) {
     title.textContent = `epoch ${p.epoch}: ${p.reward}`;
     rect.append(title);
     svg.append(rect);
+    const label = document.createElementNS(svg.namespaceURI, "text");
+    label.setAttribute("x", i * w + 4);
+    label.setAttribute("y", height - 2);
+    label.textContent = `#${p.epoch}: ${p.reward}`;
+    svg.append(label);
   });
   return svg;
 }

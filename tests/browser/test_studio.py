@@ -7,6 +7,7 @@ Screenshots of every page go to test-artifacts/."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,10 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Route, async_playwright
 
 from edge.service import EdgeService
-from meshcast.config import EdgeConfig, OriginConfig, TranscodeConfig
+from meshcast.config import EdgeConfig, NetworkConfig, OriginConfig, TranscodeConfig
 from meshcast.keys import API_KIND
+from meshcast.rewards import RewardParams
+from meshcast.signing import NodeKey
 from origin.service import OriginService
 from tests.browser.chromium import ARTIFACTS, launch
 from tests.browser.test_player import host_page
@@ -27,6 +30,7 @@ from tests.e2e.test_rtmp_ingest import ffmpeg_push
 pytestmark = pytest.mark.e2e
 
 VIEWERS = 2
+DAY = 86400.0
 
 
 @dataclass
@@ -46,10 +50,22 @@ async def studio(tmp_path: Path) -> AsyncIterator[Studio]:
             http_port=free_port(),
             rtmp_port=0,
             transcode=TranscodeConfig(ladder=((360, 600), (240, 300)), encoder="x264"),
+            # One long epoch; the test moves the coordinator's clock to close it.
+            network=NetworkConfig(rewards=RewardParams(epoch_seconds=DAY), close_grace=5),
         )
     )
     await origin.start()
-    edge = EdgeService(EdgeConfig(origin=origin.url, port=free_port(), cache_dir=tmp_path / "e"))
+    # A contributor node: the network page has a node, receipts and a closed epoch to show.
+    NodeKey.create(tmp_path / "e" / "node.key")
+    edge = EdgeService(
+        EdgeConfig(
+            origin=origin.url,
+            port=free_port(),
+            cache_dir=tmp_path / "e",
+            join=origin.url,
+            receipt_interval=1.0,
+        )
+    )
     await edge.start()
     api_key = origin.keys.create("alice", API_KIND)
     revoked = origin.keys.create("mallory", API_KIND)
@@ -290,12 +306,6 @@ async def test_studio_end_to_end(studio: Studio, ffmpeg_cli: str, tmp_path: Path
         server.close()
         await host_tab.close()
 
-        # ---- network page -------------------------------------------------------------------
-        await page.goto(f"{origin.url}/studio/#network")
-        await page.wait_for_selector("#nodes-table")
-        assert "nodes live" in (await page.text_content("#network-state") or "")
-        await shot(page, "network")
-
         # ---- the stream ends: its recording plays, seeking to the middle -------------------
         publisher.terminate()
         await publisher.wait()
@@ -328,6 +338,25 @@ async def test_studio_end_to_end(studio: Studio, ffmpeg_cli: str, tmp_path: Path
         await landing.goto(f"{origin.url}/")
         await landing.locator(f"a[href='/player/?vod={recording}']").wait_for()
         await shot(landing, "landing-recordings")
+        # ---- network page: the node, its verified work, a closed epoch's rewards ----------
+        coordinator = origin.coordinator
+        assert coordinator is not None
+        real = time.time()
+        coordinator.clock = lambda: real + 2 * DAY  # end the epoch (no sleeping)
+        closed = await asyncio.to_thread(coordinator.close_due)
+        coordinator.clock = time.time
+        assert closed, "no epoch closed"
+        await page.goto(f"{origin.url}/studio/#network")
+        await page.wait_for_selector("#nodes-table")
+        assert "1 of 1 nodes live" in (await page.text_content("#network-state") or "")
+        assert edge.url in (await page.text_content("#nodes-table") or "")
+        # Its served bytes, as far as viewers' beacons verified them, and the closed epoch
+        # (its reward may be 0: the coordinator's flags say why, in the table too).
+        verified = await page.text_content("#nodes-table .verified-bytes") or ""
+        assert verified.endswith("B") and verified != "0 B", verified
+        await page.wait_for_selector("#network-chart svg text", state="attached")
+        assert f"#{closed[0]}:" in (await page.text_content("#network-chart") or "")
+        await shot(page, "network")
         assert page_errors == []
 
 
