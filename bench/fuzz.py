@@ -1,6 +1,6 @@
 """Long fuzz runs of the sans-IO parsers (the short hypothesis versions run in tests/unit).
 
-    python -m bench.fuzz [--cases 100000] [--seed 11] [--target token|query|rtmp|all]
+    python -m bench.fuzz [--cases 100000] [--seed 11] [--target token|query|rtmp|amf0|all]
 
 Seeded random generation (reproducible: a failure prints its seed and case index):
 - token: random text, structured-but-wrong tokens, and valid tokens with 1-4 characters
@@ -10,7 +10,10 @@ Seeded random generation (reproducible: a failure prints its seed and case index
   -> ``token_from_query`` is total and bounded;
 - rtmp: a valid OBS-like session with byte flips, truncations, duplications and splices of
   random bytes after the handshake, plus raw random bytes -> the core raises only
-  RtmpProtocolError, and closes when it does.
+  RtmpProtocolError, and closes when it does;
+- amf0: the attack corpus (tests/unit/test_amf0.py ``amf0_attacks``) and FFmpeg's
+  onMetaData, mutated, decoded under the RTMP command, data and default limits -> only
+  AmfError, and what decodes stays within the limits.
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from meshcast.tokens import Claims, TokenError, b64url_encode, sign, token_from_query, verify
-from origin.rtmp_protocol import HANDSHAKE_SIZE, RtmpProtocolError, RtmpServerConnection
+from origin import amf0
+from origin.rtmp_protocol import (
+    COMMAND_LIMITS,
+    DATA_LIMITS,
+    HANDSHAKE_SIZE,
+    RtmpProtocolError,
+    RtmpServerConnection,
+)
+from tests.unit.test_amf0 import FFMPEG_METADATA, _shape, amf0_attacks
 from tests.unit.test_rtmp_protocol import full_session, run_session
 
 NOW = 1_800_000_000
@@ -132,10 +143,43 @@ def fuzz_rtmp(rng: random.Random, cases: int) -> dict[str, int]:
     return stats
 
 
+def fuzz_amf0(rng: random.Random, cases: int) -> dict[str, int]:
+    # The corpus, cut to 64 KiB (what a pre-publish message may be): mutations of the
+    # 8 MiB flood would all fail the byte limit and exercise nothing else.
+    corpus = [raw[: 64 * 1024] for raw in amf0_attacks().values()] + [FFMPEG_METADATA]
+    all_limits = (COMMAND_LIMITS, DATA_LIMITS, amf0.DEFAULT_LIMITS)
+    stats = {"refused": 0, "decoded": 0}
+    for _ in range(cases):
+        data = bytearray(rng.choice(corpus))
+        for _ in range(rng.randint(1, 6)):
+            op = rng.randrange(3)
+            if op == 0 and data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            elif op == 1 and data:
+                del data[rng.randrange(len(data)) :]
+            else:
+                pos = rng.randrange(len(data) + 1)
+                data[pos:pos] = rng.randbytes(rng.randint(1, 32))
+        limits = rng.choice(all_limits)
+        try:
+            values = amf0.decode(bytes(data), limits)
+        except amf0.AmfError:
+            stats["refused"] += 1
+            continue
+        shapes = [_shape(v) for v in values]
+        if sum(n for n, _, _ in shapes) > limits.max_values or any(
+            d > limits.max_depth or s > limits.max_string for _, d, s in shapes
+        ):
+            raise AssertionError(f"decoded beyond {limits}: {bytes(data)[:80]!r}")
+        stats["decoded"] += 1
+    return stats
+
+
 TARGETS: dict[str, Callable[[random.Random, int], dict[str, int]]] = {
     "token": fuzz_token,
     "query": fuzz_query,
     "rtmp": fuzz_rtmp,
+    "amf0": fuzz_amf0,
 }
 
 

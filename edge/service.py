@@ -16,6 +16,7 @@ from edge.access import KEYS_REFRESH_S
 from edge.app import Edge, advertised_url, create_app
 from edge.network import NodeAgent, load_node_key
 from meshcast import events
+from meshcast.bodies import UPLOAD_MIN_RATE, BodyRule
 from meshcast.config import EdgeConfig
 from meshcast.events import EventBus
 from meshcast.http import HttpService
@@ -23,6 +24,21 @@ from meshcast.nats_bus import NatsBus
 from meshcast.viewers import REPORT_INTERVAL
 
 log = logging.getLogger(__name__)
+
+
+def body_rules(config: EdgeConfig) -> list[BodyRule]:
+    """The edge's large bodies: the storage plugin's uploads (streamed into chunks) and the
+    chunks its peers push; everything else keeps the small default."""
+    if "storage" not in config.plugins:
+        return []
+    storage = config.storage
+    # aws-chunked framing adds ~90 bytes per chunk of at least 8 KiB: under 2 %.
+    framed = storage.max_object + storage.max_object // 50 + 64 * 1024
+    return [
+        BodyRule("/s3/", framed, UPLOAD_MIN_RATE),
+        BodyRule("/api/pins", framed, UPLOAD_MIN_RATE),
+        BodyRule("/_storage/", storage.chunk_size + 1024 * 1024),
+    ]
 
 
 class EdgeService:
@@ -46,7 +62,14 @@ class EdgeService:
             )
         # After the agent: its routes (the inference executor) are part of the app.
         self.app = create_app(self.edge)
-        self.http = HttpService(self.app, config.host, config.port, f"edge:{config.port}")
+        self.http = HttpService(
+            self.app,
+            config.host,
+            config.port,
+            f"edge:{config.port}",
+            config.http,
+            body_rules(config),
+        )
 
     @property
     def url(self) -> str:

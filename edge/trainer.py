@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from edge.ml_policy import DemandModel, DemandTracker, fit_model, load_latest_model
+from meshcast.lifeline import worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class BackgroundTrainer:
             self.refits.labels("skipped_busy").inc()
             return
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = worker_pool(1)
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._pool, fit_model, xs, ys, version)
         self._task = loop.create_task(self._finish(future), name=f"fit model v{version}")

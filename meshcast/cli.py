@@ -80,6 +80,8 @@ def _add_origin_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demo", action="store_true", help="publish the synthetic stream 'demo'")
     p.add_argument("--bus", default=None, metavar="URL", help="NATS event bus, nats://HOST:4222")
     _add_transcode_args(p)
+    _add_http_limit_args(p)
+    _add_vod_limit_args(p)
     p.add_argument(
         "--transcoders",
         choices=get_args(cfg.Transcoders),
@@ -164,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
         help="edge plugin option, e.g. moderation.policy=NAME:block (repeatable)",
     )
     _add_edge_cache_args(up)
+    _add_storage_args(up)
     up.add_argument(
         "--network",
         action="store_true",
@@ -181,6 +184,8 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--cache-mem", type=parse_size, default=EDGE.cache_mem)
     edge.add_argument("--cache-disk", type=parse_size, default=EDGE.cache_disk)
     _add_edge_cache_args(edge)
+    _add_http_limit_args(edge)
+    _add_storage_args(edge)
     edge.add_argument(
         "--cache-dir", type=Path, default=None, help="disk tier and access log (data/edge-PORT)"
     )
@@ -312,6 +317,47 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_http_limit_args(parser: argparse.ArgumentParser) -> None:
+    limits = ORIGIN.http
+    parser.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=limits.max_per_address,
+        metavar="N",
+        help="HTTP connections one client address may hold (docs/hardening.md)",
+    )
+
+
+def _http_limits(args: argparse.Namespace) -> cfg.HttpLimits:
+    return dataclasses.replace(ORIGIN.http, max_per_address=args.max_connections_per_ip)
+
+
+def _add_vod_limit_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--vod-quota",
+        type=parse_size,
+        default=ORIGIN.vod.max_owner_bytes,
+        metavar="SIZE",
+        help="bytes of uploads one owner may keep",
+    )
+    parser.add_argument(
+        "--vod-max-jobs",
+        type=int,
+        default=ORIGIN.vod.max_owner_jobs,
+        metavar="N",
+        help="unfinished uploads one owner may have",
+    )
+
+
+def _add_storage_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--s3-region",
+        default=EDGE.storage.region,
+        metavar="REGION",
+        help="storage plugin: the region S3 clients must sign for",
+    )
+
+
 def _add_edge_cache_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-policy",
@@ -372,6 +418,10 @@ def _origin_config(args: argparse.Namespace) -> cfg.OriginConfig:
             ),
             spot_check_rate=args.spot_check_rate,
         ),
+        vod=dataclasses.replace(
+            ORIGIN.vod, max_owner_bytes=args.vod_quota, max_owner_jobs=args.vod_max_jobs
+        ),
+        http=_http_limits(args),
     )
 
 
@@ -563,6 +613,8 @@ async def _up(args: argparse.Namespace) -> None:
                 bus=args.bus,
                 data_dir=args.data,
                 join=origin_url if args.network else None,  # node key in cache_dir
+                storage=dataclasses.replace(EDGE.storage, region=args.s3_region),
+                http=_http_limits(args),
             )
         )
         for port in edge_ports
@@ -619,6 +671,8 @@ async def _edge(args: argparse.Namespace) -> None:
             receipt_interval=args.receipt_interval,
             bandwidth=args.bandwidth,
             data_dir=args.data,
+            storage=dataclasses.replace(EDGE.storage, region=args.s3_region),
+            http=_http_limits(args),
         )
     )
     await run_services([edge], on_ready=lambda: f"edge ready: {edge.url}")

@@ -9,6 +9,26 @@ from typing import Literal
 
 from meshcast.rewards import RewardParams
 
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """Per-server limits on request heads and connections (see docs/hardening.md)."""
+
+    # The request line plus headers, in all; one header line; header count (nginx refuses
+    # lines above 8 kB: large_client_header_buffers 4 8k).
+    max_head_bytes: int = 32 * 1024
+    max_header_line: int = 8 * 1024
+    max_headers: int = 100
+    # Open connections plus running requests above which only RESERVED_PREFIXES are served
+    # (503 for the rest), and the extra room they get before they are refused too.
+    max_connections: int = 1024
+    reserve: int = 256
+    # Open connections of one client address: one host cannot take every slot. As many as
+    # an edge's own pool towards its origin and peers (edge/app.py), so an edge is never
+    # refused by its origin for its own traffic.
+    max_per_address: int = 512
+
+
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_RTMP_PORT = 1935
 DEFAULT_DATA_DIR = Path("data")
@@ -53,6 +73,36 @@ class WhipConfig:
     ice_servers: tuple[str, ...] = ()
 
 
+# Decoders an upload may need (FFmpeg codec names); anything else is refused before a
+# frame is decoded: rare decoders are where decoder bugs live.
+VIDEO_CODECS = frozenset(
+    {"h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mpeg2video", "mpeg1video", "prores",
+     "dnxhd", "mjpeg", "theora"}
+)  # fmt: skip
+AUDIO_CODECS = frozenset(
+    {"aac", "mp3", "mp2", "opus", "vorbis", "flac", "alac", "ac3", "eac3", "pcm_s16le",
+     "pcm_s16be", "pcm_s24le", "pcm_s32le", "pcm_f32le"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeLimits:
+    """What an upload may ask of the transcoder, checked by the probe before any chunk is
+    planned (refusals answer 422 with the reason)."""
+
+    max_width: int = 4096
+    max_height: int = 4096
+    max_frame_pixels: int = 4096 * 2304
+    # Width x height x output frame rate: 4096x2160 at 60 fps.
+    max_pixel_rate: int = 4096 * 2160 * 60
+    max_duration: float = 6 * 3600.0
+    # Output frames per frame in the file: a file whose timestamps spread a few frames
+    # over hours would otherwise become hours of duplicated frames.
+    max_duplication: float = 60.0
+    video_codecs: frozenset[str] = VIDEO_CODECS
+    audio_codecs: frozenset[str] = AUDIO_CODECS
+
+
 @dataclass(frozen=True, slots=True)
 class VodConfig:
     # Uploads above this many bytes are refused (413) before a byte is stored.
@@ -61,6 +111,16 @@ class VodConfig:
     workers: int = 0
     # Segments per chunk: 5 x 2 s = 10 s of video per chunk job.
     chunk_segments: int = 5
+    probe: ProbeLimits = field(default_factory=ProbeLimits)
+    # Per owner: bytes of uploads kept (every state), and uploads not yet ready or failed.
+    max_owner_bytes: int = 100 * 1024**3
+    max_owner_jobs: int = 8
+    # Jobs transcoding at once (each gets a fair share of the workers; the rest queue).
+    max_active_jobs: int = 8
+    # A job whose worker process died (crash, OOM kill) runs again this many times.
+    max_crashes: int = 2
+    # The upload-time probe (container headers) must answer within this many seconds.
+    probe_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +184,9 @@ class OriginConfig:
     # would otherwise hold the stream name forever).
     rtmp_idle_timeout: float = 15.0
     rtmp_handshake_timeout: float = 10.0
+    # After the handshake, a publish must be accepted within this long (an unauthenticated
+    # connection holds a slot until then).
+    rtmp_publish_timeout: float = 10.0
     max_rtmp_connections: int = 256
     # Per client IP: one host cannot take every slot.
     max_rtmp_connections_per_ip: int = 16
@@ -143,6 +206,7 @@ class OriginConfig:
     transcoders: Transcoders = "auto"
     transcoder_secret: str = ""
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    http: HttpLimits = field(default_factory=HttpLimits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +229,8 @@ class StorageConfig:
     chunk_cache: int = 64 * 1024 * 1024
     # Objects larger than this are streamed from /ipfs/ without entering the edge cache.
     ipfs_cache_max: int = 64 * 1024 * 1024
+    # The region of the S3 API: SigV4 credential scopes must name it (clients sign with it).
+    region: str = "us-east-1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +277,7 @@ class EdgeConfig:
     # Shared data directory: S3 access keys (keys.json) and the peers' storage secret.
     data_dir: Path = DEFAULT_DATA_DIR
     storage: StorageConfig = field(default_factory=StorageConfig)
+    http: HttpLimits = field(default_factory=HttpLimits)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Generator, Sequence
 from typing import Any
 
+import httptools
 import uvicorn
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -16,15 +17,16 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from meshcast.bodies import BodyError, BodyGuard, BodyRule
+from meshcast.bodies import BodyTooLarge as BodyTooLarge  # handlers import these from here
+from meshcast.bodies import read_body as read_body
+from meshcast.config import HttpLimits
+from meshcast.refused import Refused
 from meshcast.signing import SignatureError, verify_object
 
 log = logging.getLogger(__name__)
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 def error_reason(body: bytes) -> str:
@@ -37,24 +39,6 @@ def error_reason(body: bytes) -> str:
     except ValueError:
         pass
     return body[:200].decode(errors="replace")
-
-
-async def read_body(request: Request, limit: int, deadline_s: float = 10.0) -> bytes:
-    """A request body of at most ``limit`` bytes, read within ``deadline_s`` seconds (a client
-    dribbling its body holds a connection and a task: bound both)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"body larger than {limit} bytes")
-    body = bytearray()
-
-    async def collect() -> None:
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > limit:
-                raise BodyTooLarge(f"body larger than {limit} bytes")
-
-    await asyncio.wait_for(collect(), deadline_s)
-    return bytes(body)
 
 
 def client_ip(request: Request) -> str:
@@ -70,7 +54,16 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
     return json_error(exc.status_code, exc.detail, path=request.url.path)
 
 
-EXCEPTION_HANDLERS: dict[Any, Any] = {HTTPException: http_exception_handler}
+async def refused_handler(request: Request, exc: Exception) -> Response:
+    """A ``Refused`` (a body over its limit, a bad JSON body, …) that a handler let through."""
+    assert isinstance(exc, Refused)
+    return json_error(exc.code, exc.reason, path=request.url.path)
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    HTTPException: http_exception_handler,
+    Refused: refused_handler,
+}
 
 
 def cors(extra_methods: Sequence[str] = (), extra_expose: Sequence[str] = ()) -> Middleware:
@@ -90,21 +83,38 @@ def _cors_options(extra_methods: Sequence[str], extra_expose: Sequence[str]) -> 
     )
 
 
-# Hardening limits shared by every HTTP listener (origin and edges).
+# Hardening limits shared by every HTTP listener (origin, edges, transcoder nodes).
 HEADER_TIMEOUT_S = 10.0
 KEEP_ALIVE_S = 5
-MAX_HEADER_BYTES = 16 * 1024
-MAX_CONCURRENCY = 1024
+# Paths that keep answering above the connection limit (from the reserve): health checks,
+# metrics and playback must not be starved by API or event-stream clients.
+RESERVED_PREFIXES: tuple[bytes, ...] = (b"/healthz", b"/metrics", b"/live/", b"/vod/")
+
+
+class HeadTooLarge(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
-    """uvicorn's protocol with a deadline for a request's head: uvicorn's keep-alive timer
-    is reset by every byte received, so a slowloris client sending one header byte a
-    second would hold its connection forever. The deadline runs from the connection (or
-    the first byte of the next request) to the end of the headers, whatever trickles in."""
+    """uvicorn's httptools protocol, hardened:
+    - a deadline for a request's head: uvicorn's keep-alive timer is reset by every byte
+      received, so a slowloris client sending one header byte a second would hold its
+      connection forever. The deadline runs from the connection (or the end of the last
+      request) to the end of the headers, whatever trickles in;
+    - head size and header count limits, checked as bytes arrive (httptools itself buffers
+      a header line of any length): 431 (414 for the request target) with a JSON reason;
+    - a per-address connection limit (further connections are closed at once) and a
+      reserve of connections above the global limit for health checks, metrics and
+      media (503 for the rest)."""
 
     header_timeout = HEADER_TIMEOUT_S
+    limits = HttpLimits()
     _deadline: asyncio.TimerHandle | None = None
+    _head_left: int | None = None
+    _heads_done = 0
 
     def _arm(self) -> None:
         if self._deadline is None:
@@ -128,15 +138,106 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._head_left = self.limits.max_head_bytes
+        if self.client is not None:
+            host = self.client[0]
+            same = sum(
+                1
+                for c in self.connections
+                if (peer := getattr(c, "client", None)) is not None and peer[0] == host
+            )
+            if same > self.limits.max_per_address:
+                # Closed at once: answering each of a flood of connections would cost
+                # the event loop what the limit is there to save.
+                if same == self.limits.max_per_address + 1:
+                    log.warning(
+                        "%s: more than %d connections open; closing new ones",
+                        host,
+                        self.limits.max_per_address,
+                    )
+                self.transport.close()
+                return
         self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        try:
+            self._feed(data)
+        except HeadTooLarge as exc:
+            self._refuse_head(exc)
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, HeadTooLarge):
+                self._refuse_head(exc.__context__)
+                return
+            log.info("closing %s: invalid HTTP request (%s)", self._who()[0], exc)
+            self.send_400_response("Invalid HTTP request received.")
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+
+    def _feed(self, data: bytes) -> None:
+        left = self._head_left
+        if left is None or len(data) <= left:
+            if left is not None:
+                self._head_left = left - len(data)
+            self.parser.feed_data(data)
+            return
+        # More than the head may still take: the head must end within what fits.
+        heads = self._heads_done
+        self._head_left = 0
+        self.parser.feed_data(data[:left])
+        if self._heads_done == heads:
+            raise HeadTooLarge(431, f"request head larger than {self.limits.max_head_bytes} bytes")
+        self._feed(data[left:])
+
+    def _refuse_head(self, exc: HeadTooLarge) -> None:
+        log.info("refusing %s: %s", self._who()[0], exc.reason)
+        body = json.dumps({"error": exc.reason, "status": exc.status}).encode()
+        self.transport.write(
+            b"".join(
+                [
+                    STATUS_LINE[exc.status],
+                    b"content-type: application/json\r\n",
+                    b"content-length: " + str(len(body)).encode() + b"\r\n",
+                    b"connection: close\r\n\r\n",
+                    body,
+                ]
+            )
+        )
+        self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._arm()
 
+    def _check_head(self) -> None:
+        """Line and count limits, once the head is complete (the head budget in ``_feed``
+        already bounds what httptools buffered meanwhile): one loop per request instead
+        of a check per header callback."""
+        limits = self.limits
+        if len(self.url) > limits.max_header_line:
+            raise HeadTooLarge(414, f"request target longer than {limits.max_header_line} bytes")
+        if len(self.headers) > limits.max_headers:
+            raise HeadTooLarge(431, f"more than {limits.max_headers} header fields")
+        for name, value in self.headers:
+            if len(name) + len(value) + 2 > limits.max_header_line:
+                raise HeadTooLarge(431, f"header line longer than {limits.max_header_line} bytes")
+
     def on_headers_complete(self) -> None:
         self._disarm()
+        self._head_left = None
+        self._heads_done += 1
+        self._check_head()
+        limits = self.limits
+        reserved = self.url.startswith(RESERVED_PREFIXES)
+        self.limit_concurrency = limits.max_connections + (limits.reserve if reserved else 0)
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._head_left = self.limits.max_head_bytes
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -175,20 +276,30 @@ class EmbeddedServer(uvicorn.Server):
 
 
 class HttpService:
-    def __init__(self, app: ASGIApp, host: str, port: int, name: str) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        name: str,
+        limits: HttpLimits | None = None,
+        body_rules: Sequence[BodyRule] = (),
+    ) -> None:
+        limits = limits or HttpLimits()
         config = uvicorn.Config(
-            app,
+            BodyGuard(app, body_rules),
             host=host,
             port=port,
             log_config=None,
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=3,
-            # Above this many connections + tasks uvicorn answers 503 at once.
-            limit_concurrency=MAX_CONCURRENCY,
+            # Above this many connections + tasks uvicorn answers 503 at once (the
+            # protocol lowers it per request: the reserve is for RESERVED_PREFIXES).
+            limit_concurrency=limits.max_connections + limits.reserve,
             timeout_keep_alive=KEEP_ALIVE_S,
-            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-            http=HeaderDeadlineProtocol,
+            h11_max_incomplete_event_size=limits.max_head_bytes,
+            http=type("MeshcastHttp", (HeaderDeadlineProtocol,), {"limits": limits}),
             # No "Server: uvicorn": version banners only help scanners.
             server_header=False,
         )
@@ -225,9 +336,9 @@ async def read_signed(
     error response (413, 400, 401) otherwise."""
     try:
         envelope = json.loads(await read_body(request, limit))
-    except BodyTooLarge as exc:
-        return json_error(413, str(exc))
-    except (ValueError, RecursionError, TimeoutError):
+    except BodyError as exc:
+        return json_error(exc.code, exc.reason)
+    except (ValueError, RecursionError):
         return json_error(400, f"body is not a JSON {what}")
     if not isinstance(envelope, dict) or not isinstance(envelope.get("sig"), str):
         return json_error(400, "expected {'body': {...}, 'sig': ...}")

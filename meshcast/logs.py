@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 from typing import Literal
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -20,10 +19,3 @@ def setup_logging(level: str | None = None) -> None:
     # uvicorn's per-request access lines drown the ingest logs; errors still show.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-def ignore_terminal_signals() -> None:
-    """For worker processes: Ctrl-C reaches the whole process group, but shutdown is the
-    parent's job (it ends streams so workers can write their ENDLIST, then joins them)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)

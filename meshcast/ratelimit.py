@@ -1,10 +1,11 @@
-"""Failed-credential limiter: per client IP, a sliding window of failures.
+"""Failed-credential limiters: a sliding window of failures per key (an address or a
+presented credential), and ``Lockout``, which combines both.
 
-Keys carry 256 random bits, so guessing is hopeless anyway; the limit keeps scanners from
-burning CPU and log lines. After ``max_failures`` failures within ``window`` seconds an IP
-is refused (429 / connection closed) until its oldest failure leaves the window. Blocking
-is logged once per block, and a success does not reset the count (a valid key of one's own
-must not unlock guessing at others').
+Keys carry 256 random bits, so guessing is hopeless anyway; the limits keep scanners from
+burning log lines and tell them to stop. After ``max_failures`` failures within ``window``
+seconds a key is blocked until its oldest failure leaves the window. Blocking is logged
+once per block, and a success does not reset the count (a valid key of one's own must not
+unlock guessing at others').
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class FailureLimiter:
         return times
 
     def blocked(self, ip: str) -> bool:
+        """Over the limit now (``ip`` is any key: an address or a credential id)."""
         return len(self._trim(ip, self.clock())) >= self.max_failures
 
     def retry_after(self, ip: str) -> int:
@@ -68,3 +70,59 @@ class FailureLimiter:
                 len(times),
                 self.window,
             )
+
+
+def credential_id(key: str) -> str | None:
+    """The public part of a presented ``KIND_ID_SECRET`` key (``KIND_ID``: it names one
+    credential without its secret), or None for anything not shaped like a key."""
+    kind, sep, rest = key.partition("_")
+    key_id, sep2, _ = rest.partition("_")
+    if not (sep and sep2 and kind.isalnum() and key_id.isalnum()) or len(key_id) > 32:
+        return None
+    return f"{kind}_{key_id}"
+
+
+class Lockout:
+    """Failed credential checks, counted per client address and per presented credential
+    (the key's public ``KIND_ID``) separately: one budget of each across RTMP, WHIP and
+    the API.
+
+    A presented credential is always checked, and a valid one is always accepted: people
+    behind one NAT or proxy share an address, and anyone can present someone else's key
+    id, so neither count may refuse a credential that is right. What a lock changes is the
+    answer to *failed* checks (429 with Retry-After instead of 401, and one log line per
+    lock instead of one per attempt). Guessing itself is hopeless (256-bit secrets); the
+    lock tells scanners to go away and keeps logs readable.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        max_failures: int = 10,
+        window: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        # One window store, two key spaces ("address …", "credential …").
+        self.failures = FailureLimiter(what, max_failures, window, clock)
+
+    @property
+    def max_failures(self) -> int:
+        return self.failures.max_failures
+
+    @max_failures.setter
+    def max_failures(self, value: int) -> None:
+        self.failures.max_failures = value
+
+    def failed(self, address: str, credential: str | None) -> int | None:
+        """Count a failed check; the Retry-After seconds when the address or the presented
+        credential was already at its limit (answer 429), None otherwise (answer 401): the
+        first ``max_failures`` failures of each are told what was wrong."""
+        retry = 0
+        keys = [f"address {address}"]
+        if credential is not None:
+            keys.append(f"credential {credential}")
+        for key in keys:
+            if self.failures.blocked(key):
+                retry = max(retry, self.failures.retry_after(key))
+            self.failures.failed(key)
+        return retry or None

@@ -208,13 +208,20 @@ def verify_request(
     now: datetime,
     *,
     service: str = "s3",
+    region: str = "us-east-1",
     mount: str = "",
 ) -> Verified:
     """Check a header-signed, SigV4-presigned or SigV2-presigned request.
 
     ``secret_for(access_key)`` returns the secret or raises SigError (InvalidAccessKeyId).
-    ``mount``: the path prefix the S3 API is served under; SigV2 signs the bucket/key
-    path without it (botocore's ``auth_path``).
+    ``region``/``service``: what the credential scope must name (ours, as AWS checks its
+    own). ``mount``: the path prefix the S3 API is served under; SigV2 signs the
+    bucket/key path without it (botocore's ``auth_path``).
+
+    Every ``x-amz-*`` header must be covered by the signature (AWS: "There were headers
+    present in the request which were not signed"): those headers change what a request
+    does (``x-amz-copy-source`` turns a PUT into a copy, ``x-amz-metadata-directive``,
+    ``x-amz-acl`` …), so a signature over the rest must not let a third party add them.
     """
     lower = {name.lower(): value for name, value in headers}
     pairs = parse_query(raw_query)
@@ -234,7 +241,8 @@ def verify_request(
         when = parse_amz_date(amz_date)
         if abs(now - when) > MAX_SKEW:
             raise SigError("RequestTimeTooSkewed", "the request time is too far from ours")
-        _check_scope(auth.credential, amz_date, service)
+        _check_scope(auth.credential, amz_date, service, region, "AuthorizationHeaderMalformed")
+        _check_signed_amz_headers(headers, auth.signed_headers)
         secret = secret_for(auth.credential.access_key)
         canonical = canonical_request(
             method, raw_path, canonical_query(pairs), headers, auth.signed_headers, payload
@@ -247,10 +255,12 @@ def verify_request(
             auth.credential.access_key, payload, auth.credential, auth.signature, amz_date, key
         )
     if query.get("X-Amz-Algorithm") is not None:
-        return _verify_presigned(method, raw_path, pairs, query, headers, secret_for, now, service)
+        return _verify_presigned(
+            method, raw_path, pairs, query, headers, secret_for, now, service, region
+        )
     if "Signature" in query and "AWSAccessKeyId" in query:
         resource = raw_path.removeprefix(mount) if raw_path.startswith(mount + "/") else raw_path
-        return _verify_presigned_v2(method, resource, pairs, query, secret_for, now)
+        return _verify_presigned_v2(method, resource, pairs, query, headers, secret_for, now)
     raise SigError("AccessDenied", "anonymous access is not allowed")
 
 
@@ -259,11 +269,28 @@ _PAYLOAD_MARKERS: Final = frozenset(
 )
 
 
-def _check_scope(credential: Credential, amz_date: str, service: str) -> None:
+def _check_scope(
+    credential: Credential, amz_date: str, service: str, region: str, code: str
+) -> None:
     if credential.date != amz_date[:8]:
-        raise SigError("AuthorizationHeaderMalformed", "credential date differs from X-Amz-Date")
+        raise SigError(code, "credential date differs from X-Amz-Date")
     if credential.service != service:
-        raise SigError("AuthorizationHeaderMalformed", f"credential service must be {service}")
+        raise SigError(code, f"credential service must be {service}")
+    if credential.region != region:
+        raise SigError(
+            code, f"the region {credential.region[:64]!r} is wrong; expecting {region!r}"
+        )
+
+
+def _check_signed_amz_headers(headers: Sequence[tuple[str, str]], signed: Sequence[str]) -> None:
+    covered = set(signed)
+    unsigned = sorted({n.lower() for n, _ in headers if n.lower().startswith("x-amz-")} - covered)
+    if unsigned:
+        raise SigError(
+            "AccessDenied",
+            "There were headers present in the request which were not signed: "
+            + ", ".join(unsigned)[:200],
+        )
 
 
 def _verify_presigned(
@@ -275,6 +302,7 @@ def _verify_presigned(
     secret_for: Callable[[str], str],
     now: datetime,
     service: str,
+    region: str,
 ) -> Verified:
     if query["X-Amz-Algorithm"] != ALGORITHM:
         raise SigError("AuthorizationQueryParametersError", "X-Amz-Algorithm must be SigV4")
@@ -295,7 +323,8 @@ def _verify_presigned(
         raise SigError("AccessDenied", "Request has expired")
     if when - now > MAX_SKEW:
         raise SigError("AccessDenied", "the request is dated in the future")
-    _check_scope(credential, amz_date, service)
+    _check_scope(credential, amz_date, service, region, "AuthorizationQueryParametersError")
+    _check_signed_amz_headers(headers, signed)
     secret = secret_for(credential.access_key)
     payload = query.get("X-Amz-Content-Sha256", UNSIGNED_PAYLOAD)
     canonical = canonical_request(
@@ -335,11 +364,13 @@ def _verify_presigned_v2(
     raw_path: str,
     pairs: list[tuple[str, str]],
     query: dict[str, str],
+    headers: Sequence[tuple[str, str]],
     secret_for: Callable[[str], str],
     now: datetime,
 ) -> Verified:
     """boto3 presigns S3 URLs with SigV2 unless told ``signature_version='s3v4'``; accept
-    those query-signed GET/HEAD/PUT URLs too (header-signed SigV2 is refused)."""
+    those query-signed GET/HEAD/PUT URLs too (header-signed SigV2 is refused). SigV2 signs
+    every ``x-amz-*`` header (CanonicalizedAmzHeaders): one added later breaks it."""
     try:
         expires = int(query["Expires"])
     except ValueError:
@@ -353,12 +384,20 @@ def _verify_presigned_v2(
     resource = raw_path
     if subs:
         resource += "?" + "&".join(f"{k}={v}" if v else k for k, v in subs)
-    text = f"{method}\n\n\n{expires}\n{resource}"
+    text = f"{method}\n\n\n{expires}\n{_canonical_amz_headers(headers)}{resource}"
     digest = hmac.new(secret.encode(), text.encode(), hashlib.sha1).digest()
     expected = base64.b64encode(digest).decode()
     if not hmac.compare_digest(expected, query["Signature"]):
         raise SigError("SignatureDoesNotMatch", "the request signature does not match")
     return Verified(query["AWSAccessKeyId"], UNSIGNED_PAYLOAD)
+
+
+def _canonical_amz_headers(headers: Sequence[tuple[str, str]]) -> str:
+    values: dict[str, list[str]] = {}
+    for name, value in headers:
+        if name.lower().startswith("x-amz-"):
+            values.setdefault(name.lower(), []).append(_SPACES.sub(" ", value.strip()))
+    return "".join(f"{name}:{','.join(values[name])}\n" for name in sorted(values))
 
 
 def sign_headers(

@@ -3,12 +3,12 @@
 Auth: ``Authorization: Bearer KEY`` with an API key (``meshcast keys create NAME --kind api``;
 it acts for creator NAME and only on NAME's streams, assets and products) or an admin key
 (``--kind admin``: operators and the payment webhook; the only kind that records grants).
-Failed keys count against the client IP (FailureLimiter): 429 once over the limit.
+Failed keys count against the client address and the presented key id (``Lockout``): 429
+instead of 401 once either is over the limit; a valid key is always accepted.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from meshcast.http import BodyTooLarge, client_ip, json_error, read_body
+from meshcast.bodies import read_json
+from meshcast.http import client_ip, json_error
 from meshcast.keys import (
     ADMIN_KIND,
     API_KIND,
@@ -29,7 +30,8 @@ from meshcast.keys import (
     validate_stream_name,
 )
 from meshcast.paths import MediaPath
-from meshcast.ratelimit import FailureLimiter
+from meshcast.ratelimit import Lockout, credential_id
+from meshcast.refused import Refused
 from meshcast.tokens import (
     TOKEN_HEADER,
     Claims,
@@ -76,7 +78,7 @@ class AccessApi:
         store: AccessStore,
         keys: KeyStore,
         keyring: Keyring,
-        limiter: FailureLimiter,
+        limiter: Lockout,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -88,13 +90,6 @@ class AccessApi:
     # ---- auth -------------------------------------------------------------------------
 
     def principal(self, request: Request) -> Principal:
-        ip = client_ip(request)
-        if self.limiter.blocked(ip):
-            raise ApiError(
-                429,
-                "too many failed key attempts; retry later",
-                retry_after=self.limiter.retry_after(ip),
-            )
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
@@ -103,9 +98,25 @@ class AccessApi:
         try:
             owner = self.keys.verify(key, kind)
         except KeyRejected as exc:
-            self.limiter.failed(ip)
+            retry = self.limiter.failed(client_ip(request), credential_id(key))
+            if retry is not None:
+                raise ApiError(
+                    429, "too many failed key attempts; retry later", retry_after=retry
+                ) from None
             raise ApiError(401, f"API key refused: {exc}") from None
         return Principal(kind, owner)
+
+    def private_view(self, request: Request) -> Callable[[str], bool] | Response:
+        """Which streams' private details (the publisher's address) this request may see:
+        none without credentials, its owner's with an API key, all with an admin key; the
+        refusal of a bad key."""
+        if "authorization" not in request.headers:
+            return lambda name: False
+        try:
+            principal = self.principal(request)
+        except ApiError as exc:
+            return _api_error(exc)
+        return lambda name: principal.may_manage(self.keys.owner_of(name))
 
     # ---- playback guard (origin side of the same check the edges make) ---------------
 
@@ -248,15 +259,9 @@ def _scope(request: Request) -> str:
 
 async def _json_object(request: Request) -> dict[str, Any]:
     try:
-        raw = await read_body(request, MAX_JSON_BODY)
-    except BodyTooLarge as exc:
-        raise ApiError(413, str(exc)) from None
-    except TimeoutError:
-        raise ApiError(408, "request body too slow") from None
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise ApiError(400, "body must be JSON") from None
+        body = await read_json(request, MAX_JSON_BODY)
+    except Refused as exc:
+        raise ApiError(exc.code, exc.reason) from None
     if not isinstance(body, dict):
         raise ApiError(400, "body must be a JSON object")
     return body
@@ -296,18 +301,22 @@ def _choice(value: object, choices: tuple[str, ...], field: str) -> str:
     return value
 
 
+def _api_error(exc: ApiError | AccessError) -> Response:
+    extra = exc.extra if isinstance(exc, ApiError) else {}
+    response = json_error(exc.status, str(exc), **extra)
+    if exc.status == 429:
+        response.headers["Retry-After"] = str(extra.get("retry_after", 60))
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
 def _wrap(handler: Callable[[Request], Awaitable[Response]]) -> Callable[..., Any]:
     async def endpoint(request: Request) -> Response:
         try:
             return await handler(request)
         except (ApiError, AccessError) as exc:
-            extra = exc.extra if isinstance(exc, ApiError) else {}
-            response = json_error(exc.status, str(exc), **extra)
-            if exc.status == 429:
-                response.headers["Retry-After"] = str(extra.get("retry_after", 60))
-        if response.status_code == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+            return _api_error(exc)
 
     return endpoint
 

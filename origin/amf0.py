@@ -35,6 +35,22 @@ MAX_DEPTH: Final = 32
 MAX_ELEMENTS: Final = 65_536
 
 
+@dataclass(frozen=True, slots=True)
+class AmfLimits:
+    """Bounds on one decode: the input size, the values decoded (every value counts, nested
+    or not: a megabyte of NULL markers is a million values), the nesting depth and the
+    length of each string. Checked as decoding goes, so the work done is bounded by them,
+    not by what the peer sent."""
+
+    max_bytes: int = 1024 * 1024
+    max_values: int = MAX_ELEMENTS
+    max_depth: int = MAX_DEPTH
+    max_string: int = 1024 * 1024
+
+
+DEFAULT_LIMITS: Final = AmfLimits()
+
+
 class AmfError(ValueError):
     """Malformed or unsupported AMF0 data."""
 
@@ -71,11 +87,20 @@ class TypedObject:
 
 
 class _Reader:
-    __slots__ = ("data", "pos")
+    __slots__ = ("data", "limits", "pos", "values")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, limits: AmfLimits) -> None:
+        if len(data) > limits.max_bytes:
+            raise AmfError(f"AMF0 data of {len(data)} bytes exceeds the {limits.max_bytes} limit")
         self.data = data
         self.pos = 0
+        self.values = 0
+        self.limits = limits
+
+    def value(self) -> None:
+        self.values += 1
+        if self.values > self.limits.max_values:
+            raise AmfError(f"more than {self.limits.max_values} AMF0 values")
 
     def take(self, n: int) -> bytes:
         end = self.pos + n
@@ -95,6 +120,8 @@ class _Reader:
         return int.from_bytes(self.take(4), "big")
 
     def utf8(self, n: int) -> str:
+        if n > self.limits.max_string:
+            raise AmfError(f"AMF0 string of {n} bytes exceeds the {self.limits.max_string} limit")
         raw = self.take(n)
         try:
             return raw.decode("utf-8")
@@ -102,32 +129,44 @@ class _Reader:
             raise AmfError(f"invalid UTF-8 in AMF0 string at offset {self.pos - n}") from exc
 
 
-def decode(data: bytes) -> list[Any]:
+def decode(data: bytes, limits: AmfLimits = DEFAULT_LIMITS) -> list[Any]:
     """Decode a sequence of AMF0 values (a whole command or data message body)."""
-    reader = _Reader(data)
+    reader = _Reader(data, limits)
     values = []
     while reader.pos < len(data):
         values.append(_decode_value(reader, 0))
     return values
 
 
-def decode_value(data: bytes) -> Any:
-    return _decode_value(_Reader(data), 0)
+def decode_head(data: bytes, count: int, limits: AmfLimits = DEFAULT_LIMITS) -> list[Any]:
+    """The first ``count`` values only (fewer if the data ends): a command's name and
+    transaction id, to decide whether the rest is worth decoding."""
+    reader = _Reader(data, limits)
+    values: list[Any] = []
+    while reader.pos < len(data) and len(values) < count:
+        values.append(_decode_value(reader, 0))
+    return values
+
+
+def decode_value(data: bytes, limits: AmfLimits = DEFAULT_LIMITS) -> Any:
+    return _decode_value(_Reader(data, limits), 0)
 
 
 def _decode_properties(reader: _Reader, depth: int, into: dict[str, Any]) -> None:
-    for _ in range(MAX_ELEMENTS):
+    for _ in range(reader.limits.max_values):
+        reader.value()  # a key costs as much as a value: count it as one
         key = reader.utf8(reader.u16())
         if key == "" and reader.data[reader.pos : reader.pos + 1] == bytes([OBJECT_END]):
             reader.pos += 1
             return
         into[key] = _decode_value(reader, depth + 1)
-    raise AmfError(f"AMF0 object has more than {MAX_ELEMENTS} properties")
+    raise AmfError(f"AMF0 object has more than {reader.limits.max_values} properties")
 
 
 def _decode_value(reader: _Reader, depth: int) -> Any:
-    if depth > MAX_DEPTH:
-        raise AmfError(f"AMF0 nesting deeper than {MAX_DEPTH}")
+    if depth > reader.limits.max_depth:
+        raise AmfError(f"AMF0 nesting deeper than {reader.limits.max_depth}")
+    reader.value()
     marker = reader.u8()
     if marker == NUMBER:
         return struct.unpack(">d", reader.take(8))[0]
@@ -152,7 +191,9 @@ def _decode_value(reader: _Reader, depth: int) -> Any:
         return arr
     if marker == STRICT_ARRAY:
         count = reader.u32()
-        if count > MAX_ELEMENTS or count > len(reader.data) - reader.pos:
+        if count > reader.limits.max_values:
+            raise AmfError(f"strict array of {count}: more than {reader.limits.max_values} values")
+        if count > len(reader.data) - reader.pos:
             raise AmfError(f"AMF0 strict array count {count} exceeds the data")
         return [_decode_value(reader, depth + 1) for _ in range(count)]
     if marker == DATE:

@@ -70,6 +70,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from meshcast.bodies import read_json
 from meshcast.config import NetworkConfig
 from meshcast.events import RECEIPT_ACCEPTED, EventBus
 from meshcast.http import json_error
@@ -840,13 +841,10 @@ def _flags(concatenated: str | None) -> Iterable[str]:
 
 
 async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise Rejected(413, f"body over {MAX_BODY} bytes")
     try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise Rejected(400, f"body is not JSON: {exc}") from exc
+        return await read_json(request, MAX_BODY)
+    except Refused as exc:  # 413 before reading, 408 when slow, 400
+        raise Rejected(exc.code, exc.reason) from None
 
 
 def coordinator_routes(coordinator: Coordinator) -> list[BaseRoute]:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from typing import Any
 
 from meshcast import codecs
 from meshcast.ingest import IngestItem, MediaKind, MediaPacket, deliver
-from meshcast.logs import ignore_terminal_signals
+from meshcast.lifeline import worker_start
 from origin.registry import LiveStream, StreamRegistry
 
 log = logging.getLogger(__name__)
@@ -121,8 +122,8 @@ def generate(
         audio_src.close()
 
 
-def _worker(settings: DemoSettings, conn: Connection, stop: MpEvent) -> None:
-    ignore_terminal_signals()
+def _worker(settings: DemoSettings, conn: Connection, stop: MpEvent, parent: int) -> None:
+    worker_start(parent)
     try:
         generate(settings, conn.send, stop.is_set)
     except (BrokenPipeError, EOFError, KeyboardInterrupt):
@@ -141,7 +142,9 @@ class DemoSource:
         self._stop = ctx.Event()
         self._recv, send = ctx.Pipe(duplex=False)
         self._process = ctx.Process(
-            target=_worker, args=(self.settings, send, self._stop), name="meshcast-demo"
+            target=_worker,
+            args=(self.settings, send, self._stop, os.getpid()),
+            name="meshcast-demo",
         )
         self._send = send
         self._stream: LiveStream | None = None

@@ -11,6 +11,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry
@@ -24,11 +25,14 @@ from starlette.responses import (
     StreamingResponse,
 )
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
+from meshcast.budgets import AddressBudget
 from meshcast.events import EventBus
-from meshcast.http import EXCEPTION_HANDLERS, CorsOnly, json_error
+from meshcast.http import EXCEPTION_HANDLERS, CorsOnly, client_ip, json_error
 from meshcast.metrics import metrics_endpoint
 from meshcast.paths import IMMUTABLE, MUTABLE_INIT, MediaPath, parse_media_path
+from meshcast.refused import Refused
 from meshcast.s3store import S3Store, S3StoreError
 from meshcast.store import LocalStore, SegmentStore
 from meshcast.tokens import rewrite_manifest
@@ -43,6 +47,18 @@ CORS_PREFIXES = ("/live/", "/vod/", "/player/", "/whip/", "/api/beacons", "/api/
 PEER_HEADER = "x-meshcast-peer"
 # (refusal, token for child URLs): see origin/access_api.py AccessApi.guard.
 MediaGuard = Callable[[Request, MediaPath], tuple[Response | None, str | None]]
+# Who may see a stream's private details (the publisher's address): a predicate over stream
+# names for this request's credentials (none: nobody), or the refusal of a bad credential.
+PrivateView = Callable[[Request], Callable[[str], bool] | Response]
+# Fields of events and stream documents that only owners and admins see.
+PRIVATE_FIELDS = frozenset({"remote"})
+# Event streams (SSE) held open per client address and in all.
+SSE_PER_ADDRESS = 8
+SSE_TOTAL = 256
+
+
+def _public_view(request: Request) -> Callable[[str], bool]:
+    return lambda name: False
 
 
 # Next to the packages in a checkout; MESHCAST_PLAYER_DIR where they are installed (image).
@@ -161,6 +177,8 @@ def create_app(
     guard: MediaGuard | None = None,
     on_peer_fetch: Callable[[str, str, int], None] | None = None,
     segment_store: S3Store | None = None,
+    private_view: PrivateView = _public_view,
+    event_streams: AddressBudget | None = None,
     stream_extras: Callable[[str], dict[str, object]] | None = None,
     on_live_request: Callable[[Request], None] | None = None,
     live_poster: Callable[[str], Awaitable[bytes | None]] | None = None,
@@ -243,23 +261,41 @@ def create_app(
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "role": "origin"})
 
-    def stream_json(stream: LiveStream) -> dict[str, object]:
-        body = stream.to_json()
+    budget = event_streams or AddressBudget("event streams", SSE_PER_ADDRESS, SSE_TOTAL)
+
+    def stream_json(stream: LiveStream, private: bool) -> dict[str, Any]:
+        body = stream.to_json(private)
         if stream_extras is not None:
-            body.update(stream_extras(stream.name))
+            body.update(stream_extras(stream.name))  # viewers, recording
         return body
 
     async def list_streams(request: Request) -> Response:
-        return JSONResponse({"streams": [stream_json(s) for s in registry.listing()]})
+        may_see = private_view(request)
+        if isinstance(may_see, Response):
+            return may_see
+        streams = [stream_json(s, may_see(s.name)) for s in registry.listing()]
+        return JSONResponse({"streams": streams})
 
     async def get_stream(request: Request) -> Response:
+        may_see = private_view(request)
+        if isinstance(may_see, Response):
+            return may_see
         name = request.path_params["name"]
         stream = registry.get(name)
         if stream is None:
             return json_error(404, f"no stream named {name!r}")
-        return JSONResponse(stream_json(stream))
+        return JSONResponse(stream_json(stream, may_see(name)))
 
     async def event_stream(request: Request) -> Response:
+        may_see = private_view(request)
+        if isinstance(may_see, Response):
+            return may_see
+        try:
+            slot = budget.take(client_ip(request))
+        except Refused as exc:
+            refusal = json_error(exc.code, exc.reason)
+            refusal.headers["Retry-After"] = str(budget.retry_after)
+            return refusal
         sub = bus.subscribe(maxsize=256)
 
         async def body() -> AsyncIterator[str]:
@@ -271,15 +307,21 @@ def create_app(
                     except TimeoutError:
                         yield ": keep-alive\n\n"
                         continue
-                    data = json.dumps(event.to_json())
+                    doc = event.to_json()
+                    if not may_see(str(event.data.get("name", ""))):
+                        doc["data"] = {
+                            k: v for k, v in event.data.items() if k not in PRIVATE_FIELDS
+                        }
+                    data = json.dumps(doc)
                     yield f"id: {event.id}\nevent: {event.type}\ndata: {data}\n\n"
             finally:
                 sub.close()
 
-        return StreamingResponse(
+        return _HeldStream(
             body(),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            release=(sub.close, slot.release),
         )
 
     async def player_file(request: Request) -> Response:
@@ -362,6 +404,25 @@ def create_app(
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
     # WHIP publishers in browsers POST/DELETE from other origins and read Location/Link.
     return CorsOnly(app, CORS_PREFIXES, ("POST", "DELETE", "PATCH"), ("Location", "Link"))
+
+
+class _HeldStream(StreamingResponse):
+    """A streaming response that gives back what it holds (a budget slot, a subscription)
+    however it ends, even when the client leaves before the first byte (the body
+    generator's ``finally`` never runs then)."""
+
+    def __init__(
+        self, content: AsyncIterator[str], release: Sequence[Callable[[], None]], **kwargs: Any
+    ) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            for release in self._release:
+                release()
 
 
 def live_from_store(

@@ -42,8 +42,9 @@ from meshcast.config import OriginConfig
 from meshcast.events import EventBus
 from meshcast.ingest import AudioConfig, MediaPacket, PacketSink, VideoConfig
 from meshcast.keys import InvalidName, KeyStore, validate_stream_name
+from meshcast.lifeline import worker_pool
+from meshcast.logs import setup_logging
 from meshcast.paths import vod_urls
-from meshcast.pools import process_pool
 from origin import vod_jobs as jobs_db
 from origin.access_api import AccessApi, ApiError, _json_object, _wrap
 from origin.entitlements import AccessStore
@@ -275,7 +276,8 @@ class Recordings:
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = process_pool(2)
+            level = logging.getLevelName(logging.getLogger().level)
+            self._pool = worker_pool(2, setup_logging, (level,))
         return self._pool
 
     async def _in_pool(self, fn: Callable[..., T], *args: Any) -> T:

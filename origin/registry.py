@@ -112,7 +112,8 @@ class LiveStream:
         for sink in self.sinks:
             sink.on_packet(packet)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, private: bool = False) -> dict[str, Any]:
+        """``private``: with the publisher's address, for its owner and admins only."""
         now = self.ended_at or time.time()
         total_bytes = self.video.bytes + self.audio.bytes
         elapsed = max(now - self.started_at, 1e-6)
@@ -139,11 +140,10 @@ class LiveStream:
                 "channels": ac.channels if ac else None,
                 "frames": self.audio.packets,
             }
-        return {
+        doc: dict[str, Any] = {
             "name": self.name,
             "state": "live" if self.live else "ended",
             "protocol": self.protocol,
-            "remote": self.remote,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "end_reason": self.end_reason,
@@ -156,6 +156,9 @@ class LiveStream:
             "bytes": total_bytes,
             "bitrate_kbps": round(total_bytes * 8 / elapsed / 1000, 1),
         }
+        if private:
+            doc["remote"] = self.remote
+        return doc
 
 
 SinkFactory = Callable[[LiveStream], PacketSink | None]

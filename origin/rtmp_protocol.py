@@ -16,7 +16,7 @@ import enum
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from origin import amf0
@@ -47,6 +47,53 @@ USER_CONTROL_STREAM_EOF: Final = 1
 USER_CONTROL_SET_BUFFER_LENGTH: Final = 3
 USER_CONTROL_PING_REQUEST: Final = 6
 USER_CONTROL_PING_RESPONSE: Final = 7
+
+
+# Commands a client may send before it is admitted (a publish or a play accepted): the
+# publish handshake of OBS, FFmpeg and librtmp, the play sequence of players (librtmp,
+# FFmpeg, GStreamer), and the cleanup ones they send when they give up. Any other command
+# before admission is answered ``_error`` after decoding only its name and transaction id.
+PRE_PUBLISH_COMMANDS: Final = frozenset(
+    {
+        "connect",
+        "releaseStream",
+        "FCPublish",
+        "createStream",
+        "publish",
+        "getStreamLength",
+        "FCSubscribe",
+        "play",
+        "receiveAudio",
+        "receiveVideo",
+        "FCUnpublish",
+        "deleteStream",
+        "closeStream",
+    }
+)
+
+
+COMMAND_LIMITS: Final = amf0.AmfLimits(
+    max_bytes=64 * 1024, max_values=1024, max_depth=8, max_string=16 * 1024
+)
+# onMetaData and the other data messages of an admitted publisher.
+DATA_LIMITS: Final = amf0.AmfLimits(
+    max_bytes=256 * 1024, max_values=8192, max_depth=8, max_string=64 * 1024
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """What a connection may cost before it is admitted (a publish or play accepted), and the
+    bounds on AMF0 messages at any time. Before admission nobody knows who the peer is,
+    so the budget is small: the whole OBS/FFmpeg handshake is ~2 kB in ~10 messages."""
+
+    pre_publish_bytes: int = 64 * 1024
+    pre_publish_messages: int = 64
+    # Chunk-stream reassembly before admission: no message (or sum of partial ones) above.
+    pre_publish_message_size: int = 16 * 1024
+    allowed_before_publish: frozenset[str] = PRE_PUBLISH_COMMANDS
+    commands: amf0.AmfLimits = COMMAND_LIMITS
+    data: amf0.AmfLimits = DATA_LIMITS
 
 
 class RtmpProtocolError(ValueError):
@@ -152,12 +199,20 @@ class RtmpServerConnection:
     limits: ChunkLimits = field(default_factory=ChunkLimits)
     clock: Callable[[], int] = field(default_factory=_uptime_ms_factory)
     random_bytes: Callable[[int], bytes] = os.urandom
+    session: SessionLimits = field(default_factory=SessionLimits)
 
     def __post_init__(self) -> None:
         self._state = _State.HANDSHAKE_C0C1
         self._in = bytearray()
         self._out = bytearray()
-        self._reader = ChunkReader(self.limits)
+        # Until admission, reassembly is held to small messages (see SessionLimits).
+        size = self.session.pre_publish_message_size
+        self._reader = ChunkReader(
+            replace(self.limits, max_message_size=size, max_partial_bytes=size)
+        )
+        self._admitted = False
+        self._pre_bytes = 0
+        self._pre_messages = 0
         self._writer = ChunkWriter()
         self._s1 = b""
         self._bytes_received = 0
@@ -177,6 +232,16 @@ class RtmpServerConnection:
     @property
     def closed(self) -> bool:
         return self._state is _State.CLOSED
+
+    @property
+    def admitted(self) -> bool:
+        """A publish (the peer proved a key) or a play (the access check passed) was
+        accepted: the pre-publish budget is over."""
+        return self._admitted
+
+    def _admit(self) -> None:
+        self._admitted = True
+        self._reader.limits = self.limits
 
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
@@ -254,6 +319,7 @@ class RtmpServerConnection:
         self._awaiting_decision = False
         stream.pending_publish = False
         stream.publishing = True
+        self._admit()
         self._send_user_control(USER_CONTROL_STREAM_BEGIN, stream_id)
         self._send_status(
             stream_id, "status", "NetStream.Publish.Start", f"{stream.key} is now published."
@@ -281,6 +347,7 @@ class RtmpServerConnection:
         stream = self._stream(stream_id)
         self._awaiting_decision = False
         stream.playing = True
+        self._admit()
         self._send_user_control(USER_CONTROL_STREAM_BEGIN, stream_id)
         self._send_status(
             stream_id, "status", "NetStream.Play.Reset", f"Playing and resetting {name}."
@@ -354,6 +421,8 @@ class RtmpServerConnection:
             return  # ignore what follows a refusal we already queued
         t = message.type_id
         p = message.payload
+        if not self._admitted:
+            self._charge(len(p))
         if t == MessageType.SET_CHUNK_SIZE:
             return  # applied by the reader
         if t == MessageType.ABORT:
@@ -379,16 +448,44 @@ class RtmpServerConnection:
         elif t in (MessageType.COMMAND_AMF0, MessageType.COMMAND_AMF3):
             # An AMF3 command is AMF0 after a one-byte format selector.
             body = p[1:] if t == MessageType.COMMAND_AMF3 else p
-            self._handle_command(message.stream_id, amf0.decode(body), events)
+            self._handle_command(message.stream_id, self._decode_command(body), events)
         elif t in (MessageType.DATA_AMF0, MessageType.DATA_AMF3):
+            stream = self._streams.get(message.stream_id)
+            if stream is None or not stream.publishing:
+                return  # metadata of nothing being published: not even decoded
             body = p[1:] if t == MessageType.DATA_AMF3 else p
-            self._handle_data(message.stream_id, amf0.decode(body), events)
+            self._handle_data(message.stream_id, amf0.decode(body, self.session.data), events)
         elif t in (MessageType.AUDIO, MessageType.VIDEO):
             self._handle_media(message, events)
         elif t == MessageType.AGGREGATE:
             for sub in _split_aggregate(message):
                 self._handle_message(sub, events)
         # Shared objects and unknown types carry nothing a publisher needs: ignore them.
+
+    def _charge(self, size: int) -> None:
+        """Count a message against the pre-publish budget (bytes and messages)."""
+        self._pre_bytes += size
+        self._pre_messages += 1
+        limits = self.session
+        if self._pre_bytes > limits.pre_publish_bytes:
+            raise RtmpProtocolError(
+                f"more than {limits.pre_publish_bytes} bytes of messages before publishing"
+            )
+        if self._pre_messages > limits.pre_publish_messages:
+            raise RtmpProtocolError(
+                f"more than {limits.pre_publish_messages} messages before publishing"
+            )
+
+    def _decode_command(self, body: bytes) -> list[Any]:
+        """A command's values; before admission only commands of the publish handshake
+        are decoded beyond their name and transaction id."""
+        limits = self.session.commands
+        if self._admitted:
+            return amf0.decode(body, limits)
+        head = amf0.decode_head(body, 2, limits)
+        if head and head[0] in self.session.allowed_before_publish:
+            return amf0.decode(body, limits)
+        return head
 
     def _handle_user_control(self, p: bytes) -> None:
         if len(p) < 2:

@@ -15,7 +15,7 @@ from meshcast.config import OriginConfig
 from meshcast.ingest import AudioConfig, MediaPacket, VideoConfig, deliver
 from meshcast.keys import KeyRejected, KeyStore
 from meshcast.paths import RTMP_APP
-from meshcast.ratelimit import FailureLimiter
+from meshcast.ratelimit import Lockout, credential_id
 from meshcast.tokens import token_from_query
 from origin import flv
 from origin.registry import LiveStream, PublishRefused, StreamAlreadyLive, StreamRegistry
@@ -29,6 +29,7 @@ from origin.rtmp_protocol import (
     PublishRequest,
     RtmpProtocolError,
     RtmpServerConnection,
+    SessionLimits,
     StreamMetadata,
     UnpublishRequest,
     UnsupportedCommand,
@@ -102,7 +103,7 @@ class _Connection:
         peer = writer.get_extra_info("peername")
         self.ip = str(peer[0]) if peer else "?"
         self.remote = f"{peer[0]}:{peer[1]}" if peer else "?"
-        self.core = RtmpServerConnection()
+        self.core = RtmpServerConnection(session=server.session_limits)
         self.streams: dict[int, LiveStream] = {}
         self.viewers: dict[int, RtmpViewer] = {}
         self._last_ts: dict[tuple[int, MessageType], int] = {}
@@ -111,25 +112,27 @@ class _Connection:
         cfg = self.server.config
         timeout = cfg.rtmp_handshake_timeout
         loop = asyncio.get_running_loop()
-        # The handshake must *finish* in time: a client dribbling a byte at a time would
-        # otherwise reset a per-read timeout forever (slowloris).
-        handshake_deadline: float | None = loop.time() + cfg.rtmp_handshake_timeout
+        # The handshake must *finish* in time, and then the publish be accepted in time: a
+        # client dribbling a byte at a time, or pinging, would otherwise reset a per-read
+        # timeout forever (slowloris) while holding a connection slot unauthenticated.
+        deadline: float | None = loop.time() + cfg.rtmp_handshake_timeout
+        waiting_for = f"handshake not done in {cfg.rtmp_handshake_timeout:.0f} s"
         try:
             while not self.core.closed:
+                if deadline is not None and self.core.admitted:
+                    deadline = None
                 # A player sends next to nothing (an acknowledgement per window): while it
                 # plays, a dead peer shows as a failed write, not as silence.
                 wait: float | None = None if self.viewers else timeout
-                if handshake_deadline is not None:
-                    wait = min(timeout, handshake_deadline - loop.time())
+                if deadline is not None:
+                    wait = min(timeout, deadline - loop.time())
                 try:
                     if wait is not None and wait <= 0:
                         raise TimeoutError
                     data = await asyncio.wait_for(self.reader.read(READ_SIZE), wait)
                 except TimeoutError:
-                    if handshake_deadline is not None:
-                        self._close_reason(
-                            "timeout", f"handshake not done in {cfg.rtmp_handshake_timeout:.0f} s"
-                        )
+                    if deadline is not None:
+                        self._close_reason("timeout", waiting_for)
                     else:
                         self._close_reason("timeout", f"no data for {timeout:.0f} s")
                     return
@@ -143,7 +146,11 @@ class _Connection:
                         for event in events:
                             if isinstance(event, HandshakeComplete):
                                 timeout = cfg.rtmp_idle_timeout
-                                handshake_deadline = None
+                                deadline = loop.time() + cfg.rtmp_publish_timeout
+                                waiting_for = (
+                                    f"no publish within {cfg.rtmp_publish_timeout:.0f} s "
+                                    "of the handshake"
+                                )
                             self._handle(event)
                         # Our decisions (accept/refuse) release what the client pipelined.
                         events = self.core.receive_data(b"") if self.core.has_pending else []
@@ -244,18 +251,16 @@ class _Connection:
         # Keys may carry a query string (OBS users paste "key?param=..."): it is not part
         # of the secret.
         key = event.stream_key.split("?", 1)[0]
-        limiter = self.server.key_failures
-        if limiter.blocked(self.ip):
-            self.server.metrics.rejected.labels("rate").inc()
-            self.core.reject_publish(event.stream_id, "too many failed key attempts")
-            raise _Refused
         try:
             name = self.server.keys.verify(key)
         except KeyRejected as exc:
             # The message names the cause, never the presented key (it may be a real
             # key with a typo: a secret).
             log.warning("rtmp %s: publish refused: %s", self.remote, exc)
-            limiter.failed(self.ip)
+            if self.server.key_failures.failed(self.ip, credential_id(key)) is not None:
+                self.server.metrics.rejected.labels("rate").inc()
+                self.core.reject_publish(event.stream_id, "too many failed key attempts")
+                raise _Refused from None
             self.server.metrics.rejected.labels("key").inc()
             self.core.reject_publish(event.stream_id, f"publish refused: {exc}")
             raise _Refused from None
@@ -353,7 +358,7 @@ class RtmpServer:
         registry: StreamRegistry,
         keys: KeyStore,
         metrics: RtmpMetrics,
-        key_failures: FailureLimiter | None = None,
+        key_failures: Lockout | None = None,
         play_check: Callable[[str, str | None], str | None] = _public,
     ) -> None:
         self.config = config
@@ -363,7 +368,8 @@ class RtmpServer:
         self.registry = registry
         self.keys = keys
         self.metrics = metrics
-        self.key_failures = key_failures or FailureLimiter(
+        self.session_limits = SessionLimits()
+        self.key_failures = key_failures or Lockout(
             "rtmp key check", config.key_failures_per_minute
         )
         self._per_ip: dict[str, int] = {}
@@ -401,11 +407,6 @@ class RtmpServer:
                 self.config.max_rtmp_connections_per_ip,
             )
             self.metrics.rejected.labels("ip_limit").inc()
-            writer.close()
-            return
-        if self.key_failures.blocked(conn.ip):
-            # Still guessing keys: not even a handshake (logged once by the limiter).
-            self.metrics.rejected.labels("rate").inc()
             writer.close()
             return
         self._per_ip[conn.ip] = self._per_ip.get(conn.ip, 0) + 1

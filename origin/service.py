@@ -9,13 +9,14 @@ from fractions import Fraction
 
 from prometheus_client import CollectorRegistry, Gauge
 
+from meshcast.bodies import UPLOAD_MIN_RATE, BodyRule
 from meshcast.config import OriginConfig
 from meshcast.events import EventBus
 from meshcast.http import HttpService
 from meshcast.ingest import PacketSink
 from meshcast.keys import KeyStore
 from meshcast.nats_bus import make_bus
-from meshcast.ratelimit import FailureLimiter
+from meshcast.ratelimit import Lockout
 from meshcast.s3store import S3Location, S3Store
 from origin.access_api import AccessApi, access_routes
 from origin.coordinator import Coordinator, coordinator_routes
@@ -52,9 +53,9 @@ class OriginService:
         self.metrics = CollectorRegistry()
         self.registry = StreamRegistry(self.bus, config.ended_stream_ttl)
         self.keys = KeyStore(config.data_dir)
-        # One failure budget per IP across RTMP, WHIP and the API: a guesser cannot get
-        # three times the attempts by switching protocols.
-        self.key_failures = FailureLimiter("key check", config.key_failures_per_minute, window=60.0)
+        # One failure budget per address and per presented key across RTMP, WHIP and the
+        # API: a guesser cannot get three times the attempts by switching protocols.
+        self.key_failures = Lockout("key check", config.key_failures_per_minute, window=60.0)
         self.access = AccessStore(config.data_dir, self.keys.owner_of)
         self.keyring = Keyring(config.data_dir)
         self.access_api = AccessApi(self.access, self.keys, self.keyring, self.key_failures)
@@ -121,12 +122,21 @@ class OriginService:
             guard=self.access_api.guard,
             on_peer_fetch=self.coordinator.record_fetch if self.coordinator else None,
             segment_store=self.segment_store,
+            private_view=self.access_api.private_view,
             stream_extras=self._stream_extras,
             on_live_request=self.viewers.on_live_request,
             live_poster=LivePosters(self.vod.store).get,
             catalogue=self.recordings.catalogue,
         )
-        self.http = HttpService(self.app, config.host, config.http_port, "origin")
+        self.http = HttpService(
+            self.app,
+            config.host,
+            config.http_port,
+            "origin",
+            config.http,
+            # tus PATCHes are the origin's only large bodies (streamed to disk).
+            [BodyRule("/api/vod/", config.vod.max_upload, UPLOAD_MIN_RATE)],
+        )
         self.demo = DemoSource(self.registry, demo_settings) if config.demo else None
 
     @property

@@ -3,8 +3,9 @@ survive an origin restart.
 
 State machine: ``uploading -> queued -> transcoding -> ready | failed``. A job that was
 ``transcoding`` when the origin stopped goes back to ``queued`` at start; the chunks it
-finished are kept (table ``chunks``) and not transcoded again. Statements are single-row
-and quick, so they run on the event loop under one lock.
+finished are kept (table ``chunks``) and not transcoded again. A refused upload is
+``failed`` (never resumed); a cancelled one (tus DELETE) is deleted, rows and files.
+Statements are single-row and quick, so they run on the event loop under one lock.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     duration REAL,
     renditions TEXT NOT NULL DEFAULT '[]',
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    crashes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS chunks (
     job_id TEXT NOT NULL,
@@ -62,6 +64,7 @@ class Job:
     renditions: list[str] = field(default_factory=list)
     created: float = 0.0
     updated: float = 0.0
+    crashes: int = 0  # worker processes that died while running it
 
 
 class JobStore:
@@ -71,6 +74,9 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "crashes" not in columns:  # a database from before the column
+            self._db.execute("ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -78,10 +84,11 @@ class JobStore:
             self._db.close()
 
     def _row(self, row: tuple[Any, ...]) -> Job:
-        (id_, owner, filename, length, state, progress, error, duration, rends, created, upd) = row
+        (id_, owner, filename, length, state, progress, error, duration, rends, created, upd,
+         crashes) = row  # fmt: skip
         return Job(
             id_, owner, filename, length, state, progress, error, duration, json.loads(rends),
-            created, upd,
+            created, upd, crashes,
         )  # fmt: skip
 
     def create(self, job_id: str, owner: str, filename: str, length: int) -> Job:
@@ -117,12 +124,23 @@ class JobStore:
                 (*fields.values(), job_id),
             )
 
-    def next_queued(self) -> Job | None:
+    def queued(self) -> list[Job]:
+        """Jobs waiting for the transcoder, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE state = ? ORDER BY updated", (QUEUED,)
+            ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def usage(self, owner: str) -> tuple[int, int]:
+        """(bytes of all the owner's uploads, number not yet ready or failed): quotas."""
         with self._lock:
             row = self._db.execute(
-                "SELECT * FROM jobs WHERE state = ? ORDER BY updated LIMIT 1", (QUEUED,)
+                "SELECT COALESCE(SUM(length), 0), COALESCE(SUM(state IN (?, ?, ?)), 0) "
+                "FROM jobs WHERE owner = ?",
+                (UPLOADING, QUEUED, TRANSCODING, owner),
             ).fetchone()
-        return self._row(row) if row else None
+        return int(row[0]), int(row[1])
 
     def requeue_interrupted(self) -> list[str]:
         """At start: jobs that were transcoding when the origin stopped run again."""

@@ -1,8 +1,15 @@
 """VOD in the origin: tus 1.0 uploads, the persisted job queue and the job runner.
 
 The runner is one asyncio task; every CPU step (probe, chunk transcodes, audio, images)
-runs in a process pool, never on the event loop. One job at a time gets the whole pool:
-its chunks run in parallel, so a single upload is ready sooner than with one job per core.
+runs in a process pool, never on the event loop. Several jobs share the pool through a
+fair queue (origin/vod_scheduler.py): owners take turns, and no job keeps every worker
+while another waits; a job alone still gets them all, so a single upload is ready sooner.
+
+Uploads are bounded before they cost anything: per-owner quotas (bytes kept, jobs not
+finished) at creation, the container headers checked against the probe limits when the
+last byte arrives (422 with the reason), the full probe (timestamps against frames) before
+any chunk is planned. DELETE cancels a job at any stage: its queued work is dropped, what
+a worker is running is discarded when it ends, and nothing is left to resume.
 """
 
 from __future__ import annotations
@@ -15,21 +22,24 @@ import os
 import secrets
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import aiofiles
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from meshcast.bodies import BodyTimeout, stream_body
 from meshcast.config import OriginConfig
 from meshcast.events import EventBus, VodFailed, VodProgress, VodReady
 from meshcast.http import json_error
 from meshcast.keys import API_KIND, KeyRejected, KeyStore
+from meshcast.lifeline import kill_pool, worker_pool
+from meshcast.logs import setup_logging
 from meshcast.paths import vod_urls
-from meshcast.pools import process_pool
 from meshcast.store import LocalStore, SegmentStore
 from meshcast.tus import (
     OFFSET_CONTENT_TYPE,
@@ -43,6 +53,7 @@ from meshcast.tus import (
 )
 from origin import vod_jobs as jobs_db
 from origin.vod_jobs import Job, JobStore
+from origin.vod_scheduler import FairQueue, Task
 from transcoder import vod_transcode as vod
 from transcoder.encoders import EncoderUnavailable
 
@@ -50,10 +61,25 @@ log = logging.getLogger(__name__)
 
 AUDIO_PART: Final = -1
 IMAGES_PART: Final = -2
+PROBE_PART: Final = -3  # the job's first task: probe and plan (its result is not saved)
 # Share of the progress bar the transcode itself takes; manifests take the rest.
 _TRANSCODE_SHARE: Final = 99.0
 
-T = TypeVar("T")
+
+def _worker_init(log_level: int) -> None:
+    setup_logging(logging.getLevelName(log_level))
+
+
+@dataclass
+class _Active:
+    """A job being transcoded: what its probe found and which parts are done."""
+
+    job: Job
+    info: vod.SourceInfo | None = None
+    chunks: list[vod.ChunkSpec] = field(default_factory=list)
+    total: int = 0  # parts to make (0 until probed)
+    done: dict[int, dict[str, Any]] = field(default_factory=dict)
+    segment_duration: Fraction = Fraction(2)
 
 
 class VodService:
@@ -80,9 +106,14 @@ class VodService:
         self.jobs: JobStore | None = None
         self.workers = config.vod.workers or os.cpu_count() or 1
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._probe_pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._queue_fair = FairQueue(self.workers)
+        self._active: dict[str, _Active] = {}
+        # Each running task, and the pool it runs in (a broken pool is replaced once).
+        self._running: dict[asyncio.Future[Any], tuple[Task, Any]] = {}
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -98,11 +129,16 @@ class VodService:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for future in self._running:
+            future.cancel()
         if self._pool is not None:
             # Queued chunks are dropped; running ones finish (a chunk is seconds of work)
             # and are transcoded again after a restart, since they were not recorded.
             await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
             self._pool = None
+        if self._probe_pool is not None:
+            kill_pool(self._probe_pool)
+            self._probe_pool = None
         if self.jobs is not None:
             self.jobs.close()
 
@@ -112,12 +148,32 @@ class VodService:
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = process_pool(self.workers)
+            # Ctrl-C goes to the origin, which shuts the pool down; workers end with it.
+            self._pool = worker_pool(self.workers, _worker_init, (logging.getLogger().level,))
         return self._pool
 
-    async def _in_pool(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _check_upload(self, job: Job) -> str | None:
+        """Why a completed upload is refused (over the probe limits), None when it may be
+        queued. The probe is demux-only; it runs in its own one-process pool with a
+        timeout: an upload must not wait behind transcodes, nor hang on a hostile file.
+        A probe that does not finish in time, or fails for another reason (not media,
+        truncated), leaves the decision to the job's own probe, which says why."""
+        if self._probe_pool is None:
+            self._probe_pool = worker_pool(1, _worker_init, (logging.getLogger().level,))
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor(), fn, *args)
+        path, limits = self.upload_path(job.id), self.config.vod.probe
+        future = loop.run_in_executor(self._probe_pool, vod.probe, path, limits)
+        try:
+            await asyncio.wait_for(future, self.config.vod.probe_timeout)
+        except vod.MediaRefused as exc:
+            return str(exc)
+        except vod.MediaError:
+            return None  # not media, truncated…: the full probe says so in the job
+        except (TimeoutError, BrokenProcessPool) as exc:
+            log.warning("vod %s: upload probe failed (%r); the job's probe decides", job.id, exc)
+            kill_pool(self._probe_pool)
+            self._probe_pool = None
+        return None
 
     # ---- API ------------------------------------------------------------------------
 
@@ -214,6 +270,20 @@ class VodService:
             metadata = parse_metadata(request.headers.get("upload-metadata"))
         except TusError as exc:
             return self._tus_error(exc.status, exc.message)
+        kept, unfinished = self._db().usage(owner)
+        vod_config = self.config.vod
+        if unfinished >= vod_config.max_owner_jobs:
+            return self._tus_error(
+                429,
+                f"{unfinished} uploads of {owner!r} are not finished yet (limit "
+                f"{vod_config.max_owner_jobs}): wait for them or delete some",
+            )
+        if kept + length > vod_config.max_owner_bytes:
+            return self._tus_error(
+                413,
+                f"storage quota of {owner!r} exceeded: {kept} bytes kept + {length} > "
+                f"{vod_config.max_owner_bytes}",
+            )
         job_id = secrets.token_hex(8)
         self.upload_path(job_id).touch()
         job = self._db().create(job_id, owner, filename_from_metadata(metadata), length)
@@ -257,8 +327,11 @@ class VodService:
         return await self._patch(request, job)
 
     async def _terminate(self, job: Job) -> Response:
-        if job.state in (jobs_db.QUEUED, jobs_db.TRANSCODING, jobs_db.RECORDING):
-            return self._tus_error(409, f"cannot delete while {job.state}")
+        """tus termination, in any state: a queued or transcoding job is cancelled (its
+        waiting work dropped, its running chunks discarded when they end)."""
+        if job.id in self._active:
+            self._forget(job.id)
+            log.info("vod %s: cancelled while %s", job.id, job.state)
         self.upload_path(job.id).unlink(missing_ok=True)
         await asyncio.to_thread(self.store.clear, f"vod/{job.id}")
         self._db().delete(job.id)
@@ -285,11 +358,12 @@ class VodService:
                 return response
             remaining = job.length - current
             too_long = False
+            slow: BodyTimeout | None = None
             # Streamed to disk chunk by chunk: an upload is never held in memory, and the
             # bytes that arrived before a dropped connection stay (tus resumes after them).
             async with aiofiles.open(self.upload_path(job.id), "ab") as f:
                 try:
-                    async for chunk in request.stream():
+                    async for chunk in stream_body(request, self.config.vod.max_upload):
                         if len(chunk) > remaining:
                             too_long = True
                             break
@@ -297,14 +371,28 @@ class VodService:
                         remaining -= len(chunk)
                 except ClientDisconnect:
                     log.info("vod %s: client went away at %d bytes", job.id, job.length - remaining)
+                except BodyTimeout as exc:
+                    slow = exc
             new_offset = job.length - remaining
-            if too_long:
-                response = self._tus_error(400, "body goes past Upload-Length")
+            if too_long or slow is not None:
+                status, reason = (
+                    (408, slow.reason) if slow else (400, "body goes past Upload-Length")
+                )
+                response = self._tus_error(status, reason)
                 response.headers["Upload-Offset"] = str(new_offset)
+                response.headers["Connection"] = "close"
+                self._locks.pop(job.id, None)
                 return response
-            if remaining == 0:
+            refused = await self._check_upload(job) if remaining == 0 else None
+            if refused is not None:
+                self._fail(job, refused)
+            elif remaining == 0:
                 self._queue(job)
         self._locks.pop(job.id, None)
+        if refused is not None:
+            response = self._tus_error(422, refused)
+            response.headers["Upload-Offset"] = str(new_offset)
+            return response
         return self._tus(Response(status_code=204, headers={"Upload-Offset": str(new_offset)}))
 
     def _queue(self, job: Job) -> None:
@@ -317,27 +405,169 @@ class VodService:
 
     async def _run(self) -> None:
         while True:
-            job = self._db().next_queued()
-            if job is None:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 5.0)
-                continue
+            self._admit()
+            self._dispatch()
+            wake = asyncio.ensure_future(self._wake.wait())
             try:
-                await self._transcode(job)
-            except asyncio.CancelledError:
-                raise
-            except vod.MediaError as exc:
-                self._fail(job, str(exc))
-            except EncoderUnavailable as exc:
-                self._fail(job, str(exc))
-            except BrokenProcessPool as exc:
-                # A worker died (crash, OOM kill): this job fails, the next gets a new pool.
+                await asyncio.wait(
+                    [*self._running, wake], timeout=5.0, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                wake.cancel()
+            self._wake.clear()
+            for future in [f for f in self._running if f.done()]:
+                task, pool = self._running.pop(future)
+                self._queue_fair.finished(task.job)
+                await self._settle(task, future, pool)
+
+    def _admit(self) -> None:
+        """Queued jobs become active (probe first), up to ``max_active_jobs``; owners take
+        turns here too, so one owner's backlog does not fill every active place."""
+        room = self.config.vod.max_active_jobs - len(self._active)
+        if room <= 0:
+            return
+        waiting = [j for j in self._db().queued() if j.id not in self._active]
+        by_owner: dict[str, list[Job]] = {}
+        for job in waiting:
+            by_owner.setdefault(job.owner, []).append(job)
+        active_per_owner: dict[str, int] = {}
+        for active in self._active.values():
+            active_per_owner[active.job.owner] = active_per_owner.get(active.job.owner, 0) + 1
+        while room > 0 and by_owner:
+            owner = min(
+                by_owner, key=lambda o: (active_per_owner.get(o, 0), by_owner[o][0].updated)
+            )
+            job = by_owner[owner].pop(0)
+            if not by_owner[owner]:
+                del by_owner[owner]
+            active_per_owner[owner] = active_per_owner.get(owner, 0) + 1
+            room -= 1
+            self._start(job)
+
+    def _start(self, job: Job) -> None:
+        self._db().update(job.id, state=jobs_db.TRANSCODING, error=None)
+        self._active[job.id] = _Active(job)
+        self._queue_fair.add_job(job.id, job.owner)
+        args = (self.upload_path(job.id), self.config.vod.probe, self.config.transcode)
+        self._queue_fair.push(Task(job.id, PROBE_PART, vod.prepare, args))
+
+    def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while (task := self._queue_fair.next()) is not None:
+            pool = self._executor()
+            self._running[loop.run_in_executor(pool, task.fn, *task.args)] = (task, pool)
+
+    async def _settle(self, task: Task, future: asyncio.Future[Any], pool: Any) -> None:
+        active = self._active.get(task.job)
+        if active is None or future.cancelled():
+            return  # a cancelled or failed job: what its worker made is dropped
+        job = active.job
+        try:
+            result = future.result()
+            if task.part == PROBE_PART:
+                await self._plan(active, result)
+            else:
+                prefix = f"vod/{job.id}"
+                saved = await asyncio.to_thread(self._save_part, prefix, task.part, result)
+                self._db().save_chunk(job.id, task.part, saved)
+                active.done[task.part] = saved
+            if active.total and len(active.done) >= active.total:
+                await self._finish(active)
+            elif active.total:
+                self._progress(job, _TRANSCODE_SHARE * len(active.done) / active.total)
+        except (vod.MediaError, EncoderUnavailable) as exc:
+            self._forget(job.id)
+            self._fail(job, str(exc))
+        except BrokenProcessPool:
+            # A worker died (crash, OOM kill, SIGTERM): every job with work in the pool
+            # lost it. Each runs again (what it finished is kept) a few times at most.
+            if self._pool is not None and self._pool is pool:
+                self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = None
-                self._fail(job, f"transcode worker crashed: {exc}")
-            except Exception as exc:
-                log.exception("vod %s: transcode failed", job.id)
-                self._fail(job, f"internal error: {type(exc).__name__}: {exc}")
+            self._crashed(job)
+        except Exception as exc:
+            log.exception("vod %s: transcode failed", job.id)
+            self._forget(job.id)
+            self._fail(job, f"internal error: {type(exc).__name__}: {exc}")
+
+    async def _plan(self, active: _Active, prepared: vod.Prepared) -> None:
+        job, info = active.job, prepared.info
+        source, db = str(self.upload_path(job.id)), self._db()
+        prefix = f"vod/{job.id}"
+        segment_duration = Fraction(self.config.transcode.segment_duration).limit_denominator(1000)
+        chunks = vod.plan_chunks(info, segment_duration, self.config.vod.chunk_segments)
+        active.done = db.chunks(job.id)
+        if not active.done:
+            await asyncio.to_thread(self.store.clear, prefix)
+        log.info(
+            "vod %s: %dx%d %s %.2f s -> %s, %d chunks (%d done before)",
+            job.id, info.width, info.height, info.fps, info.duration,
+            ", ".join(r.name for r in prepared.rungs), len(chunks), len(active.done),
+        )  # fmt: skip
+        parts: list[tuple[int, Callable[..., Any], tuple[Any, ...]]] = []
+        for chunk in chunks:
+            chunk_job = vod.ChunkJob(
+                source, info, chunk, prepared.rungs, prepared.backend, segment_duration
+            )
+            parts.append((chunk.index, vod.transcode_chunk, (chunk_job,)))
+        if info.has_audio:
+            audio_job = vod.AudioJob(
+                source, info, segment_duration, self.config.transcode.audio_kbps
+            )
+            parts.append((AUDIO_PART, vod.transcode_audio, (audio_job,)))
+        parts.append((IMAGES_PART, vod.make_images, (source, info)))
+        active.info, active.chunks, active.total = info, chunks, len(parts)
+        active.segment_duration = segment_duration
+        for part, fn, args in parts:
+            if part not in active.done:
+                self._queue_fair.push(Task(job.id, part, fn, args))
+
+    async def _finish(self, active: _Active) -> None:
+        job, info = active.job, active.info
+        assert info is not None
+        self._forget(job.id)
+        parts = [active.done[c.index] for c in active.chunks]
+        audio = active.done.get(AUDIO_PART) or None
+        renditions = await asyncio.to_thread(
+            vod.write_manifests,
+            self.store,
+            f"vod/{job.id}",
+            info,
+            parts,
+            audio,
+            active.segment_duration,
+        )
+        if self._db().get(job.id) is None:
+            return  # deleted while the manifests were written
+        self._db().update(
+            job.id,
+            state=jobs_db.READY,
+            progress=100.0,
+            duration=round(info.duration, 3),
+            renditions=renditions,
+        )
+        self.bus.emit(VodReady(job.id, renditions, info.duration))
+        log.info("vod %s: ready (%s)", job.id, ", ".join(renditions))
+
+    def _forget(self, job_id: str) -> None:
+        """Stop scheduling a job: waiting tasks dropped, queued futures cancelled (running
+        ones end on their own and are ignored)."""
+        self._active.pop(job_id, None)
+        self._queue_fair.remove_job(job_id)
+        for future, (task, _) in self._running.items():
+            if task.job == job_id:
+                future.cancel()
+        self._wake.set()
+
+    def _crashed(self, job: Job) -> None:
+        crashes = job.crashes + 1
+        self._forget(job.id)
+        if crashes > self.config.vod.max_crashes:
+            self._db().update(job.id, crashes=crashes)
+            self._fail(job, f"transcode worker crashed {crashes} times on this upload")
+            return
+        log.warning("vod %s: a transcode worker died (%d); queued again", job.id, crashes)
+        self._db().update(job.id, state=jobs_db.QUEUED, crashes=crashes)
 
     def _fail(self, job: Job, error: str) -> None:
         log.warning("vod %s: failed: %s", job.id, error)
@@ -347,65 +577,6 @@ class VodService:
     def _progress(self, job: Job, progress: float) -> None:
         self._db().update(job.id, progress=progress)
         self.bus.emit(VodProgress(job.id, jobs_db.TRANSCODING, progress))
-
-    async def _transcode(self, job: Job) -> None:
-        db, source = self._db(), str(self.upload_path(job.id))
-        prefix = f"vod/{job.id}"
-        db.update(job.id, state=jobs_db.TRANSCODING, error=None)
-        info = await self._in_pool(vod.probe, Path(source))
-        backend, rungs = await self._in_pool(vod.plan_rungs, info, self.config.transcode)
-        segment_duration = Fraction(self.config.transcode.segment_duration).limit_denominator(1000)
-        chunks = vod.plan_chunks(info, segment_duration, self.config.vod.chunk_segments)
-        done = db.chunks(job.id)
-        if not done:
-            await asyncio.to_thread(self.store.clear, prefix)
-        log.info(
-            "vod %s: %dx%d %s %.2f s -> %s, %d chunks (%d done before)",
-            job.id, info.width, info.height, info.fps, info.duration,
-            ", ".join(r.name for r in rungs), len(chunks), len(done),
-        )  # fmt: skip
-        loop = asyncio.get_running_loop()
-        pool = self._executor()
-        pending: dict[asyncio.Future[Any], int] = {}
-        for chunk in chunks:
-            if chunk.index not in done:
-                chunk_job = vod.ChunkJob(source, info, chunk, rungs, backend, segment_duration)
-                pending[loop.run_in_executor(pool, vod.transcode_chunk, chunk_job)] = chunk.index
-        if info.has_audio and AUDIO_PART not in done:
-            audio_job = vod.AudioJob(
-                source, info, segment_duration, self.config.transcode.audio_kbps
-            )
-            pending[loop.run_in_executor(pool, vod.transcode_audio, audio_job)] = AUDIO_PART
-        if IMAGES_PART not in done:
-            pending[loop.run_in_executor(pool, vod.make_images, source, info)] = IMAGES_PART
-        total = len(chunks) + (1 if info.has_audio else 0) + 1
-        try:
-            while pending:
-                finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for future in finished:
-                    index = pending.pop(future)
-                    done[index] = await asyncio.to_thread(
-                        self._save_part, prefix, index, future.result()
-                    )
-                    db.save_chunk(job.id, index, done[index])
-                self._progress(job, _TRANSCODE_SHARE * len(done) / total)
-        finally:
-            for future in pending:
-                future.cancel()
-        parts = [done[c.index] for c in chunks]
-        audio = done.get(AUDIO_PART) or None
-        renditions = await asyncio.to_thread(
-            vod.write_manifests, self.store, prefix, info, parts, audio, segment_duration
-        )
-        db.update(
-            job.id,
-            state=jobs_db.READY,
-            progress=100.0,
-            duration=round(info.duration, 3),
-            renditions=renditions,
-        )
-        self.bus.emit(VodReady(job.id, renditions, info.duration))
-        log.info("vod %s: ready (%s)", job.id, ", ".join(renditions))
 
     def _save_part(self, prefix: str, index: int, result: Any) -> dict[str, Any]:
         """Write a finished part's files to the store; returns what the job DB keeps."""

@@ -41,11 +41,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from meshcast.bodies import BodyError, read_body
 from meshcast.config import WhipConfig
 from meshcast.http import client_ip, json_error
 from meshcast.ingest import IngestItem, deliver
 from meshcast.keys import KeyRejected, KeyStore
-from meshcast.ratelimit import FailureLimiter
+from meshcast.ratelimit import Lockout, credential_id
 from origin import dtls_system
 from origin.registry import LiveStream, PublishRefused, StreamAlreadyLive, StreamRegistry
 from origin.whip_media import RTP_OPUS_CLOCK, RTP_VIDEO_CLOCK, OpusAdapter, VideoAdapter
@@ -279,12 +280,12 @@ class WhipServer:
         registry: StreamRegistry,
         keys: KeyStore,
         metrics: CollectorRegistry,
-        key_failures: FailureLimiter | None = None,
+        key_failures: Lockout | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.keys = keys
-        self.key_failures = key_failures or FailureLimiter("whip key check")
+        self.key_failures = key_failures or Lockout("whip key check")
         self.metrics = WhipMetrics(metrics)
         self.sessions: dict[str, WhipSession] = {}
         # Stock FFmpeg 8 WHIP (GnuTLS: a P-224 certificate) needs a DTLS stack that still
@@ -303,33 +304,27 @@ class WhipServer:
         return [f'<{url}>; rel="ice-server"' for url in self.config.ice_servers]
 
     def authorize(self, name: str, authorization: str | None, ip: str = "-") -> None:
-        if self.key_failures.blocked(ip):
-            raise WhipError(
-                429,
-                "too many failed key attempts; retry later",
-                **{"Retry-After": str(self.key_failures.retry_after(ip))},
-            )
         scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise WhipError(
                 401, "missing 'Authorization: Bearer STREAM_KEY'", **{"WWW-Authenticate": "Bearer"}
             )
         try:
-            owner = self.keys.verify(token.strip())
+            owner = self.keys.verify(token)
+            if owner != name:
+                # A valid key aimed at another stream: least privilege, and it counts as a
+                # failure (probing other creators' names with one's own key).
+                raise KeyRejected(f"the key is for stream {owner!r}, not {name!r}")
         except KeyRejected as exc:
-            self.key_failures.failed(ip)
+            retry = self.key_failures.failed(ip, credential_id(token))
+            if retry is not None:
+                raise WhipError(
+                    429, "too many failed key attempts; retry later", **{"Retry-After": str(retry)}
+                ) from None
             raise WhipError(
                 401, f"publish refused: {exc}", **{"WWW-Authenticate": "Bearer"}
             ) from None
-        if owner != name:
-            # A valid key aimed at another stream: least privilege, and it counts as a
-            # failure (probing other creators' names with one's own key).
-            self.key_failures.failed(ip)
-            raise WhipError(
-                401,
-                f"publish refused: the key is for stream {owner!r}, not {name!r}",
-                **{"WWW-Authenticate": "Bearer"},
-            )
 
     async def publish(self, name: str, offer: str, remote: str) -> tuple[WhipSession, str]:
         """Negotiate one publisher; returns the session and our SDP answer."""
@@ -410,15 +405,11 @@ def _error(exc: WhipError | OfferError, status: int | None = None) -> Response:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise WhipError(413, f"offer larger than {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise WhipError(413, f"offer larger than {limit} bytes")
-    return bytes(body)
+    try:
+        return await read_body(request, limit)
+    except BodyError as exc:
+        reason = f"offer larger than {limit} bytes" if exc.code == 413 else exc.reason
+        raise WhipError(exc.code, reason) from None
 
 
 def whip_routes(server: WhipServer) -> list[BaseRoute]:

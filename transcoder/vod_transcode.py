@@ -27,7 +27,7 @@ import numpy as np
 from av.video.frame import PictureType
 
 from meshcast import codecs
-from meshcast.config import TranscodeConfig
+from meshcast.config import ProbeLimits, TranscodeConfig
 from meshcast.store import SegmentStore
 from transcoder.encoders import Backend, EncoderSettings, select_backend
 from transcoder.fmp4 import TrackSpec, init_segment
@@ -52,6 +52,10 @@ SPRITE_COLUMNS = 10
 
 class MediaError(Exception):
     """The upload cannot become an asset; the message is shown to its owner as is."""
+
+
+class MediaRefused(MediaError):
+    """A readable upload over a limit (ProbeLimits): refused with this reason (422)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,34 +155,93 @@ def _open(path: Path) -> Any:
         raise MediaError("not a media file: no known container format") from exc
 
 
-def probe(path: Path) -> SourceInfo:
+def _codec(stream: Any) -> str:
+    codec = stream.codec_context.codec
+    return str(getattr(codec, "canonical_name", None) or codec.name)
+
+
+def _output_fps(video: Any) -> Fraction:
+    # The stream's base rate (FFmpeg's r_frame_rate) is the nominal rate of a
+    # variable-frame-rate file (its average would be a fraction of it); some
+    # containers report a time base there, so above 60 fall back to the average.
+    rate = video.base_rate
+    if not rate or rate > MAX_FPS:
+        rate = video.average_rate or video.guessed_rate or Fraction(30)
+    return min(Fraction(rate).limit_denominator(1001), MAX_FPS)
+
+
+def _check_size(width: int, height: int, fps: Fraction, limits: ProbeLimits) -> None:
+    if width > limits.max_width or height > limits.max_height:
+        raise MediaRefused(
+            f"video {width}x{height} is larger than the {limits.max_width}x"
+            f"{limits.max_height} limit"
+        )
+    if width * height > limits.max_frame_pixels:
+        raise MediaRefused(
+            f"video {width}x{height} has more than {limits.max_frame_pixels} pixels per frame"
+        )
+    rate = width * height * fps
+    if rate > limits.max_pixel_rate:
+        raise MediaRefused(
+            f"video {width}x{height} at {float(fps):.3g} fps is {float(rate) / 1e6:.0f} Mpixel/s,"
+            f" above the {limits.max_pixel_rate / 1e6:.0f} Mpixel/s limit"
+        )
+
+
+def _check_header(container: Any, limits: ProbeLimits) -> None:
+    """Limits that the container headers tell: codecs, declared size and duration."""
+    if not container.streams.video:
+        if container.streams.audio:
+            raise MediaError("no video stream: audio-only uploads are not supported")
+        raise MediaError("not a media file: no audio or video stream")
+    video = container.streams.video[0]
+    codec = _codec(video)
+    if codec not in limits.video_codecs:
+        raise MediaRefused(
+            f"video codec {codec!r} is not accepted (accepted: "
+            f"{', '.join(sorted(limits.video_codecs))})"
+        )
+    for audio in container.streams.audio:
+        name = _codec(audio)
+        if name not in limits.audio_codecs:
+            raise MediaRefused(
+                f"audio codec {name!r} is not accepted (accepted: "
+                f"{', '.join(sorted(limits.audio_codecs))})"
+            )
+    width, height = video.codec_context.width, video.codec_context.height
+    if width and height:
+        _check_size(width, height, _output_fps(video), limits)
+    if container.duration is not None:
+        declared = container.duration / 1_000_000
+        if declared > limits.max_duration:
+            raise MediaRefused(
+                f"the file declares {declared:.0f} s, above the {limits.max_duration:g} s limit"
+            )
+
+
+def probe(path: Path, limits: ProbeLimits | None = None) -> SourceInfo:
     """Streams, frame rate, first/last frame and keyframes: a demux-only scan (one frame
-    is decoded, to learn the pixel format and rotation and to prove it decodes)."""
+    is decoded, to learn the pixel format and rotation and to prove it decodes), within
+    ``limits`` (MediaRefused names the one exceeded)."""
+    limits = limits or ProbeLimits()
     container = _open(path)
     with container:
-        if not container.streams.video:
-            if container.streams.audio:
-                raise MediaError("no video stream: audio-only uploads are not supported")
-            raise MediaError("not a media file: no audio or video stream")
+        _check_header(container, limits)
         video = container.streams.video[0]
         video.thread_type = "AUTO"
         time_base = video.time_base or Fraction(1, 90_000)
-        # The stream's base rate (FFmpeg's r_frame_rate) is the nominal rate of a
-        # variable-frame-rate file (its average would be a fraction of it); some
-        # containers report a time base there, so above 60 fall back to the average.
-        rate = video.base_rate
-        if not rate or rate > MAX_FPS:
-            rate = video.average_rate or video.guessed_rate or Fraction(30)
-        fps = min(Fraction(rate).limit_denominator(1001), MAX_FPS)
+        fps = _output_fps(video)
         first: int | None = None
         last: int | None = None
         keyframes: list[int] = []
         decoded: Any = None
         decode_error: str | None = None
+        packets = 0
         try:
             for packet in container.demux(video):
                 if packet.pts is None:
                     continue
+                packets += 1
                 first = packet.pts if first is None else min(first, packet.pts)
                 last = packet.pts if last is None else max(last, packet.pts)
                 if packet.is_keyframe:
@@ -211,7 +274,22 @@ def probe(path: Path) -> SourceInfo:
             width, height = height, width
         if width < 16 or height < 16:
             raise MediaError(f"video too small: {width}x{height} (at least 16x16)")
+        _check_size(width, height, fps, limits)
         frames_count = round((last - first) * time_base * fps) + 1
+        span = float((last - first) * time_base)
+        if span > limits.max_duration:
+            raise MediaRefused(
+                f"the video's timestamps span {span:.0f} s, above the "
+                f"{limits.max_duration:g} s limit"
+            )
+        # Declared (timestamps) against actual (frames in the file): one second of frames
+        # is always allowed, beyond that at most max_duplication output frames per frame.
+        if frames_count > max(float(fps), packets * limits.max_duplication):
+            raise MediaRefused(
+                f"the video's timestamps span {span:.1f} s but it has only {packets} frames "
+                f"(one every {span / max(packets - 1, 1):.1f} s): refusing to make "
+                f"{frames_count} frames out of them"
+            )
         has_audio = bool(container.streams.audio)
         keyframes = sorted(set(keyframes)) or [first]
         return SourceInfo(
@@ -230,6 +308,21 @@ def probe(path: Path) -> SourceInfo:
 
 
 # ---- planning ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    info: SourceInfo
+    backend: str
+    rungs: tuple[Rung, ...]
+
+
+def prepare(path: Path, limits: ProbeLimits, config: TranscodeConfig) -> Prepared:
+    """A job's first task: probe within the limits, then pick the ladder and the encoder
+    backend that opens for it."""
+    info = probe(path, limits)
+    backend, rungs = plan_rungs(info, config)
+    return Prepared(info, backend, rungs)
 
 
 def plan_rungs(info: SourceInfo, config: TranscodeConfig) -> tuple[str, tuple[Rung, ...]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import queue
 import sys
 import threading
@@ -25,7 +26,8 @@ from meshcast.ingest import (
     VideoConfig,
     deliver,
 )
-from meshcast.logs import ignore_terminal_signals, setup_logging
+from meshcast.lifeline import worker_start
+from meshcast.logs import setup_logging
 from meshcast.store import open_store
 from transcoder.recording import RecordingTarget
 
@@ -47,10 +49,12 @@ def worker_main(
     config: TranscodeConfig,
     inbox: Any,
     log_level: int,
+    parent: int,
     *,
     recording: RecordingTarget | None = None,
 ) -> None:
-    ignore_terminal_signals()
+    # SIGTERM (or the origin's death) ends the stream cleanly: SystemExit runs the finally.
+    worker_start(parent, graceful=True)
     setup_logging(logging.getLevelName(log_level))
     from transcoder.pipeline import LadderPipeline, PipelineError
 
@@ -96,7 +100,7 @@ class WorkerSink:
         self._inbox: Any = ctx.Queue(config.queue_packets)
         self._process = ctx.Process(
             target=worker_main,
-            args=(name, data_dir, config, self._inbox, logging.getLogger().level),
+            args=(name, data_dir, config, self._inbox, logging.getLogger().level, os.getpid()),
             kwargs={"recording": recording},
             name=f"meshcast-transcode-{name}",
             daemon=True,

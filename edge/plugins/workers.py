@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import time
 import weakref
 from collections.abc import Callable
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from meshcast.lifeline import worker_pool
 
 if TYPE_CHECKING:
     from edge.plugins.assets import OwnedAssets
@@ -137,12 +138,7 @@ class InferencePool:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                self._workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=self._initializer,
-                initargs=self._initargs,
-            )
+            self._pool = worker_pool(self._workers, self._initializer, self._initargs)
         return self._pool
 
     def warm(self) -> None:

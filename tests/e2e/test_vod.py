@@ -745,3 +745,119 @@ async def test_creator_api_key_owns_the_asset_and_can_sell_it(
         assert r.status_code == 200 and f"token={token}" in r.text
         child = next(line for line in r.text.splitlines() if line.endswith(f"token={token}"))
         assert (await c.get(f"/vod/{asset}/{child}")).status_code == 200
+
+
+# ---- hardening (issue 20, attack 5) ----------------------------------------------------
+
+
+async def test_small_job_is_not_stuck_behind_a_large_one(tmp_path: Path) -> None:
+    """One worker, a 30-chunk job from one owner, then a 1-chunk job from another: the
+    small one is ready while the large one is still transcoding."""
+    service = OriginService(origin_config(tmp_path / "o", workers=1, chunk_segments=1))
+    await service.start()
+    try:
+        big_key = service.keys.create("bigco")
+        small_key = service.keys.create("indie")
+        big = await make_clip(tmp_path / "big.mp4", 60, "320x240", 30)
+        small = await make_clip(tmp_path / "small.mp4", 1, "320x240", 30)
+        large = await upload(service, big_key, big.read_bytes())
+        await wait_job(service, large, ("transcoding",))
+        little = await upload(service, small_key, small.read_bytes())
+        assert (await wait_job(service, little, within=120))["state"] == "ready"
+        job = await wait_job(service, large, ("transcoding", "ready"))
+        assert job["state"] == "transcoding", "the large job finished first"
+    finally:
+        await service.close()
+
+
+async def test_delete_cancels_mid_transcode_and_nothing_resumes(tmp_path: Path) -> None:
+    data = tmp_path / "o"
+    first = OriginService(origin_config(data, workers=1, chunk_segments=1))
+    await first.start()
+    try:
+        key = first.keys.create("creator")
+        clip = await make_clip(tmp_path / "c.mp4", 20, "320x240", 30)
+        asset = await upload(first, key, clip.read_bytes())
+        job = await wait_job(first, asset, ("transcoding",))
+        while job["progress"] == 0:
+            job = await wait_job(first, asset, ("transcoding", "ready"))
+        assert job["state"] == "transcoding"
+        async with httpx.AsyncClient() as client:
+            location = f"{first.url}/api/vod/{asset}/upload"
+            assert (await client.delete(location, headers=auth(key))).status_code == 204
+            assert (await client.get(f"{first.url}/api/vod/{asset}")).status_code == 404
+        assert not (data / "vod" / "uploads" / asset).exists()
+        # A refused upload is failed, not queued: nothing to resume either.
+        huge = await make_clip(tmp_path / "h.mp4", 1, "4160x240", 30)
+        async with httpx.AsyncClient(timeout=60) as client:
+            location = await tus_create(client, first.url, key, huge.stat().st_size)
+            refused = await tus_patch(client, location, key, 0, huge.read_bytes())
+        assert refused.status_code == 422
+        assert "4160x240 is larger than the 4096x4096 limit" in refused.json()["error"]
+        refused_id = location.rsplit("/", 2)[-2]
+        await asyncio.sleep(1.0)  # running chunks of the cancelled job end meanwhile
+    finally:
+        await first.close()
+    assert not (data / "vod" / asset).exists() or not any((data / "vod" / asset).rglob("*"))
+    second = OriginService(origin_config(data, workers=1, chunk_segments=1))
+    await second.start()
+    try:
+        await asyncio.sleep(1.0)
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"{second.url}/api/vod/{asset}")).status_code == 404
+            job = (await client.get(f"{second.url}/api/vod/{refused_id}")).json()
+        assert job["state"] == "failed" and "4096x4096" in job["error"]
+        assert not second.vod._active
+    finally:
+        await second.close()
+
+
+@pytest.mark.parametrize(
+    ("limits", "clip", "reason"),
+    [
+        ({"max_pixel_rate": 320 * 240 * 30 - 1}, ("320x240", 30), "Mpixel/s, above the"),
+        ({"max_duration": 1.5}, ("320x240", 30), "above the 1.5 s limit"),
+        ({"video_codecs": frozenset({"vp9"})}, ("320x240", 30), "video codec 'h264' is not"),
+        ({"audio_codecs": frozenset({"opus"})}, ("320x240", 30), "audio codec 'aac' is not"),
+    ],
+)
+async def test_probe_limits_answer_422(
+    tmp_path: Path, limits: dict[str, Any], clip: tuple[str, int], reason: str
+) -> None:
+    from meshcast.config import ProbeLimits
+
+    service = OriginService(origin_config(tmp_path / "o", probe=ProbeLimits(**limits)))
+    await service.start()
+    try:
+        key = service.keys.create("creator")
+        data = (await make_clip(tmp_path / "c.mp4", 2, *clip)).read_bytes()
+        async with httpx.AsyncClient(timeout=60) as client:
+            location = await tus_create(client, service.url, key, len(data))
+            response = await tus_patch(client, location, key, 0, data)
+        assert response.status_code == 422 and reason in response.json()["error"], response.text
+        assert response.headers["upload-offset"] == str(len(data))
+    finally:
+        await service.close()
+
+
+async def test_owner_quotas(tmp_path: Path) -> None:
+    service = OriginService(origin_config(tmp_path / "o", max_owner_jobs=2, max_owner_bytes=1000))
+    await service.start()
+    try:
+        key = service.keys.create("creator")
+        other = service.keys.create("other")
+        async with httpx.AsyncClient() as client:
+            await tus_create(client, service.url, key, 400)
+            await tus_create(client, service.url, key, 400)
+            third = await client.post(
+                f"{service.url}/api/vod", headers={**auth(key), "Upload-Length": "10"}
+            )
+            assert third.status_code == 429 and "limit 2" in third.json()["error"]
+            big = await client.post(
+                f"{service.url}/api/vod", headers={**auth(other), "Upload-Length": "1001"}
+            )
+            assert big.status_code == 413 and "storage quota" in big.json()["error"]
+            # Another owner's quota is their own.
+            await tus_create(client, service.url, other, 1000)
+    finally:
+        await service.close()

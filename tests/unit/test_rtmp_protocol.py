@@ -224,8 +224,9 @@ def test_acknowledgement_after_peer_window() -> None:
     conn.receive_data(pub.take())
     conn.data_to_send()
     pub.control(MessageType.USER_CONTROL, b"\x00\x03" + bytes(8))  # SetBufferLength
-    for _ in range(300):
+    for _ in range(40):
         pub.control(MessageType.ACKNOWLEDGEMENT, bytes(4))
+    pub.data("onTextData", "x" * 4000, stream_id=0)  # dropped before publish, still counted
     conn.receive_data(pub.take() + bytes(0))
     acks = [m for m in server_messages(conn.data_to_send()) if m.type_id == 3]
     assert acks, "server must acknowledge once the peer's window is exceeded"
@@ -314,6 +315,92 @@ def test_fuzz_publish_key_reaches_the_server_intact(key: str) -> None:
     _, events = run_session([c0c1 + handshake_c2(s1) + pub.take()])
     published = [e.stream_key for e in events if isinstance(e, PublishRequest)]
     assert published == [key]
+
+
+# ---- before publish (issue 20, attack 2) -------------------------------------------------
+
+
+def connected() -> RtmpServerConnection:
+    conn = handshaken()
+    conn.data_to_send()
+    (connect,) = conn.receive_data(ScriptedPublisher().obs_connect_sequence(KEY).take())
+    conn.accept_connect(connect.transaction_id)
+    conn.data_to_send()
+    return conn
+
+
+def test_data_messages_before_publish_are_dropped_undecoded() -> None:
+    conn = connected()
+    writer = ChunkWriter()
+    # Metadata for a stream nobody publishes, and garbage that would not even decode.
+    pub = ScriptedPublisher().data("@setDataFrame", "onMetaData", {"width": 1.0})
+    events = conn.receive_data(pub.take() + writer.write(Message(18, 1, 0, b"\x42\x42"), 4))
+    assert events == [] and not conn.closed and not conn.admitted
+
+
+def test_commands_outside_the_publish_handshake_are_refused_undecoded() -> None:
+    conn = connected()
+    # The body after the name and transaction id is invalid AMF0: never decoded.
+    body = amf0.encode("callRemote", 9.0) + b"\x42" * 100
+    (event,) = conn.receive_data(ChunkWriter().write(Message(20, 0, 0, body), 3))
+    assert event == UnsupportedCommand("callRemote", 9.0)
+    reader = ChunkReader()
+    reader.set_chunk_size(4096)  # announced by accept_connect
+    (error,) = [amf0.decode(m.payload) for m in reader.feed(conn.data_to_send())]
+    assert error[0] == "_error" and error[3]["code"] == "NetConnection.Call.Failed"
+    assert not conn.closed
+
+
+def test_null_flood_before_publish_closes_at_once() -> None:
+    """8 MiB of AMF0 NULL markers as a data message: refused by its declared length
+    before a byte of it is buffered, let alone decoded."""
+    conn = connected()
+    header = ChunkWriter(4096).write(Message(18, 0, 0, b"\x05" * (8 << 20)), 4)[: 4096 + 12]
+    with pytest.raises(RtmpProtocolError, match="exceeds the 16384 limit"):
+        conn.receive_data(ScriptedPublisher(chunk_size=4096).take() + header)
+    assert conn.closed
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda p: [p.control(4, b"\x00\x06" + bytes(4)) for _ in range(70)], "messages before"),
+        (
+            lambda p: [p.command("x", 0.0, None, "y" * 10_000) for _ in range(8)],
+            "bytes of messages",
+        ),
+        (lambda p: p.command("releaseStream", 2.0, [None] * 2000), "more than 1024"),
+    ],
+)
+def test_pre_publish_budget(build: Any, message: str) -> None:
+    conn = connected()
+    pub = ScriptedPublisher(chunk_size=4096)
+    build(pub)
+    with pytest.raises(RtmpProtocolError, match=message):
+        conn.receive_data(pub.take())
+    assert conn.closed
+
+
+def test_publish_admits_and_lifts_the_pre_publish_limits() -> None:
+    conn = connected()
+    pub = ScriptedPublisher(chunk_size=4096).obs_publish_sequence(KEY)
+    events = conn.receive_data(pub.take())
+    publish = next(e for e in events if isinstance(e, PublishRequest))
+    conn.accept_publish(publish.stream_id)
+    assert conn.admitted
+    # After admission: large media messages, many messages, and metadata are fine.
+    big = ScriptedPublisher(chunk_size=4096)
+    big.data("@setDataFrame", "onMetaData", amf0.EcmaArray(width=640.0, height=360.0))
+    big.media(MessageType.VIDEO, 0, AVC_SEQ)
+    big.media(MessageType.VIDEO, 40, AVC_FRAME + bytes(200_000))
+    for i in range(100):
+        big.control(4, b"\x00\x06" + i.to_bytes(4, "big"))
+    events = conn.receive_data(big.take())
+    assert isinstance(events[0], StreamMetadata) and events[0].metadata["width"] == 640.0
+    assert [len(e.payload) for e in events if isinstance(e, MediaMessage)] == [
+        len(AVC_SEQ),
+        len(AVC_FRAME) + 200_000,
+    ]
 
 
 def _play_request(name: str = "cam") -> tuple[RtmpServerConnection, PlayRequest]:

@@ -31,7 +31,7 @@ def botocore_signed(
     method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None
 ) -> AWSRequest:
     request = AWSRequest(method=method, url=url, data=body, headers=headers or {})
-    S3SigV4Auth(CREDS, "s3", "eu-west-3").add_auth(request)
+    S3SigV4Auth(CREDS, "s3", "us-east-1").add_auth(request)
     return request
 
 
@@ -114,6 +114,64 @@ def test_botocore_presigned_v4_verifies_and_expires() -> None:
     tampered = AWSRequest(method="GET", url=request.url.replace("some%20key", "other"))
     with pytest.raises(SigError):
         check(tampered)
+
+
+def test_credential_scope_must_name_our_region() -> None:
+    """Attack 4 of issue 20: a credential scoped to another region was accepted."""
+    request = AWSRequest(method="PUT", url="http://h/s3/b/k", data=b"x")
+    S3SigV4Auth(CREDS, "s3", "eu-west-3").add_auth(request)
+    with pytest.raises(SigError, match="region 'eu-west-3' is wrong; expecting 'us-east-1'"):
+        check(request)
+    presigned = AWSRequest(method="GET", url="http://h/s3/b/k")
+    S3SigV4QueryAuth(CREDS, "s3", "ap-south-1", expires=60).add_auth(presigned)
+    presigned.headers["host"] = "h"
+    with pytest.raises(SigError) as exc:
+        check(presigned)
+    assert exc.value.code == "AuthorizationQueryParametersError"
+    # A server configured for another region accepts exactly that one.
+    parts = urlsplit(request.url)
+    headers = [*request.headers.items(), ("host", parts.netloc)]
+    now = dt.datetime.now(dt.UTC)
+    verified = verify_request("PUT", parts.path, "", headers, secret_for, now, region="eu-west-3")
+    assert verified.access_key == AK
+
+
+COPY = ("x-amz-copy-source", "/secrets/db-password.txt")
+
+
+def test_unsigned_amz_headers_are_refused_header_auth() -> None:
+    request = botocore_signed("PUT", "http://h/s3/uploads/avatar.png", b"img")
+    request.headers[COPY[0]] = COPY[1]  # added after signing: not in SignedHeaders
+    with pytest.raises(SigError, match="not signed: x-amz-copy-source") as exc:
+        check(request)
+    assert exc.value.code == "AccessDenied"
+    # Signed by the client (botocore signs every header it sends): accepted.
+    signed = botocore_signed("PUT", "http://h/s3/uploads/avatar.png", b"", dict([COPY]))
+    assert check(signed).access_key == AK
+
+
+def test_unsigned_amz_headers_are_refused_presigned_v4() -> None:
+    """Attack 4 of issue 20: a presigned PUT plus an unsigned x-amz-copy-source header
+    became a CopyObject of a secret."""
+    request = AWSRequest(method="PUT", url="http://h/s3/uploads/avatar.png", headers={})
+    S3SigV4QueryAuth(CREDS, "s3", "us-east-1", expires=60).add_auth(request)
+    request.headers["host"] = "h"
+    check(request)
+    for name, value in (COPY, ("X-Amz-Metadata-Directive", "REPLACE"), ("x-amz-acl", "public")):
+        attack = AWSRequest(method="PUT", url=request.url, headers={"host": "h", name: value})
+        with pytest.raises(SigError, match="not signed") as exc:
+            check(attack)
+        assert exc.value.code == "AccessDenied"
+
+
+def test_amz_headers_are_part_of_a_presigned_v2_signature() -> None:
+    request = AWSRequest(method="PUT", url="http://h/s3/uploads/avatar.png", headers={})
+    HmacV1QueryAuth(CREDS, expires=60).add_auth(request)
+    check(request)
+    attack = AWSRequest(method="PUT", url=request.url, headers=dict([COPY]))
+    with pytest.raises(SigError) as exc:
+        check(attack)
+    assert exc.value.code == "SignatureDoesNotMatch"
 
 
 def test_botocore_presigned_v2_verifies() -> None:

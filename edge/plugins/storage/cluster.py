@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import secrets
 import time
@@ -31,12 +30,15 @@ from starlette.routing import BaseRoute, Route
 
 from edge.plugins.storage.blobs import NS_BUCKET, BlobStore, CorruptChunk, Manifest
 from edge.ring import PeerRing
+from meshcast.bodies import read_body, read_json
 
 log = logging.getLogger(__name__)
 
 SECRET_FILE: Final = "storage-peer.secret"  # noqa: S105  (a file name)
 SECRET_HEADER: Final = "X-Meshcast-Storage-Secret"  # noqa: S105  (a header name)
 _TIMEOUT: Final = httpx.Timeout(30.0, connect=2.0)
+# A peer's chunk or inventory; the edge's body guard holds them to the configured chunk size.
+MAX_PEER_BODY: Final = 65 * 1024 * 1024
 
 
 def _sha256_hex(data: bytes) -> str:
@@ -490,7 +492,7 @@ class Cluster:
         except ValueError:
             return JSONResponse({"error": "bad digest"}, 400)
         if request.method == "PUT":
-            body = await request.body()
+            body = await read_body(request, MAX_PEER_BODY)
             try:
                 await asyncio.to_thread(self.store.write_chunk, digest, body)
             except CorruptChunk as exc:
@@ -511,7 +513,7 @@ class Cluster:
             return JSONResponse({"error": "forbidden"}, 403)
         mid = request.path_params["mid"]
         if request.method == "PUT":
-            manifest = Manifest.from_json(json.loads(await request.body()))
+            manifest = Manifest.from_json(await read_json(request, MAX_PEER_BODY))
             if manifest.id != mid:
                 return JSONResponse({"error": "manifest id mismatch"}, 400)
             await asyncio.to_thread(self.store.put_manifest, manifest)
@@ -538,7 +540,7 @@ class Cluster:
     async def _missing(self, request: Request) -> Response:
         if not self._authorized(request):
             return JSONResponse({"error": "forbidden"}, 403)
-        body = json.loads(await request.body())
+        body = await read_json(request, MAX_PEER_BODY)
         chunks = [d for d in body["chunks"] if not self.store.has_chunk(d)]
         manifests = []
         for mid, version in body["manifests"].items():

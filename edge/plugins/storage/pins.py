@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import AsyncIterator
 
@@ -30,10 +29,12 @@ from edge.plugins.storage.blobs import NS_OBJECT, NS_PIN, Manifest
 from edge.plugins.storage.cluster import Cluster, Unavailable
 from edge.plugins.storage.s3api import write_chunks
 from edge.plugins.storage.s3xml import S3Error
+from meshcast.bodies import read_json, stream_body
 from meshcast.cid import BadCid, cid_digest, cid_for
 from meshcast.config import StorageConfig
 from meshcast.http import json_error
 from meshcast.keys import KeyRejected, KeyStore
+from meshcast.refused import Refused
 
 
 async def _read_upload(upload: UploadFile, size: int) -> AsyncIterator[bytes]:
@@ -105,7 +106,7 @@ class Pins:
         name = request.query_params.get("name", "")
         content_type = request.headers.get("content-type", "application/octet-stream")
         form = None
-        body: AsyncIterator[bytes] = request.stream()
+        body: AsyncIterator[bytes] = stream_body(request, self.config.max_object + 1024 * 1024)
         if content_type.startswith("multipart/form-data"):
             # Starlette spools the upload to a temporary file past 1 MiB, never all in memory.
             form = await request.form(max_files=1, max_fields=8, max_part_size=64 * 1024)
@@ -140,9 +141,9 @@ class Pins:
     async def _pin_object(self, request: Request) -> Manifest:
         """Pin an existing S3 object: its chunks are shared, nothing is copied."""
         try:
-            ref = json.loads(await request.body())
+            ref = await read_json(request, 64 * 1024)
             bucket, key = str(ref["bucket"]), str(ref["key"])
-        except (ValueError, KeyError, TypeError):
+        except (Refused, KeyError, TypeError):
             raise S3Error("InvalidArgument", 'body must be {"bucket": …, "key": …}') from None
         obj = await self.cluster.get_manifest(Manifest(NS_OBJECT, bucket, key, 0, ""))
         if obj is None:

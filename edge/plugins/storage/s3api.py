@@ -49,6 +49,7 @@ from edge.plugins.storage.s3xml import (
     xml_response,
 )
 from meshcast import sigv4
+from meshcast.bodies import BodyTimeout, BodyTooLarge, stream_body
 from meshcast.config import StorageConfig
 from meshcast.keys import KeyRejected, KeyStore
 
@@ -183,6 +184,10 @@ class S3Api:
             return self._error(request, "SignatureDoesNotMatch", str(exc))
         except Unavailable as exc:
             return self._error(request, "ServiceUnavailable", str(exc))
+        except BodyTooLarge as exc:
+            return self._error(request, "EntityTooLarge", exc.reason)
+        except BodyTimeout as exc:
+            return self._error(request, "RequestTimeout", exc.reason)
         except ClientDisconnect:
             # Nothing was committed (manifests are written last); nobody reads the answer.
             return Response(status_code=400, headers={"Connection": "close"})
@@ -214,6 +219,7 @@ class S3Api:
             headers,
             secret_for,
             datetime.now(UTC),
+            region=self.config.region,
             mount=PREFIX,
         )
 
@@ -222,7 +228,9 @@ class S3Api:
     ) -> tuple[AsyncIterator[bytes], chunked.AwsChunkedDecoder | None]:
         """The request payload, aws-chunked decoded when the client streams it (SigV4
         streaming, signed chunks or unsigned with trailing checksums)."""
-        stream = request.stream()
+        # Whatever the body is (an object, a part, an XML request), the guard of the edge
+        # already holds it to the largest object; callers bound it further.
+        stream = stream_body(request, self.config.max_object + self.config.max_object // 50)
         if not verified.payload_hash.startswith("STREAMING-"):
             return stream, None
         signer: chunked.ChunkSigner | None = None

@@ -45,6 +45,7 @@ ERROR_STATUS: Final = {
     "NoSuchUpload": 404,
     "NotImplemented": 501,
     "PreconditionFailed": 412,
+    "RequestTimeout": 400,
     "RequestTimeTooSkewed": 403,
     "ServiceUnavailable": 503,
     "SignatureDoesNotMatch": 403,
