@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Route, async_playwright
+from playwright.async_api import Error as PlaywrightError
 
 from edge.service import EdgeService
 from meshcast.config import EdgeConfig, NetworkConfig, OriginConfig, TranscodeConfig
@@ -82,7 +83,16 @@ async def studio(tmp_path: Path) -> AsyncIterator[Studio]:
 
 async def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / f"studio-{name}.png"), full_page=True)
+    # Chromium under load sometimes answers "Unable to capture screenshot" before its next
+    # frame: try again (the artifact is wanted, a flake is not).
+    for attempt in range(3):
+        try:
+            await page.screenshot(path=str(ARTIFACTS / f"studio-{name}.png"), full_page=True)
+            return
+        except PlaywrightError:
+            if attempt == 2:
+                raise
+            await asyncio.sleep(1)
 
 
 async def until(check: Callable[[], Awaitable[bool]], what: str, within: float = 60.0) -> None:
