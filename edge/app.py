@@ -19,7 +19,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -674,6 +674,7 @@ def create_app(edge: Edge) -> ASGIApp:
     routes: list[BaseRoute] = [
         Route("/healthz", healthz),
         Route("/studio/config.json", studio_config),
+        Route("/studio", lambda request: RedirectResponse("/studio/", 307)),
         Route("/api/network", network),
         Route("/metrics", metrics_endpoint(edge.metrics.registry)),
         *edge.routes(),

@@ -73,6 +73,8 @@ async def test_studio_files_on_origin_and_edge(origin: OriginService, tmp_path: 
     try:
         async with httpx.AsyncClient() as client:
             for base in (origin.url, edge.url):
+                bare = await client.get(f"{base}/studio")
+                assert bare.status_code == 307 and bare.headers["location"].endswith("/studio/")
                 page = await client.get(f"{base}/studio/")
                 assert page.status_code == 200 and "meshcast studio" in page.text
                 assert page.headers["content-type"].startswith("text/html")
