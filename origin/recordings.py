@@ -485,7 +485,8 @@ class Recordings:
         return None
 
     async def create_clip(self, request: Request) -> Response:
-        principal = self.api.principal(request)
+        # The owner's API key, an admin key, or one of the owner's stream keys.
+        principal = self.api.principal(request, stream_keys=True)
         name = request.path_params["name"]
         try:
             validate_stream_name(name)
