@@ -400,9 +400,11 @@ class Recordings:
             self.bus.emit(events.RecordingReady(row.stream, None, 0.0, str(exc)))
             return
         except Exception as exc:
+            # A worker killed (SIGTERM at shutdown, OOM) or a bug: the recorded segments
+            # and index stay, the row stays unfinished, and the next start tries again.
             log.exception("recording %s of %s could not be finished", row.asset, row.stream)
-            self._jobs().update(row.asset, state=jobs_db.FAILED, error=f"internal error: {exc}")
-            self._db().end(row.asset, f"internal error: {exc}")
+            error = f"not finished ({type(exc).__name__}: {exc}); retried at the next start"
+            self._jobs().update(row.asset, state=jobs_db.FAILED, error=error)
             return
         self._jobs().update(
             row.asset,
