@@ -102,8 +102,8 @@ def _add_origin_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--record-budget",
         type=parse_size,
-        default=cfg.RecordingConfig().owner_budget,
-        help="disk for one owner's recordings and clips (default 100GiB)",
+        default=None,
+        help="cap one owner's recordings and clips lower than its VOD quota (--vod-quota)",
     )
     p.add_argument(
         "--record-dvr",

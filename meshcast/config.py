@@ -128,9 +128,10 @@ class RecordingConfig:
     """Live recording to VOD (origin/recordings.py); per stream key unless disabled here."""
 
     enabled: bool = True
-    # Bytes of recordings and clips one owner may keep; a recording stops (keeping what
-    # it has) when it would pass this, and none starts when it is full.
-    owner_budget: int = 100 * 1024**3
+    # An owner's disk budget is the VOD storage quota (VodConfig.max_owner_bytes, uploads,
+    # recordings and clips together); this optionally caps recordings and clips lower. A
+    # recording stops (keeping what it has) when it would pass it; none starts when full.
+    owner_budget: int | None = None
     # While recording, live playlists list this many seconds (viewers seek back: DVR).
     dvr_window: float = 7200.0
     # Longest clip (seconds) POST /api/streams/NAME/clips accepts.

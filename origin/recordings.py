@@ -153,9 +153,6 @@ class RecordingDb:
         marks = ",".join("?" * len(assets))
         return self._rows(f"asset IN ({marks})", tuple(assets))
 
-    def of_owner(self, owner: str) -> list[RecordingRow]:
-        return self._rows("owner = ?", (owner,))
-
     def recent(self, limit: int) -> list[RecordingRow]:
         with self._lock:
             rows = self._db.execute(
@@ -297,19 +294,19 @@ class Recordings:
 
     # ---- budget ---------------------------------------------------------------------
 
+    @property
+    def budget(self) -> int:
+        """Bytes one owner may keep: the VOD quota, or the recording cap when lower."""
+        quota = self.config.vod.max_owner_bytes
+        cap = self.settings.owner_budget
+        return quota if cap is None else min(quota, cap)
+
     def used(self, owner: str) -> int:
-        """Bytes of the owner's recordings and clips: finished ones as stored, running
-        ones as far as they got."""
-        assets = {row.asset: row for row in self._db().of_owner(owner)}
-        total = 0
-        for job in self._jobs().all():
-            if job.id not in assets:
-                continue
-            if job.state == jobs_db.RECORDING:
-                total += self._recorded_bytes(job.id)
-            else:
-                total += job.length
-        return total
+        """Bytes the owner keeps: every asset (uploads, finished recordings and clips, as
+        the VOD quota counts them) plus running recordings as far as they got."""
+        kept, _ = self._jobs().usage(owner)
+        running = [r.asset for r in self.live.values() if r.owner == owner and r.ended is None]
+        return kept + sum(self._recorded_bytes(asset) for asset in running)
 
     def _recorded_bytes(self, asset: str) -> int:
         recorded = self._status.get(asset, {}).get("bytes", 0)
@@ -324,7 +321,7 @@ class Recordings:
         owner = self.keys.owner_of(stream.name)
         if not self.settings.enabled or owner is None or not self.keys.records(stream.name):
             return None
-        budget = self.settings.owner_budget
+        budget = self.budget
         used = self.used(owner)
         if budget - used < self._segment_bytes():
             reason = (
@@ -517,7 +514,7 @@ class Recordings:
             start, end, size = await self._in_pool(record_assets.plan_clip, prefix, float(seconds))
         except RecordingError as exc:
             raise ApiError(422, str(exc), reason="out_of_range") from None
-        used, budget = self.used(source.owner), self.settings.owner_budget
+        used, budget = self.used(source.owner), self.budget
         if used + size > budget:
             raise ApiError(
                 507,

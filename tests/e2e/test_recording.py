@@ -14,7 +14,7 @@ import av
 import httpx
 import pytest
 
-from meshcast.config import OriginConfig, RecordingConfig, TranscodeConfig
+from meshcast.config import OriginConfig, TranscodeConfig, VodConfig
 from meshcast.ingest import deliver
 from meshcast.keys import API_KIND
 from meshcast.store import LocalStore
@@ -33,14 +33,14 @@ SMALL_LADDER = ((360, 600), (240, 300))
 SEGMENT = 2.0
 
 
-def config(data: Path, **recording: Any) -> OriginConfig:
+def config(data: Path, vod: VodConfig | None = None) -> OriginConfig:
     return OriginConfig(
         data_dir=data,
         http_port=free_port(),
         rtmp_port=0,
         rtmp_idle_timeout=5.0,
         transcode=TranscodeConfig(ladder=SMALL_LADDER, encoder="x264"),
-        recording=RecordingConfig(**recording),
+        vod=vod or VodConfig(),
     )
 
 
@@ -231,8 +231,9 @@ async def test_recorded_stream_becomes_an_asset_and_clips_are_cut(
 
 
 async def test_budget_and_no_record_keys(tmp_path: Path, ffmpeg_cli: str) -> None:
-    # About 4 s of this ladder: the recording stops there, keeping what it has.
-    service = OriginService(config(tmp_path / "o", owner_budget=600_000))
+    # The owner's VOD quota, about 4 s of this ladder: the recording stops there, keeping
+    # what it has; uploads count against the same quota.
+    service = OriginService(config(tmp_path / "o", VodConfig(max_owner_bytes=600_000)))
     await service.start()
     try:
         key = service.keys.create("small", owner="dave")
@@ -266,6 +267,11 @@ async def test_budget_and_no_record_keys(tmp_path: Path, ffmpeg_cli: str) -> Non
             r = await api.post("/api/streams/small/clips", json={"seconds": 2},
                                headers=bearer(dave))  # fmt: skip
             assert r.status_code == 507 and r.json()["reason"] == "budget"
+            upload = await api.post(
+                "/api/vod",
+                headers={**bearer(dave), "Tus-Resumable": "1.0.0", "Upload-Length": "100000"},
+            )
+            assert upload.status_code == 413 and "quota" in upload.json()["error"]
             assert [a["id"] for a in (await api.get("/api/vod")).json()["assets"]] == [asset]
     finally:
         await service.close()
