@@ -11,8 +11,9 @@ Clips (``POST /api/streams/NAME/clips``, ``{"seconds": N}``) are the last N seco
 the stream's current or latest recording, in whole segments (cut at keyframes), as a new
 asset: hard links to the recorded segments, new manifests.
 
-Each owner has a disk budget for recordings and clips: no recording starts once it is
-full, and one that reaches it stops (keeping what it has).
+An owner's disk budget is its VOD storage quota (uploads, recordings and clips together;
+``--record-budget`` may cap recordings lower): no recording starts once it is full, and
+one that reaches it stops (keeping what it has).
 """
 
 from __future__ import annotations
@@ -57,10 +58,10 @@ from transcoder.recording import RecordingError, RecordingTarget
 log = logging.getLogger(__name__)
 
 LIVE: Final = "live"
+CLIP: Final = "clip"
 STATUS_POLL: Final = 2.0
 # At start, this many newest recordings and clips get their poster made if it is missing.
 IMAGES_RETRY: Final = 20
-CLIP: Final = "clip"
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS recordings (
     asset TEXT PRIMARY KEY,
@@ -281,9 +282,6 @@ class Recordings:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor(), fn, self.store_spec, self.root, *args)
 
-    def _db(self) -> RecordingDb:
-        return self.db
-
     def _jobs(self) -> jobs_db.JobStore:
         assert self.vod.jobs is not None, "VodService.start() not called"
         return self.vod.jobs
@@ -342,7 +340,7 @@ class Recordings:
         self._jobs().update(asset, state=jobs_db.RECORDING)
         policy = self.access.policy(f"live/{stream.name}")
         self.access.set_policy(f"vod/{asset}", policy.access, owner)
-        self._db().add(row)
+        self.db.add(row)
         self.live[stream.name] = row
         window = math.ceil(self.settings.dvr_window / self.config.transcode.segment_duration)
         log.info("stream %s: recording to vod/%s (budget left %d bytes)", stream.name, asset,
@@ -381,7 +379,7 @@ class Recordings:
         """The transcoder could not start: the recording never began."""
         row = self.live.pop(stream.name, None)
         if row is not None:
-            self._db().delete(row.asset)
+            self.db.delete(row.asset)
             self._jobs().delete(row.asset)
 
     async def _finish(self, row: RecordingRow, finished: Callable[[], Awaitable[object]]) -> None:
@@ -393,7 +391,7 @@ class Recordings:
             log.info("recording %s of %s: %s; discarded", row.asset, row.stream, exc)
             await self._in_pool(record_assets.discard_index, prefix)
             self._jobs().delete(row.asset)
-            self._db().delete(row.asset)
+            self.db.delete(row.asset)
             self.bus.emit(events.RecordingReady(row.stream, None, 0.0, str(exc)))
             return
         except Exception as exc:
@@ -411,7 +409,7 @@ class Recordings:
             renditions=list(result.renditions),
             length=result.bytes,
         )
-        self._db().end(row.asset, result.stopped)
+        self.db.end(row.asset, result.stopped)
         row.ended, row.reason = time.time(), result.stopped
         log.info("recording %s of %s ready: %.1f s, %d bytes%s", row.asset, row.stream,
                  result.duration, result.bytes,
@@ -450,7 +448,7 @@ class Recordings:
 
     def origin_of(self, asset: str) -> dict[str, Any]:
         """What ``GET /api/vod`` says of where an asset came from."""
-        rows = self._db().of_assets([asset])
+        rows = self.db.of_assets([asset])
         if not rows:
             return {"source": "upload"}
         row = rows[0]
@@ -463,7 +461,7 @@ class Recordings:
         if self.vod.jobs is None:
             return []
         ready = [j for j in self.vod.jobs.all() if j.state == jobs_db.READY][-limit:]
-        recorded = {row.asset for row in self._db().of_assets([j.id for j in ready])}
+        recorded = {row.asset for row in self.db.of_assets([j.id for j in ready])}
         return [
             ListedAsset(j.id, j.filename or j.id, j.duration, j.id in recorded)
             for j in reversed(ready)
@@ -477,7 +475,7 @@ class Recordings:
             job = self._job(row.asset)
             if job is not None and job.state in (jobs_db.RECORDING, jobs_db.READY):
                 return row
-        for row in reversed(self._db().of_stream(name)):
+        for row in reversed(self.db.of_stream(name)):
             job = self._job(row.asset)
             if row.kind == LIVE and job is not None and job.state == jobs_db.READY:
                 return row
@@ -529,14 +527,14 @@ class Recordings:
         policy = self.access.policy(prefix)
         self.access.set_policy(f"vod/{asset}", policy.access, source.owner)
         row = RecordingRow(asset, name, source.owner, CLIP, source.asset, time.time(), time.time())
-        self._db().add(row)
+        self.db.add(row)
         try:
             result = await self._in_pool(record_assets.cut_clip, prefix, f"vod/{asset}", start,
                                          end)  # fmt: skip
         except Exception as exc:
             await self._in_pool(record_assets.discard_index, f"vod/{asset}")
             jobs.delete(asset)
-            self._db().delete(asset)
+            self.db.delete(asset)
             if isinstance(exc, RecordingError):
                 raise ApiError(422, str(exc), reason="out_of_range") from None
             raise
@@ -570,7 +568,7 @@ class Recordings:
     async def list_recordings(self, request: Request) -> Response:
         name = request.path_params["name"]
         items = []
-        for row in self._db().of_stream(name):
+        for row in self.db.of_stream(name):
             job = self._job(row.asset)
             if job is None:
                 continue  # deleted
