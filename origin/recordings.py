@@ -319,12 +319,15 @@ class Recordings:
         owner = self.keys.owner_of(stream.name)
         if not self.settings.enabled or owner is None or not self.keys.records(stream.name):
             return None
+        if self.vod.jobs is None:  # published in the instant before the VOD store opened
+            self.unsupported(stream, "the origin is still starting")
+            return None
         budget = self.budget
         used = self.used(owner)
         if budget - used < self._segment_bytes():
             reason = (
                 f"not recorded: the disk budget of {owner!r} is full ({used} of {budget} "
-                "bytes used); delete recordings or clips to record again"
+                "bytes used); delete assets (recordings, clips, uploads) to record again"
             )
             self.refused[stream.name] = reason
             log.warning("stream %s: %s", stream.name, reason)
