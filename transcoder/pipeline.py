@@ -54,6 +54,11 @@ class PipelineError(RuntimeError):
     pass
 
 
+class MediaChangeRefused(PipelineError):
+    """The publisher changed its media mid-stream in a way this timeline cannot follow: the
+    stream ends and the publisher is told to republish (not a transcoder failure)."""
+
+
 @dataclass
 class VideoRung:
     rung: Rung
@@ -341,7 +346,7 @@ class LadderPipeline:
             new.height,
         )
         if self._source is not None:
-            raise PipelineError(
+            raise MediaChangeRefused(
                 "video parameters changed mid-stream while the source rung passes them "
                 "through; republish to start a new timeline"
             )
@@ -437,7 +442,7 @@ class LadderPipeline:
                 self.config.audio_kbps, track.sample_rate, track.channels
             )
             if ours.extradata != track.extradata:
-                raise PipelineError(
+                raise MediaChangeRefused(
                     "audio parameters changed mid-stream and the rendition's format "
                     f"({self._audio.codecs}) cannot be re-encoded; republish"
                 )

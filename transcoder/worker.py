@@ -34,7 +34,7 @@ from transcoder.recording import RecordingTarget
 log = logging.getLogger(__name__)
 
 Item = IngestItem | None  # None: end of stream
-# Worker exit status when the publisher's media cannot be followed (PipelineError: e.g.
+# Worker exit status when the publisher's media cannot be followed (MediaChangeRefused: e.g.
 # codec parameters changed under the source rung); the stream ends with this reason.
 EXIT_MEDIA_REFUSED = 3
 _EXIT_REASONS = {
@@ -56,7 +56,7 @@ def worker_main(
     # SIGTERM (or the origin's death) ends the stream cleanly: SystemExit runs the finally.
     worker_start(parent, graceful=True)
     setup_logging(logging.getLevelName(log_level))
-    from transcoder.pipeline import LadderPipeline, PipelineError
+    from transcoder.pipeline import LadderPipeline, MediaChangeRefused
 
     store = open_store(config.segment_store, data_dir)
     store.clear(f"live/{name}")  # a new publication starts a new timeline
@@ -70,7 +70,7 @@ def worker_main(
             deliver(pipeline, item)
     except KeyboardInterrupt:
         pass
-    except PipelineError as exc:
+    except MediaChangeRefused as exc:
         log.error("stream %s: %s", name, exc)
         refused = True
     finally:
