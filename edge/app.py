@@ -19,7 +19,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -55,12 +55,14 @@ from meshcast.tokens import (
     rewrite_manifest,
     token_from_query,
 )
+from meshcast.viewers import ViewerCounter, is_viewing, viewer_id
 
 log = logging.getLogger(__name__)
 
 PEER_HEADER: Final = "X-Meshcast-Peer"
-# Non-media paths an edge forwards (player assets, landing page): plain, safe characters.
-_PASSTHROUGH = re.compile(r"/(?:player/[A-Za-z0-9._/-]*)?")
+# Non-media paths an edge forwards (player and studio assets, landing page): plain, safe
+# characters.
+_PASSTHROUGH = re.compile(r"/(?:(?:player|studio)/[A-Za-z0-9._/-]*)?")
 _FORWARD_HEADERS: Final = ("content-type", "etag", "last-modified", "cache-control")
 
 
@@ -171,6 +173,8 @@ class Edge:
             lambda: self.origin, self.client, self.metrics.registry, config.access_policy_ttl
         )
         self._fills: dict[str, Fill] = {}
+        # Live viewers seen here, reported to the origin (EdgeService, meshcast/viewers.py).
+        self.viewers = ViewerCounter()
         # With --bus: plugins publish their events (moderation.flagged).
         self.bus = bus
         # Once this edge joined a network (edge/network.py): players read it to know where
@@ -239,6 +243,10 @@ class Edge:
                 return json_error(503, str(exc), reason="policy_unavailable", path=path)
             if claims is None:
                 token = None  # public: nothing to forward or rewrite
+        if media is not None and is_viewing(media) and PEER_HEADER not in request.headers:
+            client = request.client.host if request.client else "-"
+            agent = request.headers.get("user-agent", "")
+            self.viewers.seen(media.name, viewer_id(token, client, agent), time.time())
         if (
             token is not None
             and media is not None
@@ -657,9 +665,16 @@ def create_app(edge: Edge) -> ASGIApp:
             return json_error(404, "this edge has not joined a contributor network")
         return JSONResponse(edge.network.to_json(), headers={"Cache-Control": "no-store"})
 
+    async def studio_config(request: Request) -> Response:
+        # The studio signs in and calls the API on the origin, never through an edge: an
+        # API key is a creator's secret, and community edges are strangers.
+        return JSONResponse({"api": edge.origin}, headers={"Cache-Control": "no-store"})
+
     handler: Callable[[Request], Awaitable[Response]] = edge.handle
     routes: list[BaseRoute] = [
         Route("/healthz", healthz),
+        Route("/studio/config.json", studio_config),
+        Route("/studio", lambda request: RedirectResponse("/studio/", 307)),
         Route("/api/network", network),
         Route("/metrics", metrics_endpoint(edge.metrics.registry)),
         *edge.routes(),

@@ -7,6 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
+import time
+
+import httpx
 
 from edge.access import KEYS_REFRESH_S
 from edge.app import Edge, advertised_url, create_app
@@ -17,6 +21,7 @@ from meshcast.config import EdgeConfig
 from meshcast.events import EventBus
 from meshcast.http import HttpService
 from meshcast.nats_bus import NatsBus
+from meshcast.viewers import REPORT_INTERVAL
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,7 @@ class EdgeService:
         self._health: asyncio.Task[None] | None = None
         self._prefetch: asyncio.Task[None] | None = None
         self._keys: asyncio.Task[None] | None = None
+        self._viewers: asyncio.Task[None] | None = None
         self._bus_tasks: list[asyncio.Task[None]] = []
         self.agent: NodeAgent | None = None
         if config.join:
@@ -88,6 +94,7 @@ class EdgeService:
             ]
         if self.edge.prefetcher is not None:
             self._prefetch = asyncio.create_task(self.edge.prefetcher.run())
+        self._viewers = asyncio.create_task(self._report_viewers())
         for plugin in self.edge.plugins:
             await plugin.start()
         log.info(
@@ -106,6 +113,29 @@ class EdgeService:
     async def _refresh_keys_later(self) -> None:
         await asyncio.sleep(KEYS_REFRESH_S)
         await self.edge.access.keys_loop()
+
+    async def _report_viewers(self) -> None:
+        """Live viewer counts to the origin every few seconds (one report per process:
+        edge workers sharing a port count their own requests)."""
+        instance = f"{self.edge.self_url}#{secrets.token_hex(4)}"
+        reported: set[str] = set()
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL)
+            counts = self.edge.viewers.counts(time.time())
+            if not counts and not reported:
+                continue
+            # Streams that dropped to zero are reported once as 0, then left out.
+            body = {"edge": instance, "streams": {**dict.fromkeys(reported, 0), **counts}}
+            reported = set(counts)
+            try:
+                response = await self.edge.client.post(
+                    f"{self.edge.origin}/api/viewers", json=body, timeout=REPORT_INTERVAL
+                )
+                if response.status_code != 204:
+                    log.warning("viewer report refused: %s %s", response.status_code,
+                                response.text[:200])  # fmt: skip
+            except httpx.HTTPError as exc:
+                log.debug("viewer report failed: %s", exc)
 
     async def _announce(self, bus: EventBus) -> None:
         every = self.config.heartbeat
@@ -135,7 +165,7 @@ class EdgeService:
             self.bus.emit(events.NodeLeft("edge", self.edge.self_url))
         if self.agent is not None:
             await self.agent.close()
-        for task in (*self._bus_tasks, self._health, self._prefetch, self._keys):
+        for task in (*self._bus_tasks, self._health, self._prefetch, self._keys, self._viewers):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -94,6 +94,25 @@ def _add_origin_args(p: argparse.ArgumentParser) -> None:
         help="shared with `meshcast transcoder`",
     )
     p.add_argument(
+        "--no-recording",
+        dest="recording",
+        action="store_false",
+        help="never record live streams (default: per stream key, see keys create --no-record)",
+    )
+    p.add_argument(
+        "--record-budget",
+        type=parse_size,
+        default=None,
+        help="cap one owner's recordings and clips lower than its VOD quota (--vod-quota)",
+    )
+    p.add_argument(
+        "--record-dvr",
+        type=float,
+        default=cfg.RecordingConfig().dvr_window,
+        metavar="SECONDS",
+        help="seconds viewers can seek back in a recorded live stream (default 7200)",
+    )
+    p.add_argument(
         "--epoch",
         type=float,
         default=REWARDS.epoch_seconds,
@@ -289,6 +308,12 @@ def _parser() -> argparse.ArgumentParser:
             )
         if name == "create":
             k.add_argument("--owner", default=None, help="creator owning the stream (default NAME)")
+            k.add_argument(
+                "--no-record",
+                dest="record",
+                action="store_false",
+                help="stream keys: do not record publications as VOD assets",
+            )
     return parser
 
 
@@ -382,6 +407,9 @@ def _origin_config(args: argparse.Namespace) -> cfg.OriginConfig:
         bus=args.bus,
         transcoders=args.transcoders,
         transcoder_secret=args.transcoder_secret,
+        recording=cfg.RecordingConfig(
+            enabled=args.recording, owner_budget=args.record_budget, dvr_window=args.record_dvr
+        ),
         network=cfg.NetworkConfig(
             rewards=RewardParams(
                 epoch_seconds=args.epoch,
@@ -403,14 +431,15 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     store = KeyStore(args.data)
     try:
         if args.keys_command == "create":
-            print(store.create(args.name, args.kind, args.owner))
+            print(store.create(args.name, args.kind, args.owner, args.record))
         elif args.keys_command == "revoke":
             store.revoke(args.name, args.kind)
             print(f"revoked {args.name}", file=sys.stderr)
         else:
             for record in store.list():
                 state = "active" if record.active else "revoked"
-                print(f"{record.name}\t{record.kind}\t{state}\tid={record.key_id}")
+                extra = "\tno-record" if record.kind == "stream" and not record.record else ""
+                print(f"{record.name}\t{record.kind}\t{state}\tid={record.key_id}{extra}")
     except KeyError_ as exc:
         print(f"meshcast: {exc}", file=sys.stderr)
         return 1
@@ -598,6 +627,8 @@ async def _up(args: argparse.Namespace) -> None:
         f"  origin:   http://{args.host}:{args.http_port}",
         *(f"  edge:     http://{args.host}:{args.http_port + i}" for i in range(1, len(edges) + 1)),
         f"  player:   {player_url(viewer_base, 'demo' if args.demo else 'NAME')}",
+        f"  studio:   http://{args.host}:{args.http_port}/studio/  "
+        f"(API key: meshcast keys create NAME --kind api --data {args.data})",
         "ready",
     ]
     await run_services([origin, *edges], on_ready=lambda: "\n".join(lines))

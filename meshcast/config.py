@@ -124,6 +124,21 @@ class VodConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordingConfig:
+    """Live recording to VOD (origin/recordings.py); per stream key unless disabled here."""
+
+    enabled: bool = True
+    # An owner's disk budget is the VOD storage quota (VodConfig.max_owner_bytes, uploads,
+    # recordings and clips together); this optionally caps recordings and clips lower. A
+    # recording stops (keeping what it has) when it would pass it; none starts when full.
+    owner_budget: int | None = None
+    # While recording, live playlists list this many seconds (viewers seek back: DVR).
+    dvr_window: float = 7200.0
+    # Longest clip (seconds) POST /api/streams/NAME/clips accepts.
+    max_clip: float = 6 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
 class NetworkConfig:
     """The origin as contributor-network coordinator (origin/coordinator.py)."""
 
@@ -183,6 +198,7 @@ class OriginConfig:
     whip: WhipConfig = field(default_factory=WhipConfig)
     transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
     vod: VodConfig = field(default_factory=VodConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
     # Event bus: None = in-process; "nats://host:4222" = NATS (meshcast/nats_bus.py).
     bus: str | None = None
     # Where live streams are transcoded: "local" worker processes, "remote" transcoder

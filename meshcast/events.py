@@ -40,6 +40,12 @@ VOD_FAILED: Final = "vod.failed"
 RECEIPT_ACCEPTED: Final = "receipt.accepted"
 # The moderation edge plugin flagged a sample of a stream or VOD asset.
 MODERATION_FLAGGED: Final = "moderation.flagged"
+# Live recording (origin/recordings.py): a publication's recording began, could not begin
+# (the owner's disk budget is full), became a VOD asset; a clip of one is ready.
+RECORDING_STARTED: Final = "recording.started"
+RECORDING_REFUSED: Final = "recording.refused"
+RECORDING_READY: Final = "recording.ready"
+CLIP_READY: Final = "clip.ready"
 
 
 # ---- payloads --------------------------------------------------------------------------------
@@ -141,6 +147,39 @@ class ModerationFlagged(EventPayload):
     edge: str  # the edge that sampled it
 
 
+@dataclass(frozen=True, slots=True)
+class RecordingStarted(EventPayload):
+    TYPE: ClassVar[str] = RECORDING_STARTED
+    stream: str
+    asset: str  # the VOD asset the publication is recorded into
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingRefused(EventPayload):
+    TYPE: ClassVar[str] = RECORDING_REFUSED
+    stream: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingReady(EventPayload):
+    TYPE: ClassVar[str] = RECORDING_READY
+    stream: str
+    asset: str | None  # None: nothing was recorded (no segment), no asset
+    duration: float
+    reason: str | None  # why it stopped early (the disk budget) or was discarded
+
+
+@dataclass(frozen=True, slots=True)
+class ClipReady(EventPayload):
+    TYPE: ClassVar[str] = CLIP_READY
+    stream: str
+    asset: str
+    source: str  # the recording it was cut from
+    duration: float
+
+
 # Every event type and its payload.
 EVENTS: Final[dict[str, type[EventPayload]]] = {
     p.TYPE: p
@@ -155,6 +194,10 @@ EVENTS: Final[dict[str, type[EventPayload]]] = {
         VodFailed,
         ReceiptAccepted,
         ModerationFlagged,
+        RecordingStarted,
+        RecordingRefused,
+        RecordingReady,
+        ClipReady,
     )
 }
 

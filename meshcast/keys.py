@@ -79,6 +79,8 @@ class KeyRecord:
     owner: str | None = None
     # Only for S3 keys: the secret in clear (see the module docstring); None otherwise.
     secret: str | None = None
+    # Stream keys: publications are recorded as VOD assets (``keys create … --no-record``).
+    record: bool = True
 
     @property
     def active(self) -> bool:
@@ -123,7 +125,9 @@ class KeyStore:
         atomic_write(self.path, body.encode(), private=True, durable=True)
         self._mtime = None
 
-    def create(self, name: str, kind: str = STREAM_KIND, owner: str | None = None) -> str:
+    def create(
+        self, name: str, kind: str = STREAM_KIND, owner: str | None = None, record: bool = True
+    ) -> str:
         """A new key; for kind ``s3`` the result is ``ACCESS_KEY_ID SECRET_ACCESS_KEY``."""
         validate_stream_name(name)
         if owner is not None:
@@ -142,18 +146,25 @@ class KeyStore:
                 # that validate the shape accept them.
                 key_id = "MC" + "".join(secrets.choice(_AKID_CHARS) for _ in range(18))
                 secret = secrets.token_urlsafe(30)
-                record = KeyRecord(
+                entry = KeyRecord(
                     name, kind, key_id, salt, _digest(salt, secret), time.time(), secret=secret
                 )
                 result = f"{key_id} {secret}"
             else:
                 key_id = secrets.token_hex(6)
                 secret = secrets.token_hex(32)
-                record = KeyRecord(
-                    name, kind, key_id, salt, _digest(salt, secret), time.time(), owner=owner
+                entry = KeyRecord(
+                    name,
+                    kind,
+                    key_id,
+                    salt,
+                    _digest(salt, secret),
+                    time.time(),
+                    owner=owner,
+                    record=record,
                 )
                 result = f"{kind}_{key_id}_{secret}"
-            records[slot] = record
+            records[slot] = entry
             self._save(records)
         return result
 
@@ -197,6 +208,12 @@ class KeyStore:
         if record is None or not record.active:
             return None
         return record.owner or record.name
+
+    def records(self, stream: str) -> bool:
+        """Whether publications of ``stream`` are recorded (its active stream key says)."""
+        with self._lock:
+            record = self._load().get(_slot(stream, STREAM_KIND))
+        return record is not None and record.active and record.record
 
     def verify(self, key: str, kind: str = STREAM_KIND) -> str:
         """Return the name the key belongs to; raise KeyRejected naming the cause."""

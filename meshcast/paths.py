@@ -54,8 +54,9 @@ _CONTENT_TYPES: Final = {
     ".vtt": "text/vtt",
     ".jpg": "image/jpeg",
 }
-# Files only a VOD asset has (an upload has a poster and a seek-bar sprite; live does not).
-_VOD_ONLY: Final = frozenset({"poster.jpg", "thumbnails.jpg", "thumbnails.vtt"})
+# Files only a VOD asset has (the seek-bar sprite); a live stream's poster.jpg is its
+# current picture (origin/posters.py).
+_VOD_ONLY: Final = frozenset({"thumbnails.jpg", "thumbnails.vtt"})
 IMMUTABLE: Final = "public, max-age=31536000, immutable"
 # A live rendition's init.mp4 is rewritten by every publication of the name (and a new
 # publication may change codec parameters): caches must ask again within a second, like

@@ -24,6 +24,7 @@ from meshcast.http import client_ip, json_error
 from meshcast.keys import (
     ADMIN_KIND,
     API_KIND,
+    STREAM_KIND,
     InvalidName,
     KeyRejected,
     KeyStore,
@@ -89,12 +90,16 @@ class AccessApi:
 
     # ---- auth -------------------------------------------------------------------------
 
-    def principal(self, request: Request) -> Principal:
+    def principal(self, request: Request, stream_keys: bool = False) -> Principal:
+        """Who an API or admin key acts for; with ``stream_keys``, a stream key acts for
+        its stream's owner too (a publisher clipping its own stream)."""
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
             raise ApiError(401, "missing 'Authorization: Bearer API_KEY'")
         kind = ADMIN_KIND if key.startswith(f"{ADMIN_KIND}_") else API_KIND
+        if stream_keys and key.startswith(f"{STREAM_KIND}_"):
+            kind = STREAM_KIND
         try:
             owner = self.keys.verify(key, kind)
         except KeyRejected as exc:
@@ -104,6 +109,8 @@ class AccessApi:
                     429, "too many failed key attempts; retry later", retry_after=retry
                 ) from None
             raise ApiError(401, f"API key refused: {exc}") from None
+        if kind == STREAM_KIND:
+            return Principal(API_KIND, self.keys.owner_of(owner) or owner)
         return Principal(kind, owner)
 
     def private_view(self, request: Request) -> Callable[[str], bool] | Response:

@@ -9,6 +9,7 @@ import html
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,14 @@ PLAYER_FILES = {
     "vendor/hls.min.js": "node_modules/hls.js/dist/hls.min.js",
     "vendor/shaka-player.compiled.js": "node_modules/shaka-player/dist/shaka-player.compiled.js",
 }
+# URL below /studio/ -> file below player-demo/ (the creator studio, docs/studio.md).
+STUDIO_FILES = {
+    "": "studio/index.html",
+    "index.html": "studio/index.html",
+    "studio.js": "studio/studio.js",
+    "studio.css": "studio/studio.css",
+    "vendor/tus.min.js": "node_modules/tus-js-client/dist/tus.min.js",
+}
 PLAYER_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -86,24 +95,75 @@ PLAYER_CACHE = "public, max-age=60"
 LIVE_MANIFEST_CACHE = "public, max-age=1"
 
 
-def landing_page(streams: list[LiveStream]) -> str:
-    rows = []
+@dataclass(frozen=True, slots=True)
+class ListedAsset:
+    """A finished VOD asset on the landing page."""
+
+    id: str
+    title: str
+    duration: float | None
+    recording: bool
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    s = round(seconds)
+    return (
+        f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    )
+
+
+def landing_page(
+    streams: list[LiveStream],
+    viewers: Callable[[str], int] = lambda name: 0,
+    assets: Sequence[ListedAsset] = (),
+) -> str:
+    """Live streams with their current picture and audience, then recordings and uploads
+    (reloads itself: no script needed)."""
+    live = []
     for s in streams:
         name = html.escape(s.name)
-        state = "live" if s.live else "ended"
-        rows.append(
-            f'<li><a href="/player/?stream={name}">{name}</a> <small>{state}</small> '
+        state = (
+            f'<span class="badge live">LIVE</span> {viewers(s.name)} watching'
+            if s.live
+            else '<span class="badge">ended</span>'
+        )
+        live.append(
+            f'<li class="tile"><a href="/player/?stream={name}">'
+            f'<img src="/live/{name}/poster.jpg" alt="" loading="lazy" '
+            "onerror=\"this.style.visibility='hidden'\">"
+            f"<b>{name}</b></a> <small>{state}</small> "
             f'<a href="/player/?stream={name}&amp;format=dash">DASH</a></li>'
         )
     items = (
-        "\n".join(rows)
+        "\n".join(live)
         or "<li>No streams yet. Publish with RTMP to /live or WHIP to /whip/NAME.</li>"
     )
+    vods = []
+    for asset in assets:
+        ident, title = html.escape(asset.id), html.escape(asset.title)
+        kind = "recording" if asset.recording else "upload"
+        vods.append(
+            f'<li class="tile"><a href="/player/?vod={ident}">'
+            f'<img src="/vod/{ident}/poster.jpg" alt="" loading="lazy" '
+            "onerror=\"this.style.visibility='hidden'\">"
+            f"<b>{title}</b></a> <small>{kind} {_duration(asset.duration)}</small></li>"
+        )
+    on_demand = "\n".join(vods) or "<li>No VOD assets yet.</li>"
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>meshcast</title>'
-        '<link rel="stylesheet" href="/player/player.css"></head><body><main>'
-        f"<h1>meshcast</h1><h2>Live</h2><ul>{items}</ul>"
-        "<h2>On demand</h2><ul><li>No VOD assets yet.</li></ul></main></body></html>"
+        '<meta http-equiv="refresh" content="20">'
+        '<link rel="stylesheet" href="/player/player.css"><style>'
+        ".tiles{list-style:none;padding:0;display:grid;gap:12px;"
+        "grid-template-columns:repeat(auto-fill,minmax(240px,1fr))}"
+        ".tile img{width:100%;aspect-ratio:16/9;object-fit:cover;background:#151a26;"
+        "display:block}.tile a{color:inherit;text-decoration:none}"
+        ".badge{font-size:11px;padding:1px 5px;border-radius:3px;background:#2a3042}"
+        ".badge.live{background:#b3202a;color:#fff}</style></head><body><main>"
+        '<h1>meshcast</h1><p><a href="/studio/">Creator studio</a></p>'
+        f'<h2>Live</h2><ul class="tiles">{items}</ul>'
+        f'<h2>On demand</h2><ul class="tiles">{on_demand}</ul></main></body></html>'
     )
 
 
@@ -119,6 +179,10 @@ def create_app(
     segment_store: S3Store | None = None,
     private_view: PrivateView = _public_view,
     event_streams: AddressBudget | None = None,
+    stream_extras: Callable[[str], dict[str, object]] | None = None,
+    on_live_request: Callable[[Request], None] | None = None,
+    live_poster: Callable[[str], Awaitable[bytes | None]] | None = None,
+    catalogue: Callable[[], Sequence[ListedAsset]] | None = None,
 ) -> CorsOnly:
     """``on_peer_fetch(edge_url, path, bytes)`` is told of every media response to an edge
     (one that names itself in ``X-Meshcast-Peer``): the coordinator's fetch log."""
@@ -199,11 +263,17 @@ def create_app(
 
     budget = event_streams or AddressBudget("event streams", SSE_PER_ADDRESS, SSE_TOTAL)
 
+    def stream_json(stream: LiveStream, private: bool) -> dict[str, Any]:
+        body = stream.to_json(private)
+        if stream_extras is not None:
+            body.update(stream_extras(stream.name))  # viewers, recording
+        return body
+
     async def list_streams(request: Request) -> Response:
         may_see = private_view(request)
         if isinstance(may_see, Response):
             return may_see
-        streams = [s.to_json(may_see(s.name)) for s in registry.listing()]
+        streams = [stream_json(s, may_see(s.name)) for s in registry.listing()]
         return JSONResponse({"streams": streams})
 
     async def get_stream(request: Request) -> Response:
@@ -214,7 +284,7 @@ def create_app(
         stream = registry.get(name)
         if stream is None:
             return json_error(404, f"no stream named {name!r}")
-        return JSONResponse(stream.to_json(may_see(name)))
+        return JSONResponse(stream_json(stream, may_see(name)))
 
     async def event_stream(request: Request) -> Response:
         may_see = private_view(request)
@@ -255,7 +325,8 @@ def create_app(
         )
 
     async def player_file(request: Request) -> Response:
-        relative = PLAYER_FILES.get(request.path_params.get("file", ""))
+        files = STUDIO_FILES if request.url.path.startswith("/studio/") else PLAYER_FILES
+        relative = files.get(request.path_params.get("file", ""))
         if relative is None:
             return json_error(404, "not found", path=request.url.path)
         path = player_dir / relative
@@ -266,10 +337,33 @@ def create_app(
         media_type = PLAYER_TYPES[path.suffix]
         return FileResponse(path, media_type=media_type, headers={"Cache-Control": PLAYER_CACHE})
 
+    async def poster(request: Request) -> Response:
+        admitted = _admit(request, "live", guard)
+        if isinstance(admitted, Response):
+            return admitted
+        media, _ = admitted
+        image = await live_poster(media.name) if live_poster is not None else None
+        if image is None:
+            return json_error(404, "no picture of this stream (yet)", path=request.url.path)
+        sent(request, request.url.path, len(image))  # an edge's fetch: the network's log
+        body = b"" if request.method == "HEAD" else image
+        headers = {"Cache-Control": "public, max-age=10", "Content-Length": str(len(image))}
+        return Response(body, media_type="image/jpeg", headers=headers)
+
+    async def studio_config(request: Request) -> Response:
+        # On the origin the studio calls its own API; edges answer with the origin's URL.
+        return JSONResponse({"api": ""}, headers={"Cache-Control": "no-store"})
+
     async def landing(request: Request) -> Response:
-        return HTMLResponse(
-            landing_page(registry.listing()), headers={"Cache-Control": "public, max-age=2"}
+        def viewers(name: str) -> int:
+            extras = stream_extras(name) if stream_extras is not None else {}
+            count = extras.get("viewers", 0)
+            return count if isinstance(count, int) else 0
+
+        page = landing_page(
+            registry.listing(), viewers, catalogue() if catalogue is not None else ()
         )
+        return HTMLResponse(page, headers={"Cache-Control": "public, max-age=2"})
 
     live_handler = live_file
     if segment_store is not None:
@@ -281,15 +375,28 @@ def create_app(
                 sent(request, request.url.path, len(response.body))
             return response
 
+    if on_live_request is not None:
+        serve_live, count = live_handler, on_live_request
+
+        async def live_handler(request: Request) -> Response:
+            response = await serve_live(request)
+            if response.status_code == 200:
+                count(request)  # a viewer's request (the counter skips edges)
+            return response
+
     routes = [
         Route("/", landing),
         Route("/player/", player_file),
         Route("/player/{file:path}", player_file),
+        Route("/studio/", player_file),
+        Route("/studio/config.json", studio_config),
+        Route("/studio/{file:path}", player_file),
         Route("/healthz", healthz),
         Route("/metrics", metrics_endpoint(metrics)),
         Route("/api/streams", list_streams),
         Route("/api/streams/{name}", get_stream),
         Route("/api/events", event_stream),
+        Route("/live/{name}/poster.jpg", poster, methods=["GET", "HEAD"]),
         Route("/live/{path:path}", live_handler, methods=["GET", "HEAD"]),
         Route("/vod/{path:path}", vod_file, methods=["GET", "HEAD"]),
         *extra_routes,

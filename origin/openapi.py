@@ -18,6 +18,7 @@ _ERROR = {
     },
 }
 _NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
+_NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 _VIEWER = {"type": "string", "pattern": "^[!-~]{1,128}$"}
 _SCOPE = {"type": "string", "pattern": "^(live|vod|catalog)/[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
 _TEXT = {"type": "string", "minLength": 1, "maxLength": 128}
@@ -138,6 +139,99 @@ def openapi_schema() -> dict[str, Any]:
                         }
                     ],
                     "responses": {"200": _json(obj), **_errors(404)},
+                }
+            },
+            "/api/streams/{name}/clips": {
+                "post": {
+                    "summary": "The last N seconds of the stream's recording as a new asset",
+                    "security": _BEARER,
+                    "parameters": [_NAME_PARAM],
+                    "requestBody": _body(
+                        {
+                            "type": "object",
+                            "required": ["seconds"],
+                            "properties": {"seconds": {"type": "number"}},
+                        }
+                    ),
+                    "responses": {
+                        "201": _json(
+                            {
+                                "type": "object",
+                                "required": ["id", "stream", "source", "duration", "playback"],
+                                "properties": {
+                                    "id": {"type": "string"},
+                                    "stream": {"type": "string"},
+                                    "source": {"type": "string"},
+                                    "duration": {"type": "number"},
+                                    "playback": obj,
+                                },
+                            }
+                        ),
+                        **_errors(400, 401, 403, 404, 408, 413, 422, 429, 507),
+                    },
+                }
+            },
+            "/api/streams/{name}/recordings": {
+                "get": {
+                    "parameters": [_NAME_PARAM],
+                    "responses": {"200": _json(obj)},
+                }
+            },
+            "/api/viewers": {
+                "post": {
+                    "summary": "An edge's live viewer counts (docs/recording.md)",
+                    "requestBody": _body(
+                        {
+                            "type": "object",
+                            "required": ["edge", "streams"],
+                            "properties": {
+                                "edge": {"type": "string", "minLength": 1, "maxLength": 256},
+                                "streams": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "integer", "minimum": 0},
+                                },
+                            },
+                        }
+                    ),
+                    "responses": {
+                        "204": {"description": "counted"},
+                        **_errors(400, 408, 413, 429),
+                    },
+                }
+            },
+            "/api/me": {
+                "get": {
+                    "summary": "Who an API key acts for (the studio's sign-in)",
+                    "security": _BEARER,
+                    "responses": {"200": _json(obj), **_errors(401, 429)},
+                }
+            },
+            "/api/keys": {
+                "get": {
+                    "security": _BEARER,
+                    "responses": {"200": _json(obj), **_errors(401, 429)},
+                },
+                "post": {
+                    "summary": "A new stream key owned by the caller (its secret, once)",
+                    "security": _BEARER,
+                    "requestBody": _body(
+                        {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {"name": _NAME, "record": {"type": "boolean"}},
+                        }
+                    ),
+                    "responses": {
+                        "201": _json(obj),
+                        **_errors(400, 401, 408, 409, 413, 429),
+                    },
+                },
+            },
+            "/api/keys/{name}": {
+                "delete": {
+                    "security": _BEARER,
+                    "parameters": [_NAME_PARAM],
+                    "responses": {"204": {"description": "revoked"}, **_errors(401, 403, 404, 429)},
                 }
             },
             "/api/tokens/keys": {

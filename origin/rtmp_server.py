@@ -378,6 +378,10 @@ class RtmpServer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
+    def listening(self) -> bool:
+        return self._server is not None
+
+    @property
     def port(self) -> int:
         assert self._server is not None
         port: int = self._server.sockets[0].getsockname()[1]

@@ -24,10 +24,14 @@ from origin.demo import DemoSettings, DemoSource
 from origin.entitlements import AccessStore
 from origin.http_app import create_app
 from origin.inference import inference_routes
+from origin.posters import LivePosters
+from origin.recordings import Recordings
 from origin.registry import LiveStream, PublishRefused, StreamRegistry
 from origin.remote_transcode import RemoteSink, TranscoderDirectory
 from origin.rtmp_server import RtmpMetrics, RtmpServer
 from origin.signing import Keyring
+from origin.studio_api import StudioApi
+from origin.viewers import ViewerStats
 from origin.vod_service import VodService
 from origin.whip import WhipServer, whip_routes
 from transcoder.encoders import EncoderSettings, select_backend
@@ -87,6 +91,12 @@ class OriginService:
             store=self.segment_store,
             on_created=lambda asset, owner: self.access.set_policy(f"vod/{asset}", "public", owner),
         )
+        self.viewers = ViewerStats(self.registry)
+        self.studio = StudioApi(self.access_api, self.keys, self._rtmp_port)
+        self.recordings = Recordings(
+            config, self.keys, self.access, self.access_api, self.vod, self.bus
+        )
+        self.vod.origin_of = self.recordings.origin_of
         self.whip = WhipServer(
             config.whip, self.registry, self.keys, self.metrics, self.key_failures
         )
@@ -97,6 +107,9 @@ class OriginService:
             config.data_dir,
             extra_routes=[
                 *whip_routes(self.whip),
+                *self.recordings.routes(),
+                *self.viewers.routes(),
+                *self.studio.routes(),
                 *self.vod.routes(),
                 *access_routes(self.access_api),
                 *(coordinator_routes(self.coordinator) if self.coordinator else []),
@@ -110,6 +123,10 @@ class OriginService:
             on_peer_fetch=self.coordinator.record_fetch if self.coordinator else None,
             segment_store=self.segment_store,
             private_view=self.access_api.private_view,
+            stream_extras=self._stream_extras,
+            on_live_request=self.viewers.on_live_request,
+            live_poster=LivePosters(self.vod.store).get,
+            catalogue=self.recordings.catalogue,
         )
         self.http = HttpService(
             self.app,
@@ -126,6 +143,13 @@ class OriginService:
     def url(self) -> str:
         return f"http://{self.config.host}:{self.http.port}"
 
+    def _rtmp_port(self) -> int:
+        # The configured one until the listener runs (0 = any: known once it listens).
+        return self.rtmp.port if self.rtmp.listening else self.config.rtmp_port
+
+    def _stream_extras(self, name: str) -> dict[str, object]:
+        return {**self.viewers.stream_json(name), "recording": self.recordings.stream_info(name)}
+
     def _start_transcoder(self, stream: LiveStream) -> PacketSink:
         loop = asyncio.get_running_loop()
 
@@ -137,14 +161,26 @@ class OriginService:
             url = self.transcoders.pick()
             if url is not None:
                 remote = RemoteSink(stream.name, url, self.config.transcoder_secret, failed)
+                self.recordings.unsupported(stream, "transcoded on a remote transcoder node")
                 self._remote = {r for r in self._remote if not r.done} | {remote}
                 return remote
             if mode == "remote":
                 raise PublishRefused("no transcoder node is available; try again later")
         self._workers = {w for w in self._workers if w.alive}
-        sink = WorkerSink(stream.name, self.config.data_dir, self.config.transcode, failed)
+        recording = self.recordings.begin(stream)
+        try:
+            sink = WorkerSink(
+                stream.name,
+                self.config.data_dir,
+                self.config.transcode,
+                failed,
+                recording=recording,
+            )
+        except BaseException:
+            self.recordings.abandon(stream)
+            raise
         self._workers.add(sink)
-        return sink
+        return self.recordings.watch(stream, sink, lambda: asyncio.to_thread(sink.wait))
 
     def check_encoder(self) -> None:
         """Fail at start-up, not at the first publish, when a forced encoder cannot open."""
@@ -163,6 +199,8 @@ class OriginService:
         self.transcoders.start()
         await self.rtmp.start()
         await self.vod.start()
+        await self.recordings.start()
+        self.viewers.start()
         await self.http.start()
         if self.coordinator is not None:
             self.coordinator.start()
@@ -185,6 +223,8 @@ class OriginService:
                     await remote.flushed()
         await self.transcoders.close()
         await self.http.close()
+        await self.recordings.close()
+        await self.viewers.close()
         await self.vod.close()
         self.access.close()
         if self.coordinator is not None:

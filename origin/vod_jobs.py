@@ -23,7 +23,9 @@ QUEUED: Final = "queued"
 TRANSCODING: Final = "transcoding"
 READY: Final = "ready"
 FAILED: Final = "failed"
-STATES: Final = (UPLOADING, QUEUED, TRANSCODING, READY, FAILED)
+# A live stream being recorded into the asset (origin/recordings.py); ready when it ends.
+RECORDING: Final = "recording"
+STATES: Final = (UPLOADING, QUEUED, TRANSCODING, READY, FAILED, RECORDING)
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS jobs (

@@ -97,6 +97,9 @@ class VodService:
         # (asset id, owner) of each new upload: the access store records the owner, so
         # catalogue (SVOD) tokens and API keys of that creator cover the asset.
         self._on_created = on_created
+        # Set by the origin: {"source": "recording"|"clip", "stream": NAME, …} of an asset
+        # that came from a live stream (origin/recordings.py), else {"source": "upload"}.
+        self.origin_of: Callable[[str], dict[str, Any]] | None = None
         self.root = config.data_dir / "vod"
         self.uploads = self.root / "uploads"
         self.store: SegmentStore = store or LocalStore(config.data_dir)
@@ -182,6 +185,7 @@ class VodService:
         ready = job.state == jobs_db.READY
         return {
             "id": job.id,
+            "owner": job.owner,
             "state": job.state,
             "progress": round(job.progress, 1),
             "error": job.error,
@@ -193,6 +197,8 @@ class VodService:
             "poster": urls["poster"] if ready else None,
             "thumbnails": urls["thumbnails"] if ready else None,
             "playback": {k: urls[k] for k in ("hls", "dash", "player")} if ready else None,
+            # Where the asset came from: an upload, or a stream's recording or clip.
+            **(self.origin_of(job.id) if self.origin_of else {"source": "upload"}),
         }
 
     def _offset(self, job_id: str) -> int:

@@ -10,6 +10,7 @@ from meshcast.paths import LATEST_INIT, versioned_init
 from meshcast.store import SegmentStore
 from transcoder import dash, hls
 from transcoder.fmp4 import TrackSpec, init_segment
+from transcoder.recording import Recorder
 from transcoder.segments import RenditionState, SegmentRecord
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class StreamPackager:
         self.first_number = int(self.wallclock_start / float(segment_duration))
         # Names this publication's init segments (milliseconds: unique per publication).
         self.init_tag = int(self.wallclock_start * 1000)
+        # Set when this publication is recorded (transcoder/recording.py).
+        self.recorder: Recorder | None = None
 
     def add_rendition(
         self,
@@ -70,6 +73,8 @@ class StreamPackager:
         else:
             self.audio = state
         self._write_init(state)
+        if self.recorder is not None and not passthrough:
+            self.recorder.add_rendition(state)
         return state
 
     def _write_init(self, state: RenditionState) -> None:
@@ -95,6 +100,8 @@ class StreamPackager:
 
     def _publish(self, rendition: RenditionState, record: SegmentRecord, data: bytes) -> None:
         self.store.put(f"{self.prefix}/{rendition.name}/{record.number}.m4s", data)
+        if self.recorder is not None and rendition is not self.source:
+            self.recorder.segment(rendition, record, data)
         self.store.put(
             f"{self.prefix}/{rendition.name}/index.m3u8",
             hls.media_playlist(rendition, float(self.segment_duration), self.ended, self.window),
@@ -157,6 +164,8 @@ class StreamPackager:
                     hls.media_playlist(rendition, float(self.segment_duration), True, self.window),
                 )
         self._write_manifests()
+        if self.recorder is not None:
+            self.recorder.finish()
 
 
 def write_vod_manifests(

@@ -37,6 +37,7 @@ from transcoder.encoders import (
 from transcoder.fmp4 import TrackSpec
 from transcoder.ladder import Rung, RungSpec, plan_ladder
 from transcoder.packager import StreamPackager
+from transcoder.recording import Recorder, RecordingTarget
 from transcoder.segments import RenditionState
 
 log = logging.getLogger(__name__)
@@ -119,13 +120,23 @@ def open_aac_encoder(
 
 
 class LadderPipeline:
-    def __init__(self, name: str, store: SegmentStore, config: TranscodeConfig) -> None:
+    def __init__(
+        self,
+        name: str,
+        store: SegmentStore,
+        config: TranscodeConfig,
+        *,
+        recording: RecordingTarget | None = None,
+    ) -> None:
         self.name = name
         self.config = config
         self.segment_duration = Fraction(config.segment_duration).limit_denominator(1000)
-        self.packager = StreamPackager(
-            store, f"live/{name}", self.segment_duration, config.window_segments
-        )
+        window = max(config.window_segments, recording.window if recording else 0)
+        self.packager = StreamPackager(store, f"live/{name}", self.segment_duration, window)
+        if recording is not None:
+            self.packager.recorder = Recorder(
+                store, recording, self.segment_duration, self.packager.prefix
+            )
         self.backend: Backend | None = None
         self._decoder: VideoCodecContext | None = None
         self._decoder_time_base = Fraction(1, 1000)

@@ -538,7 +538,7 @@ def _even(x: float) -> int:
     return max(2, round(x / 2) * 2)
 
 
-def _jpeg(frame: Any, width: int, height: int) -> bytes:
+def jpeg(frame: Any, width: int, height: int) -> bytes:
     encoder: Any = av.CodecContext.create("mjpeg", "w")
     encoder.width, encoder.height = width, height
     encoder.pix_fmt = "yuvj420p"
@@ -577,7 +577,7 @@ def make_images(source: str, info: SourceInfo) -> Images:
     scale = min(1.0, 720 / min(info.width, info.height))
     with av.open(source) as container:
         container.streams.video[0].thread_type = "AUTO"
-        poster = _jpeg(
+        poster = jpeg(
             _frame_at(container, info, info.duration * 0.1),
             _even(info.width * scale),
             _even(info.height * scale),
@@ -601,7 +601,7 @@ def make_images(source: str, info: SourceInfo) -> Images:
                 "",
             ]
     sprite_frame = av.VideoFrame.from_ndarray(sprite, format="rgb24")
-    return Images(poster, _jpeg(sprite_frame, sprite.shape[1], sprite.shape[0]), "\n".join(cues))
+    return Images(poster, jpeg(sprite_frame, sprite.shape[1], sprite.shape[0]), "\n".join(cues))
 
 
 # ---- stitching (in the origin: writes to the segment store) -----------------------

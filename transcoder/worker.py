@@ -29,6 +29,7 @@ from meshcast.ingest import (
 from meshcast.lifeline import worker_start
 from meshcast.logs import setup_logging
 from meshcast.store import open_store
+from transcoder.recording import RecordingTarget
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,14 @@ _EXIT_REASONS = {
 
 
 def worker_main(
-    name: str, data_dir: Path, config: TranscodeConfig, inbox: Any, log_level: int, parent: int
+    name: str,
+    data_dir: Path,
+    config: TranscodeConfig,
+    inbox: Any,
+    log_level: int,
+    parent: int,
+    *,
+    recording: RecordingTarget | None = None,
 ) -> None:
     # SIGTERM (or the origin's death) ends the stream cleanly: SystemExit runs the finally.
     worker_start(parent, graceful=True)
@@ -52,7 +60,7 @@ def worker_main(
 
     store = open_store(config.segment_store, data_dir)
     store.clear(f"live/{name}")  # a new publication starts a new timeline
-    pipeline = LadderPipeline(name, store, config)
+    pipeline = LadderPipeline(name, store, config, recording=recording)
     refused = False
     try:
         while True:
@@ -84,6 +92,8 @@ class WorkerSink:
         data_dir: Path,
         config: TranscodeConfig,
         on_failure: Callable[[str], None],
+        *,
+        recording: RecordingTarget | None = None,
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.name = name
@@ -91,6 +101,7 @@ class WorkerSink:
         self._process = ctx.Process(
             target=worker_main,
             args=(name, data_dir, config, self._inbox, logging.getLogger().level, os.getpid()),
+            kwargs={"recording": recording},
             name=f"meshcast-transcode-{name}",
             daemon=True,
         )
@@ -154,8 +165,17 @@ class WorkerSink:
             self._process.terminate()
 
     @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    @property
     def alive(self) -> bool:
         return self._watcher.is_alive()  # see join(): never poll the process from here
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the worker process exited (True), at most ``timeout`` seconds."""
+        self._watcher.join(timeout)
+        return not self._watcher.is_alive()
 
     def join(self, timeout: float) -> None:
         # Only the watcher thread reaps the process: two threads in Process.join() race on

@@ -207,6 +207,16 @@ class ModerationPlugin(ModelPlugin[VodModeration]):
     def check(self, path: str) -> Response | None:
         if path.startswith("/vod/"):
             return self._check_vod(path)
+        if path.endswith("/poster.jpg") and path.startswith("/live/"):
+            name = path.split("/")[2]
+            if self.config.policy(name) == "blur-poster":
+                # The origin's live poster is the raw picture: under blur-poster only this
+                # plugin's (blurred once flagged) poster may be shown.
+                return json_error(
+                    404,
+                    "poster withheld by the moderation policy blur-poster",
+                    poster=f"/api/moderation/{name}/poster.jpg",
+                )
         if not self.blocked:
             return None
         parts = path.split("/", 3)

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from meshcast.keys import KeyStore
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e
@@ -47,6 +48,12 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
 
     bad = run("keys", "create", "../etc", "--data", str(tmp_path))
     assert bad.returncode == 1 and "invalid stream name" in bad.stderr
+
+    quiet = run("keys", "create", "cam2", "--no-record", "--data", str(tmp_path))
+    assert quiet.returncode == 0 and quiet.stdout.startswith("stream_")
+    assert "cam2\tstream\tactive" in (listed := run("keys", "list", "--data", str(tmp_path)).stdout)
+    assert listed.rstrip().endswith("no-record")
+    assert KeyStore(tmp_path).records("cam2") is False
 
 
 def test_keys_list_loads_no_media_stack(tmp_path: Path) -> None:
@@ -127,6 +134,7 @@ def test_up_demo_ready_live_and_clean_shutdown(tmp_path: Path) -> None:
         assert lines and lines[-1] == "ready", out
         assert f"rtmp://127.0.0.1:{rtmp_port}/live" in out
         assert f"http://127.0.0.1:{http_port + 1}/player/?stream=demo" in out
+        assert f"studio:   http://127.0.0.1:{http_port}/studio/" in out
         for port in (http_port, http_port + 1, http_port + 2):
             assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
         # the demo stream is live and moving

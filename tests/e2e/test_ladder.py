@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sys
@@ -37,9 +38,13 @@ async def run_tool(*args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def wait_for_url(url: str, within: float = 30.0, contains: str = "") -> httpx.Response:
+async def wait_for_url(
+    url: str, within: float = 30.0, contains: str = "", client: httpx.AsyncClient | None = None
+) -> httpx.Response:
     deadline = asyncio.get_running_loop().time() + within
-    async with httpx.AsyncClient() as client:
+    async with contextlib.AsyncExitStack() as stack:
+        if client is None:
+            client = await stack.enter_async_context(httpx.AsyncClient())
         while True:
             response = await client.get(url)
             if response.status_code == 200 and contains in response.text:

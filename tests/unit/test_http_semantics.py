@@ -61,7 +61,7 @@ def test_media_path_whitelist() -> None:
         "/vod/a1/../poster.jpg",
         "/vod/a1/720p/poster.jpg",
         "/vod/a1/poster.jpeg",
-        "/live/cam1/poster.jpg",  # images are VOD-only
+        "/live/cam1/thumbnails.jpg",  # seek-bar sprites are VOD-only
         "/live/cam1/thumbnails.vtt",
     ):
         assert parse_media_path(bad) is None, bad

@@ -270,6 +270,18 @@ async def test_block_answers_451_only_for_the_blocked_stream(tmp_path: Path) -> 
         await edge.close()
 
 
+async def test_blur_poster_withholds_the_raw_live_poster(tmp_path: Path) -> None:
+    edge = edge_with(tmp_path, "moderation", options=("moderation.policy=hot:blur-poster",))
+    try:
+        withheld = edge.hooks.check("/live/hot/poster.jpg")
+        assert withheld is not None and withheld.status_code == 404
+        assert b"/api/moderation/hot/poster.jpg" in bytes(withheld.body)
+        assert edge.hooks.check("/live/hot/360p/1.m4s") is None  # the stream itself plays
+        assert edge.hooks.check("/live/calm/poster.jpg") is None  # policy log: as is
+    finally:
+        await edge.close()
+
+
 def test_committed_words_partition_overlapping_windows() -> None:
     words = [Word(t, t + 0.3, f"w{t}") for t in (1.0, 1.6, 1.9, 2.2, 3.7, 3.8)]
     first = committed(words, 0.0, 1.5)
